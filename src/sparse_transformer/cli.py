@@ -1,0 +1,52 @@
+"""`sparse-transformer`: the one command line of the project.
+
+    sparse-transformer pattern ...    draw an attention pattern (Figure 3 of the paper)
+    sparse-transformer prepare ...    raw files -> HDF5
+    ...
+
+Each subcommand lives in its own module, which provides
+``configure(parser: argparse.ArgumentParser) -> None`` and ``run(args) -> int``;
+the table below maps names to modules (keep their top-level imports light: heavy
+libraries are imported inside `run`). Every error a user can cause derives from `UserError`
+(configuration, data, checkpoints): it is printed as one line and exits with status 2.
+This is the only module that reads params.yaml from disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import UserError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "pattern": ("sparse_transformer.pattern_figure", "draw which keys each query attends to, as a PNG"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparse-transformer",
+        description="Sparse Transformer (Child et al. 2019): data, training, evaluation and sampling.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(_module=module)
+        importlib.import_module(module).configure(command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except UserError as err:
+        print(f"sparse-transformer {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
