@@ -1,0 +1,157 @@
+"""Where each attention mode's queries and keys live, and which pairs are allowed.
+
+Every kernel walks a *virtual index* u over rows: for most modes u is the position
+itself; two modes re-index so that every tile they visit is dense:
+
+- STRIDED (strided A2, keys i, i-l, i-2l, ...): the "strided transpose" of the paper's
+  code, done with index arithmetic instead of a copy. Rows are grouped by position mod l
+  into l groups of G = ceil(n / l) slots; u = r * G + t is position t * l + r. Inside a
+  group, A2 is plain causal attention, so a tile is a causal tile of one group.
+  Slots whose position is >= n (ragged tails) are masked.
+- SUMMARY (fixed A2): keys are only the summary columns, numbered m = X * c + s for
+  chunk X and summary column s (position X * l + col_lo + s), so c keys per chunk sit
+  next to each other and a key tile holds BLOCK_N summaries of consecutive chunks.
+
+DENSE, BAND (strided A1: the last l positions) and CHUNK (fixed A1: the query's own
+chunk) index keys and queries by position.
+
+A *continuation* pass (the second set of a merged head) skips the keys the first set
+already counted: STRIDED drops j = i, SUMMARY drops the summaries of the query's own
+chunk. So A1 then A2 covers A1 ∪ A2 exactly once.
+"""
+
+import triton
+import triton.language as tl
+
+DENSE = tl.constexpr(0)
+BAND = tl.constexpr(1)
+CHUNK = tl.constexpr(2)
+STRIDED = tl.constexpr(3)
+SUMMARY = tl.constexpr(4)
+
+MODES = {"dense": 0, "band": 1, "chunk": 2, "strided": 3, "summary": 4}
+
+
+@triton.jit
+def query_rows(u, n, L, G, MODE: tl.constexpr):
+    """Positions of the query rows with virtual indices u, and which rows exist."""
+    if MODE == STRIDED:
+        group = u // G
+        pos = (u % G) * L + group
+        valid = (group < L) & (pos < n)
+    else:
+        pos = u
+        valid = u < n
+    return pos, valid
+
+
+@triton.jit
+def key_rows(u, n, L, G, C, col_lo, MODE: tl.constexpr):
+    """Positions of the key rows with virtual indices u, and which rows exist."""
+    if MODE == STRIDED:
+        group = u // G
+        pos = (u % G) * L + group
+        valid = (group < L) & (pos < n)
+    elif MODE == SUMMARY:
+        pos = (u // C) * L + col_lo + u % C
+        valid = pos < n
+    else:
+        pos = u
+        valid = u < n
+    return pos, valid
+
+
+@triton.jit
+def allowed(pos_q, pos_k, u_q, u_k, L, G, MODE: tl.constexpr, CONTINUE: tl.constexpr):
+    """Elementwise (broadcasting) mask of allowed (query, key) pairs for one mode."""
+    if MODE == DENSE:
+        ok = pos_k <= pos_q
+    elif MODE == BAND:
+        ok = (pos_k <= pos_q) & (pos_q - pos_k < L)
+    elif MODE == CHUNK:
+        ok = (pos_k <= pos_q) & (pos_k // L == pos_q // L)
+    elif MODE == STRIDED:
+        same_group = (u_k // G) == (u_q // G)
+        if CONTINUE:
+            ok = same_group & (pos_k < pos_q)
+        else:
+            ok = same_group & (pos_k <= pos_q)
+    else:  # SUMMARY
+        if CONTINUE:
+            ok = pos_k // L < pos_q // L
+        else:
+            ok = pos_k <= pos_q
+    return ok
+
+
+@triton.jit
+def row_count(n, L, G, MODE: tl.constexpr):
+    """How many virtual query rows the mode has (the query grid's extent)."""
+    if MODE == STRIDED:
+        rows = L * G
+    else:
+        rows = n
+    return rows
+
+
+@triton.jit
+def key_range(u0, n, L, G, C, col_lo, MODE: tl.constexpr, CONTINUE: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[lo, hi) of virtual key indices that the query tile starting at u0 may need.
+
+    lo is rounded down to a multiple of BLOCK_N so that key tiles stay aligned.
+    """
+    rows = row_count(n, L, G, MODE)
+    last = tl.minimum(u0 + BLOCK_M, rows) - 1  # last existing virtual query row
+    if MODE == DENSE:
+        lo = 0
+        hi = last + 1
+    elif MODE == BAND:
+        lo = tl.maximum(u0 - L + 1, 0) // BLOCK_N * BLOCK_N
+        hi = last + 1
+    elif MODE == CHUNK:
+        lo = (u0 // L * L) // BLOCK_N * BLOCK_N
+        hi = last + 1
+    elif MODE == STRIDED:
+        lo = (u0 // G * G) // BLOCK_N * BLOCK_N
+        hi = last + 1
+    else:  # SUMMARY: the summaries at positions up to the last query (earlier chunks only when continuing)
+        lo = 0
+        pos_last = tl.minimum(last, n - 1)
+        hi = (pos_last // L) * C
+        if not CONTINUE:
+            hi += tl.minimum(tl.maximum(pos_last % L + 1 - col_lo, 0), C)
+    hi = tl.where(u0 < rows, hi, lo)
+    return lo, hi
+
+
+@triton.jit
+def query_range(u0, n, L, G, C, col_lo, MODE: tl.constexpr, CONTINUE: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[lo, hi) of virtual query indices that may read the key tile starting at u0.
+
+    lo is rounded down to a multiple of BLOCK_M so that query tiles stay aligned.
+    """
+    rows = row_count(n, L, G, MODE)
+    u_last = u0 + BLOCK_N - 1
+    if MODE == DENSE:
+        lo = u0
+        hi = rows
+    elif MODE == BAND:
+        lo = u0
+        hi = tl.minimum(u_last + L, rows)
+    elif MODE == CHUNK:
+        lo = u0
+        hi = tl.minimum((u_last // L + 1) * L, rows)
+    elif MODE == STRIDED:
+        lo = u0
+        hi = tl.minimum((u_last // G + 1) * G, rows)
+    else:  # SUMMARY: every later query (from the next chunk on when continuing)
+        if CONTINUE:
+            lo = (u0 // C + 1) * L
+        else:
+            lo = (u0 // C) * L + col_lo + u0 % C
+        hi = rows
+    lo = lo // BLOCK_M * BLOCK_M
+    hi = tl.where(lo < hi, hi, lo)
+    return lo, hi

@@ -1,0 +1,243 @@
+"""Launching the kernels: input checks, pass sequencing, autotuning, autograd, custom op.
+
+`attention(q, k, v, spec)` is the entry point: q, k, v of shape (batch, heads, n,
+head_dim), any strides with a contiguous last dimension (so the model's
+(batch, n, heads, head_dim) projections pass without a copy), returning the output in
+(batch, n, heads, head_dim) memory seen as (batch, heads, n, head_dim), and the logsumexp (batch, heads, n) in fp32, natural log.
+
+The pattern arrives as plain numbers (`KernelSpec`); this layer never imports the model
+package. On CPU tensors the kernels run under Triton's interpreter (TRITON_INTERPRET=1
+must be set before triton is imported), which is how CI checks them.
+
+Precision: bf16 and fp16 inputs use the tensor cores with fp32 accumulation; fp32
+inputs are accepted and multiplied in tf32 on the GPU (Triton's default for fp32 dots,
+about 3e-4 relative error), exactly in the interpreter.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import NamedTuple
+
+import torch
+import triton
+
+from .backward import attention_delta_kernel, attention_dkdv_kernel, attention_dq_kernel
+from .forward import attention_forward_kernel
+from .geometry import MODES
+
+HEAD_DIMS = (16, 32, 64, 128)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+class KernelSpec(NamedTuple):
+    """A pattern as the kernels see it.
+
+    passes: per pass, (mode of even heads, mode of odd heads), modes from geometry.MODES;
+        passes after the first continue the first's softmax (merged heads).
+    stride: l. summary: c (fixed only; 1 otherwise).
+    summary_groups: v, the number of distinct summary sub-blocks in use (1 = shared).
+    summary_head_div: head h reads sub-block (h // summary_head_div) % summary_groups.
+    """
+
+    passes: tuple[tuple[str, str], ...]
+    stride: int
+    summary: int = 1
+    summary_groups: int = 1
+    summary_head_div: int = 1
+
+
+class Blocks(NamedTuple):
+    """Tile sizes for one launch; None fields mean "autotune"."""
+
+    block_m: int | None = None
+    block_n: int | None = None
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# ---------------------------------------------------------------------- autotuning
+def _configs(kind: str) -> list[triton.Config]:
+    """Candidate tiles per kernel kind for the GPU; Triton benchmarks them on first use
+    for each key (modes, head dim, length bucket) and keeps the winner for the process."""
+    shapes = {
+        "forward": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 32, 4, 4)],
+        "dkdv": [(32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (16, 64, 4, 4), (64, 32, 4, 3)],
+        "dq": [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (64, 16, 4, 4), (32, 64, 4, 3)],
+    }[kind]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+
+
+def _prune_for_head_dim(configs, named_args, **kwargs):
+    """Large tiles with head dim 128 exceed shared memory: keep the smaller ones."""
+    head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
+    if head_dim is None or head_dim < 128:
+        return configs
+    small = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 128 * 64]
+    return small or configs
+
+
+_KEY = ["N_BUCKET", "HEAD_DIM", "MODE_EVEN", "MODE_ODD", "CONTINUE"]
+_tuned_forward = triton.autotune(
+    _configs("forward"), key=_KEY, restore_value=["O", "LSE"], prune_configs_by={"early_config_prune": _prune_for_head_dim}
+)(attention_forward_kernel)
+_tuned_dkdv = triton.autotune(
+    _configs("dkdv"), key=_KEY, restore_value=["DK", "DV"], prune_configs_by={"early_config_prune": _prune_for_head_dim}
+)(attention_dkdv_kernel)
+_tuned_dq = triton.autotune(
+    _configs("dq"), key=_KEY, restore_value=["DQ"], prune_configs_by={"early_config_prune": _prune_for_head_dim}
+)(attention_dq_kernel)
+
+INTERPRETER_BLOCKS = Blocks(32, 32)
+
+
+def _launcher(raw, tuned, blocks: Blocks):
+    """The kernel to call and the tile constexprs to pass: fixed tiles when given (tests)
+    or under the interpreter, autotuned ones otherwise."""
+    if blocks.block_m is None and _interpreted():
+        blocks = INTERPRETER_BLOCKS
+    if blocks.block_m is None:
+        return tuned, {}
+    return raw, {"BLOCK_M": blocks.block_m, "BLOCK_N": blocks.block_n or blocks.block_m}
+
+
+# ---------------------------------------------------------------------- checks
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: KernelSpec) -> None:
+    """Refuse bad inputs with a message before anything is launched."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"sparse attention: {name} must have shape (batch, heads, n, head_dim), got {tuple(t.shape)}")
+        if t.dtype not in DTYPES:
+            raise TypeError(f"sparse attention: {name} has dtype {t.dtype}; use float16, bfloat16 or float32")
+        if t.stride(-1) != 1:
+            raise ValueError(f"sparse attention: {name} must be contiguous in its last dimension (stride {t.stride(-1)}); call .contiguous()")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(f"sparse attention: q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"sparse attention: q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"sparse attention: q, k, v are on different devices: {q.device}, {k.device}, {v.device}")
+    if q.device.type == "cpu" and not _interpreted():
+        raise RuntimeError(
+            "sparse attention: the Triton kernels need a CUDA tensor; for CPU tensors set TRITON_INTERPRET=1 "
+            "before importing triton (slow: for tests) or use the reference backend"
+        )
+    if q.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"sparse attention: unsupported device {q.device}; use CUDA (or CPU with TRITON_INTERPRET=1)")
+    if q.shape[-1] not in HEAD_DIMS:
+        raise ValueError(f"sparse attention: head_dim {q.shape[-1]} is not supported; use one of {HEAD_DIMS}")
+    if q.shape[0] * q.shape[1] > 65535:
+        raise ValueError(f"sparse attention: batch * heads = {q.shape[0] * q.shape[1]} exceeds the grid limit 65535")
+    for even, odd in spec.passes:
+        for mode in (even, odd):
+            if mode not in MODES:
+                raise ValueError(f"sparse attention: unknown mode {mode!r}; modes are {', '.join(MODES)}")
+    if spec.stride < 1 or spec.summary < 1 or spec.summary > spec.stride:
+        raise ValueError(f"sparse attention: need stride >= 1 and 1 <= summary <= stride, got {spec.stride}, {spec.summary}")
+
+
+# ---------------------------------------------------------------------- launches
+def _rows(modes: tuple[str, str], n: int, stride: int) -> int:
+    """Extent of the virtual row index over the modes of one pass."""
+    return stride * triton.cdiv(n, stride) if "strided" in modes else n
+
+
+def _common_args(spec: KernelSpec, n: int, heads: int) -> dict:
+    return dict(
+        H=heads, n=n, L=spec.stride, G=triton.cdiv(n, spec.stride), C=spec.summary,
+        SUMMARY_GROUPS=spec.summary_groups, SUMMARY_HEAD_DIV=spec.summary_head_div,
+        N_BUCKET=triton.next_power_of_2(n),
+    )
+
+
+def _like(t: torch.Tensor) -> torch.Tensor:
+    """An uninitialized (batch, heads, n, head_dim) buffer stored as (batch, n, heads,
+    head_dim): the layout the model's projections use, so its output needs no copy to
+    merge the heads. Every output buffer comes from here or `_row_stats`, so tests can
+    poison them and catch elements a kernel never writes."""
+    batch, heads, n, head_dim = t.shape
+    return torch.empty(batch, n, heads, head_dim, device=t.device, dtype=t.dtype).transpose(1, 2)
+
+
+def _row_stats(q: torch.Tensor) -> torch.Tensor:
+    """An uninitialized (batch, heads, n) fp32 buffer: logsumexp or delta per row."""
+    return torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
+
+
+def forward(q, k, v, spec: KernelSpec, sm_scale: float, blocks: Blocks = Blocks()):
+    """Output (layout of q) and logsumexp (batch, heads, n) fp32."""
+    batch, heads, n, head_dim = q.shape
+    out = _like(q)
+    lse = _row_stats(q)
+    kernel, tiles = _launcher(attention_forward_kernel, _tuned_forward, blocks)
+    for index, (even, odd) in enumerate(spec.passes):
+        rows = _rows((even, odd), n, spec.stride)
+        grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads)  # noqa: E731
+        kernel[grid](
+            q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+            qk_scale=sm_scale * 1.4426950408889634, MODE_EVEN=MODES[even], MODE_ODD=MODES[odd], CONTINUE=index > 0,
+            HEAD_DIM=head_dim, **_common_args(spec, n, heads), **tiles,
+        )
+    return out, lse
+
+
+def backward(do, q, k, v, out, lse, spec: KernelSpec, sm_scale: float, blocks: Blocks = Blocks()):
+    """dq, dk, dv (layouts of q, k, v)."""
+    batch, heads, n, head_dim = q.shape
+    if do.stride(-1) != 1:
+        do = do.contiguous()
+    delta = _row_stats(q)
+    delta_block = 64
+    attention_delta_kernel[(triton.cdiv(n, delta_block), batch * heads)](
+        out, do, delta, *out.stride()[:3], *do.stride()[:3], heads, n, BLOCK_M=delta_block, HEAD_DIM=head_dim,
+    )
+    dq = _like(q)
+    # Keys no program owns stay zero: a first pass over summaries owns only summary columns.
+    first_reads_summaries = "summary" in spec.passes[0]
+    dk, dv = _like(k), _like(v)
+    if first_reads_summaries:
+        dk.zero_()
+        dv.zero_()
+    dkdv, dkdv_tiles = _launcher(attention_dkdv_kernel, _tuned_dkdv, blocks)
+    dq_kernel, dq_tiles = _launcher(attention_dq_kernel, _tuned_dq, blocks)
+    common = _common_args(spec, n, heads)
+    for index, (even, odd) in enumerate(spec.passes):
+        rows = _rows((even, odd), n, spec.stride)
+        flags = dict(MODE_EVEN=MODES[even], MODE_ODD=MODES[odd], CONTINUE=index > 0, HEAD_DIM=head_dim)
+        scales = dict(qk_scale=sm_scale * 1.4426950408889634, sm_scale=sm_scale)
+        dkdv[lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]), batch * heads)](
+            q, k, v, do, lse, delta, dk, dv, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+            *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], **scales, **flags, **common, **dkdv_tiles,
+        )
+        dq_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads)](
+            q, k, v, do, lse, delta, dq, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+            *do.stride()[:3], *dq.stride()[:3], **scales, **flags, **common, **dq_tiles,
+        )
+    return dq, dk, dv
+
+
+# ---------------------------------------------------------------------- autograd
+class SparseAttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, spec: KernelSpec, sm_scale: float, blocks: Blocks):
+        out, lse = forward(q, k, v, spec, sm_scale, blocks)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.spec, ctx.sm_scale, ctx.blocks = spec, sm_scale, blocks
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, do, _dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = backward(do, q, k, v, out, lse, ctx.spec, ctx.sm_scale, ctx.blocks)
+        return dq, dk, dv, None, None, None
+
+
+def attention(q, k, v, spec: KernelSpec, sm_scale: float | None = None, blocks: Blocks = Blocks()):
+    """Sparse causal attention with autograd: (output, logsumexp)."""
+    check_inputs(q, k, v, spec)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else sm_scale
+    return SparseAttentionFunction.apply(q, k, v, spec, scale, blocks)

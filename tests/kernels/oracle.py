@@ -1,0 +1,26 @@
+"""Float64 ground truth for the kernel tests, built on the project's reference attention."""
+
+from __future__ import annotations
+
+import torch
+
+from sparse_transformer import Pattern
+from sparse_transformer.attention import reference_attention, reference_lse
+
+
+def oracle(q, k, v, do, pattern: Pattern, layer: int):
+    """Output, logsumexp and (dq, dk, dv) of the reference attention in float64."""
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    out = reference_attention(q64, k64, v64, pattern, layer)
+    grads = torch.autograd.grad(out, (q64, k64, v64), do.double())
+    with torch.no_grad():
+        lse = reference_lse(q64, k64, pattern, layer)
+    return out.detach(), lse, grads
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """||actual - expected|| / ||expected|| in float64 (NaN anywhere gives inf)."""
+    actual, expected = actual.double(), expected.double()
+    if not torch.isfinite(actual).all():
+        return float("inf")
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()

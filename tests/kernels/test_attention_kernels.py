@@ -1,0 +1,174 @@
+"""The fused kernels against the float64 reference attention, on the CPU.
+
+Without a GPU the kernels run under Triton's interpreter (tests/conftest.py sets
+TRITON_INTERPRET=1). The interpreter multiplies fp32 exactly, so fp32 inputs must
+match the float64 reference to about 1e-6; fp16 is checked too (the interpreter's bf16
+dot is broken, NOTES.md: bf16 is checked on the GPU, tests/kernels/test_kernels_gpu.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sparse_kernels import ops
+from sparse_kernels.ops import Blocks, KernelSpec
+from sparse_transformer import Pattern
+from sparse_transformer.triton_attention import kernel_spec, sparse_attention, sparse_attention_with_lse
+
+from .oracle import oracle, rel_err
+
+PATTERNS = [
+    Pattern("dense", 8),
+    Pattern("local", 7),
+    Pattern("strided", 6, integration="merged"),
+    Pattern("strided", 5, integration="interleaved"),
+    Pattern("strided", 8, integration="multihead"),
+    Pattern("fixed", 8, 3, integration="merged"),
+    Pattern("fixed", 8, 2, integration="interleaved"),
+    Pattern("fixed", 6, 2, integration="multihead"),
+    Pattern("fixed", 8, 2, integration="merged", distinct_summaries=True),
+    Pattern("fixed", 12, 3, integration="multihead", distinct_summaries=True),
+    Pattern("fixed", 8, 4, integration="interleaved", distinct_summaries=True),
+]
+
+
+def _inputs(batch, heads, n, head_dim, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v, do = (torch.randn(batch, heads, n, head_dim, generator=gen).to(dtype) for _ in range(4))
+    return q, k, v, do
+
+
+def _check(pattern, layer, batch, heads, n, head_dim, blocks, dtype=torch.float32, tol=2e-6, seed=0):
+    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, seed)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    out, lse = sparse_attention_with_lse(q, k, v, pattern, layer, blocks=blocks)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    ref_out, ref_lse, ref_grads = oracle(q, k, v, do, pattern, layer)
+
+    empty = torch.isinf(ref_lse)
+    assert torch.equal(torch.isinf(lse), empty), "rows without keys must have logsumexp -inf, and only they"
+    assert (lse[empty] < 0).all()
+    assert (out[empty] == 0).all(), "rows without keys must output 0"
+    assert rel_err(out, ref_out) < tol, f"output: {rel_err(out, ref_out):.2e}"
+    assert rel_err(lse[~empty], ref_lse[~empty]) < tol, "logsumexp"
+    for name, got, want in zip(("dq", "dk", "dv"), grads, ref_grads):
+        assert rel_err(got, want) < tol * 4, f"{name}: {rel_err(got, want):.2e}"
+
+
+@pytest.mark.parametrize("pattern", PATTERNS, ids=Pattern.describe)
+@pytest.mark.parametrize("layer", [0, 1])
+def test_matches_reference_on_ragged_lengths(pattern, layer):
+    # n = 45 is a multiple of neither the tiles (16) nor any stride above.
+    _check(pattern, layer, batch=2, heads=4, n=45, head_dim=16, blocks=Blocks(16, 16))
+
+
+@pytest.mark.parametrize("blocks", [Blocks(16, 32), Blocks(32, 16)])
+@pytest.mark.parametrize("pattern", [PATTERNS[2], PATTERNS[5], PATTERNS[9]], ids=Pattern.describe)
+def test_unequal_tiles_and_head_dim_32(pattern, blocks):
+    _check(pattern, 0, batch=1, heads=2, n=70, head_dim=32, blocks=blocks)
+
+
+def test_half_precision_inputs():
+    _check(Pattern("fixed", 8, 2, "merged"), 0, batch=1, heads=2, n=40, head_dim=16,
+           blocks=Blocks(16, 16), dtype=torch.float16, tol=3e-3)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(["strided", "fixed"]),
+    integration=st.sampled_from(["merged", "interleaved", "multihead"]),
+    stride=st.integers(2, 12),
+    summary_frac=st.floats(0.05, 0.95),
+    distinct=st.booleans(),
+    n=st.integers(1, 60),
+    heads=st.integers(1, 4),
+    layer=st.integers(0, 1),
+)
+def test_random_patterns(kind, integration, stride, summary_frac, distinct, n, heads, layer):
+    if kind == "fixed":
+        summary = min(stride - 1, max(1, round(summary_frac * stride)))
+        pattern = Pattern(kind, stride, summary, integration, distinct)
+    else:
+        pattern = Pattern(kind, stride, integration=integration)
+    _check(pattern, layer, batch=1, heads=heads, n=n, head_dim=16, blocks=Blocks(16, 16), seed=n)
+
+
+def _poison(monkeypatch):
+    """Every output buffer starts as NaN, so an element no kernel writes fails the check."""
+    like, stats = ops._like, ops._row_stats
+    monkeypatch.setattr(ops, "_like", lambda t: like(t).fill_(float("nan")))
+    monkeypatch.setattr(ops, "_row_stats", lambda q: stats(q).fill_(float("nan")))
+
+
+@pytest.mark.parametrize("pattern", PATTERNS, ids=Pattern.describe)
+def test_every_output_element_is_written(pattern, monkeypatch):
+    _poison(monkeypatch)
+    # heads=3: odd head count; n=33 leaves a one-row tail tile.
+    _check(pattern, 1, batch=1, heads=3, n=33, head_dim=16, blocks=Blocks(16, 16))
+
+
+def test_model_layout_views_need_no_copy():
+    """(batch, n, heads, head_dim) projections viewed as (batch, heads, n, head_dim)."""
+    gen = torch.Generator().manual_seed(3)
+    qkv = torch.randn(2, 40, 3, 2, 16, generator=gen)  # (B, n, {q,k,v}, H, D)
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    pattern = Pattern("strided", 6)
+    out = sparse_attention(q, k, v, pattern)
+    assert out.shape == q.shape and out.transpose(1, 2).is_contiguous(), "output stored as (B, n, H, D)"
+    ref, _, _ = oracle(q, k, v, torch.zeros_like(q), pattern, 0)
+    assert rel_err(out, ref) < 2e-6
+
+
+def test_backward_is_deterministic():
+    pattern = Pattern("fixed", 8, 2, "merged")
+    q, k, v, do = _inputs(1, 2, 50, 16, torch.float32, seed=5)
+    runs = []
+    for _ in range(2):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out, _ = sparse_attention_with_lse(*leaves, pattern, blocks=Blocks(16, 16))
+        runs.append(torch.autograd.grad(out, leaves, do))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_default_scale_is_inverse_sqrt_head_dim():
+    q, k, v, _ = _inputs(1, 1, 20, 16, torch.float32, seed=1)
+    pattern = Pattern("dense", 4)
+    spec = kernel_spec(pattern)
+    default, _ = ops.attention(q, k, v, spec)
+    explicit, _ = ops.attention(q, k, v, spec, sm_scale=1 / math.sqrt(16))
+    doubled, _ = ops.attention(q, k, v, spec, sm_scale=2 / math.sqrt(16))
+    assert torch.equal(default, explicit)
+    assert not torch.allclose(default, doubled)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda q: q[..., :12].contiguous(), "head_dim 12"),
+        (lambda q: q.double(), "dtype"),
+        (lambda q: q.transpose(-1, -2).contiguous().transpose(-1, -2), "contiguous"),
+        (lambda q: q[0], "shape"),
+        (lambda q: q.half(), "dtypes differ"),
+    ],
+)
+def test_bad_inputs_are_refused_before_launch(change, message):
+    q, k, v, _ = _inputs(1, 2, 16, 16, torch.float32, seed=0)
+    bad = change(q)
+    if message == "dtypes differ":
+        args = (bad, k, v)
+    else:
+        args = (bad, change(k), change(v))
+    with pytest.raises((ValueError, TypeError), match=message):
+        ops.attention(*args, kernel_spec(Pattern("strided", 4)))
+
+
+def test_unknown_mode_is_refused():
+    q, k, v, _ = _inputs(1, 1, 16, 16, torch.float32, seed=0)
+    with pytest.raises(ValueError, match="unknown mode 'diagonal'"):
+        ops.attention(q, k, v, KernelSpec((("diagonal", "diagonal"),), 4))

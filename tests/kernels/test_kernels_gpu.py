@@ -1,0 +1,136 @@
+"""The compiled kernels on a CUDA GPU, bf16, against a float64 oracle.
+
+Marked `gpu`: skipped on machines without CUDA (CI is CPU-only; see tests/conftest.py).
+Run on a GPU with `pytest -m gpu tests/kernels`. The oracle is computed on the GPU in
+float64, a slab of query rows at a time with the backward written out by hand, so that
+it reaches n = 65,536 without an n x n matrix.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sparse_transformer import Pattern
+from sparse_transformer.triton_attention import sparse_attention_with_lse
+
+from .oracle import rel_err
+
+pytestmark = pytest.mark.gpu
+
+BF16_TOLERANCE = 1e-2
+
+
+def _scores(q, k, pattern, layer, start, stop):
+    """Masked scores of query rows start..stop-1 against all keys: (B, H, rows, n) float64."""
+    heads, n, head_dim = q.shape[1], q.shape[2], q.shape[3]
+    i = torch.arange(start, stop, device=q.device)[:, None]
+    j = torch.arange(n, device=q.device)[None, :]
+    head = torch.arange(heads, device=q.device)[:, None, None]
+    s = q[:, :, start:stop] @ k.transpose(-1, -2) / math.sqrt(head_dim)
+    return s.masked_fill(~pattern.allowed(i, j, layer, head), float("-inf"))
+
+
+def _probs(s, lse):
+    return torch.exp(s - torch.where(torch.isinf(lse), torch.inf, lse)[..., None])
+
+
+def chunked_oracle(q, k, v, do, pattern, layer, rows=512):
+    q, k, v, do = (t.double() for t in (q, k, v, do))
+    n = q.shape[2]
+    out, lse = torch.empty_like(q), torch.empty(q.shape[:3], dtype=torch.float64, device=q.device)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        s = _scores(q, k, pattern, layer, start, stop)
+        lse[:, :, start:stop] = torch.logsumexp(s, -1)
+        out[:, :, start:stop] = _probs(s, lse[:, :, start:stop]) @ v
+    delta = (do * out).sum(-1)
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    scale = 1 / math.sqrt(q.shape[-1])
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        p = _probs(_scores(q, k, pattern, layer, start, stop), lse[:, :, start:stop])
+        dv += p.transpose(-1, -2) @ do[:, :, start:stop]
+        ds = p * (do[:, :, start:stop] @ v.transpose(-1, -2) - delta[:, :, start:stop, None])
+        dq[:, :, start:stop] = ds @ k * scale
+        dk += ds.transpose(-1, -2) @ q[:, :, start:stop] * scale
+    return out, lse, (dq, dk, dv)
+
+
+def _run_and_compare(pattern, layer, batch, heads, n, head_dim, dtype=torch.bfloat16, tol=BF16_TOLERANCE, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    q, k, v, do = (torch.randn(batch, heads, n, head_dim, device="cuda", generator=gen).to(dtype) for _ in range(4))
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out, lse = sparse_attention_with_lse(*leaves, pattern, layer)
+    grads = torch.autograd.grad(out, leaves, do)
+    ref_out, ref_lse, ref_grads = chunked_oracle(q, k, v, do, pattern, layer)
+    empty = torch.isinf(ref_lse)
+    assert torch.equal(torch.isinf(lse), empty)
+    errors = {"out": rel_err(out, ref_out), "lse": rel_err(lse[~empty], ref_lse[~empty])}
+    errors.update({name: rel_err(g, r) for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads)})
+    assert max(errors.values()) < tol, f"{pattern.describe()} n={n} d={head_dim} {dtype}: {errors}"
+
+
+GPU_PATTERNS = [
+    Pattern("dense", 64),
+    Pattern("local", 64),
+    Pattern("strided", 64, integration="merged"),
+    Pattern("strided", 64, integration="interleaved"),
+    Pattern("strided", 64, integration="multihead"),
+    Pattern("fixed", 64, 16, integration="merged"),
+    Pattern("fixed", 64, 8, integration="interleaved", distinct_summaries=True),
+    Pattern("fixed", 128, 32, integration="multihead", distinct_summaries=True),
+]
+
+
+@pytest.mark.parametrize("pattern", GPU_PATTERNS, ids=Pattern.describe)
+@pytest.mark.parametrize("n", [1000, 4096])
+@pytest.mark.parametrize("layer", [0, 1])
+def test_bf16_matches_float64(pattern, n, layer):
+    _run_and_compare(pattern, layer, batch=2, heads=4, n=n, head_dim=64)
+
+
+@pytest.mark.parametrize("head_dim", [32, 128])
+@pytest.mark.parametrize("pattern", [GPU_PATTERNS[2], GPU_PATTERNS[5]], ids=Pattern.describe)
+def test_head_dims(pattern, head_dim):
+    _run_and_compare(pattern, 0, batch=1, heads=4, n=3000, head_dim=head_dim)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, 5e-3), (torch.float32, 2e-3)])
+def test_fp16_and_fp32_inputs(dtype, tol):
+    _run_and_compare(Pattern("strided", 64, integration="merged"), 0, batch=1, heads=4, n=2500, head_dim=64, dtype=dtype, tol=tol)
+
+
+@pytest.mark.parametrize(
+    "pattern", [Pattern("strided", 256, integration="multihead"), Pattern("fixed", 256, 32, integration="merged")],
+    ids=Pattern.describe,
+)
+@pytest.mark.parametrize("n", [16384, 65536])
+def test_long_sequences(pattern, n):
+    _run_and_compare(pattern, 0, batch=1, heads=2, n=n, head_dim=64)
+
+
+def test_million_tokens_forward_and_backward():
+    """n = 1,048,576: 64-bit offsets. Sampled rows of the output and dq against float64."""
+    n, heads, head_dim = 1 << 20, 2, 64
+    pattern = Pattern("strided", 1024, integration="multihead")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, do = (torch.randn(1, heads, n, head_dim, device="cuda", generator=gen).bfloat16() for _ in range(4))
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out, lse = sparse_attention_with_lse(*leaves, pattern)
+    dq, dk, dv = torch.autograd.grad(out, leaves, do)
+    for t in (out, lse, dq, dk, dv):
+        assert torch.isfinite(t).all()
+    rows = torch.cat([torch.arange(0, 8), torch.randint(8, n, (24,), generator=gen, device="cuda"), torch.tensor([n - 1])])
+    q64, k64, v64, do64 = (t.double() for t in (q, k, v, do))
+    for row in rows.tolist():
+        s = _scores(q64, k64, pattern, 0, row, row + 1)  # (1, H, 1, n)
+        ref_lse = torch.logsumexp(s, -1)
+        p = _probs(s, ref_lse)
+        ref_out = p @ v64
+        delta = (do64[:, :, row : row + 1] * ref_out).sum(-1, keepdim=True)
+        ref_dq = (p * (do64[:, :, row : row + 1] @ v64.transpose(-1, -2) - delta)) @ k64 / math.sqrt(head_dim)
+        assert rel_err(out[:, :, row : row + 1], ref_out) < BF16_TOLERANCE, row
+        assert rel_err(dq[:, :, row : row + 1], ref_dq) < BF16_TOLERANCE, row
