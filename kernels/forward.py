@@ -16,7 +16,7 @@ import triton.language as tl
 
 from .geometry import allowed, key_range, key_rows, query_rows
 
-LOG2E: tl.constexpr = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit

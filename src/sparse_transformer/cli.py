@@ -23,6 +23,7 @@ from .errors import UserError
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "pattern": ("sparse_transformer.pattern_figure", "draw which keys each query attends to, as a PNG"),
+    "prepare": ("sparse_transformer.data.prepare", "raw data (enwik8, CIFAR-10, ImageNet64, audio, bytes, images, digits) -> HDF5"),
 }
 
 

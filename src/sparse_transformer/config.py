@@ -19,8 +19,9 @@ from typing import Any
 
 import yaml
 
+from .attention import BACKENDS as ATTENTION_BACKENDS
 from .errors import UserError
-from .patterns import Pattern
+from .patterns import Pattern, PatternError
 
 
 class ConfigError(UserError, ValueError):
@@ -38,9 +39,6 @@ class PatternConfig:
 
     def build(self) -> Pattern:
         return Pattern(self.kind, self.stride, self.summary, self.integration, self.distinct_summaries)
-
-
-ATTENTION_BACKENDS = ("auto", "triton", "flex", "reference", "sdpa")
 
 
 @dataclass(frozen=True)
@@ -89,8 +87,10 @@ class ModelConfig:
             fail("attention", f"unknown backend {self.attention!r}: choose one of {', '.join(ATTENTION_BACKENDS)}")
         try:
             pattern = self.pattern.build()
-        except ValueError as err:
-            raise ConfigError(f"{where}.pattern: {err}") from None
+        except PatternError as err:
+            raise ConfigError(f"{where}.pattern.{err.field}: {err.problem}") from None
+        if pattern.integration == "multihead" and pattern.factorized and self.heads < 2:
+            fail("heads", "integration 'multihead' gives A1 to even heads and A2 to odd heads, so it needs heads >= 2")
         if self.attention == "sdpa" and pattern.kind != "dense":
             fail("attention", f"'sdpa' computes dense causal attention only, but pattern.kind is {pattern.kind!r}: use triton, flex or reference")
         if self.image_shape is not None:
@@ -134,7 +134,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             return tuple(_convert(v, args[0], f"{where}[{k}]") for k, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{where}: expected a list of {len(args)} items, got {list(value)}")
-        return tuple(_convert(v, a, f"{where}[{k}]") for k, (v, a) in enumerate(zip(args, value)))
+        return tuple(_convert(v, a, f"{where}[{k}]") for k, (v, a) in enumerate(zip(value, args)))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
@@ -181,5 +181,71 @@ def load_yaml(path: str | Path) -> dict:
 
 def load_model_config(section: dict, where: str = "model") -> ModelConfig:
     cfg = from_dict(ModelConfig, section, where)
+    cfg.validate(where)
+    return cfg
+
+
+# ---------------------------------------------------------------------- data
+#: the sources of `sparse-transformer prepare DATASET`
+DATASETS = ("enwik8", "cifar10", "imagenet64", "audio", "bytes", "images", "digits")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from and how it is fed (`prepare` and the DataModules).
+
+    dataset: the source, one of DATASETS (`sparse-transformer prepare DATASET`).
+    input: the raw file or folder (--input); None for digits.
+    hdf5: the prepared file (--output of prepare, input of training).
+    download: fetch the raw archive into `input` when missing (enwik8, cifar10).
+    split_fractions: train, valid, test for sources without an official split
+        (bytes, images, audio, digits).
+    sample_rate: audio is resampled to this rate (Hz).
+    seed: the splits drawn by prepare, and the training order (windows, image shuffles).
+    batch_size: examples per step on each device; eval_batch_size: for valid and test
+        (None: batch_size).
+    num_workers: DataLoader worker processes per device.
+    context: bytes the model sees per window of a text/audio stream (windows hold
+        context + 1 bytes); None: the model's context. Images always give H*W*C bytes.
+    skip_undecodable: audio: skip files that fail to decode instead of stopping.
+    """
+
+    dataset: str = "bytes"
+    input: str | None = None
+    hdf5: str = "data/prepared/data.h5"
+    download: bool = False
+    split_fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)
+    sample_rate: int = 12_000
+    seed: int = 0
+    batch_size: int = 8
+    eval_batch_size: int | None = None
+    num_workers: int = 1
+    context: int | None = None
+    skip_undecodable: bool = False
+
+    def validate(self, where: str = "data") -> None:
+        def fail(name: str, msg: str) -> None:
+            raise ConfigError(f"{where}.{name}: {msg}")
+
+        if self.dataset not in DATASETS:
+            fail("dataset", f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
+        if self.input is None and self.dataset != "digits":
+            fail("input", f"the {self.dataset} source needs the path of its raw file or folder")
+        fractions = self.split_fractions
+        if min(fractions) < 0 or fractions[0] == 0 or abs(sum(fractions) - 1) > 1e-6:
+            fail("split_fractions", f"give train, valid, test >= 0 with train > 0 summing to 1, got {list(fractions)}")
+        for name in ("sample_rate", "batch_size"):
+            if getattr(self, name) < 1:
+                fail(name, f"must be a positive integer, got {getattr(self, name)}")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            fail("eval_batch_size", f"must be a positive integer or null, got {self.eval_batch_size}")
+        if self.num_workers < 0:
+            fail("num_workers", f"must be 0 or more, got {self.num_workers}")
+        if self.context is not None and self.context < 1:
+            fail("context", f"must be a positive integer or null, got {self.context}")
+
+
+def load_data_config(section: dict, where: str = "data") -> DataConfig:
+    cfg = from_dict(DataConfig, section, where)
     cfg.validate(where)
     return cfg

@@ -36,6 +36,15 @@ KINDS = ("dense", "local", "strided", "fixed")
 INTEGRATIONS = ("merged", "interleaved", "multihead")
 
 
+class PatternError(ValueError):
+    """An invalid Pattern argument; `field` names it, the message says what to change."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"pattern {field} {problem}")
+        self.field = field
+        self.problem = problem
+
+
 class BlockLayout(NamedTuple):
     """Which key blocks each query block visits.
 
@@ -70,25 +79,24 @@ class Pattern:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"pattern kind {self.kind!r} is unknown: choose one of {', '.join(KINDS)}")
+            raise PatternError("kind", f"{self.kind!r} is unknown: choose one of {', '.join(KINDS)}")
         if self.integration not in INTEGRATIONS:
-            raise ValueError(
-                f"pattern integration {self.integration!r} is unknown: choose one of {', '.join(INTEGRATIONS)}"
-            )
+            raise PatternError("integration", f"{self.integration!r} is unknown: choose one of {', '.join(INTEGRATIONS)}")
         if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 1:
-            raise ValueError(f"pattern stride must be a positive integer, got {self.stride!r}")
+            raise PatternError("stride", f"must be a positive integer, got {self.stride!r}")
         if self.kind == "fixed":
             if self.summary is None:
-                raise ValueError("pattern kind 'fixed' needs summary (c, the summary width), e.g. summary=32 with stride=128")
-            if not 1 <= self.summary < self.stride:
-                raise ValueError(
-                    f"pattern summary must satisfy 1 <= summary < stride, got summary={self.summary}, "
-                    f"stride={self.stride}: lower summary or raise stride"
+                raise PatternError("summary", "kind 'fixed' needs summary (c, the summary width), e.g. summary=32 with stride=128")
+            if isinstance(self.summary, bool) or not isinstance(self.summary, int) or not 1 <= self.summary < self.stride:
+                raise PatternError(
+                    "summary",
+                    f"must satisfy 1 <= summary < stride, got summary={self.summary!r}, stride={self.stride}: "
+                    "lower summary or raise stride",
                 )
         elif self.summary is not None:
-            raise ValueError(f"pattern summary is only used by kind 'fixed'; remove it for kind {self.kind!r}")
+            raise PatternError("summary", f"is only used by kind 'fixed'; remove it for kind {self.kind!r}")
         if self.distinct_summaries and self.kind != "fixed":
-            raise ValueError("distinct_summaries applies only to kind 'fixed'")
+            raise PatternError("distinct_summaries", f"applies only to kind 'fixed'; set it to false for kind {self.kind!r}")
 
     # ------------------------------------------------------------------ index sets
     @property
@@ -106,14 +114,14 @@ class Pattern:
         parity = layer % 2 if self.integration == "interleaved" else head % 2
         return ("A1",) if parity == 0 else ("A2",)
 
-    def summary_group(self, head: int) -> int:
+    def summary_group(self, head: int | torch.Tensor) -> int | torch.Tensor:
         """The summary sub-block (0 = the last c columns) that `head` reads under fixed A2."""
         if not self.distinct_summaries:
             return 0
         a2_rank = head // 2 if self.integration == "multihead" else head
         return a2_rank % (self.stride // self.summary)
 
-    def summary_columns(self, head: int = 0) -> tuple[int, int]:
+    def summary_columns(self, head: int | torch.Tensor = 0) -> tuple[int | torch.Tensor, int | torch.Tensor]:
         """[lo, hi): the values of (j mod l) that are summaries for `head` (fixed only)."""
         if self.kind != "fixed":
             raise ValueError(f"summary columns exist only for kind 'fixed', not {self.kind!r}")
@@ -121,28 +129,40 @@ class Pattern:
         hi = self.stride - g * self.summary
         return hi - self.summary, hi
 
-    def allowed(self, i: torch.Tensor, j: torch.Tensor, layer: int = 0, head: int = 0) -> torch.Tensor:
-        """Elementwise: may query i attend to key j? i, j broadcast (integer tensors)."""
+    def allowed(self, i: torch.Tensor, j: torch.Tensor, layer: int = 0, head: int | torch.Tensor = 0) -> torch.Tensor:
+        """Elementwise: may query i attend to key j? i, j broadcast (integer tensors).
+
+        `head` may be an int or an integer tensor broadcasting with i and j: FlexAttention's
+        mask_mod passes one, and the reference attention asks for all heads at once with
+        head of shape (heads, 1, 1). Both sets are computed and the head's chosen by
+        arithmetic, never by Python branching on a tensor, so the predicate can be traced.
+        """
         causal = j <= i
         if self.kind == "dense":
             return causal
         l = self.stride
-        a1 = a2 = None
-        sets = self.sets(layer, head)
         if self.kind in ("local", "strided"):
-            if "A1" in sets:
-                a1 = (i - j) < l
-            if "A2" in sets and self.kind == "strided":
-                a2 = torch.remainder(i - j, l) == 0
+            a1 = (i - j) < l
+            if self.kind == "local":
+                return causal & a1
+            a2 = torch.remainder(i - j, l) == 0
         else:  # fixed
-            if "A1" in sets:
-                a1 = torch.div(j, l, rounding_mode="floor") == torch.div(i, l, rounding_mode="floor")
-            if "A2" in sets:
-                lo, hi = self.summary_columns(head)
-                col = torch.remainder(j, l)
-                a2 = (col >= lo) & (col < hi)
-        union = a1 if a2 is None else a2 if a1 is None else a1 | a2
-        return causal & union
+            a1 = torch.div(j, l, rounding_mode="floor") == torch.div(i, l, rounding_mode="floor")
+            lo, hi = self.summary_columns(head)
+            col = torch.remainder(j, l)
+            a2 = (col >= lo) & (col < hi)
+        if self.integration == "merged":
+            return causal & (a1 | a2)
+        if self.integration == "interleaved":
+            return causal & (a1 if layer % 2 == 0 else a2)
+        # multihead: odd heads use A2
+        if isinstance(head, torch.Tensor):
+            return causal & torch.where(head % 2 == 1, a2, a1)
+        return causal & (a2 if head % 2 == 1 else a1)
+
+    def depends_on_head(self) -> bool:
+        """True when different heads of one layer see different keys."""
+        return self.factorized and (self.integration == "multihead" or self.distinct_summaries)
 
     def mask(self, n: int, layer: int = 0, head: int = 0) -> torch.Tensor:
         """The (n, n) torch.bool matrix of allowed (query, key) pairs."""

@@ -1,0 +1,156 @@
+"""Every attention backend against a float64 dense softmax with the pattern's mask."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sparse_transformer.attention import BACKENDS, attend, reference_attention, reference_lse
+from sparse_transformer.patterns import Pattern
+
+PATTERNS = [
+    Pattern("dense", 1),
+    Pattern("local", 5),
+    Pattern("strided", 6, integration="merged"),
+    Pattern("strided", 6, integration="interleaved"),
+    Pattern("strided", 6, integration="multihead"),
+    Pattern("fixed", 8, 3, integration="merged", distinct_summaries=True),
+    Pattern("fixed", 8, 3, integration="interleaved"),  # layer 1: fixed A2 alone, empty first rows
+    Pattern("fixed", 8, 2, integration="multihead", distinct_summaries=True),
+]
+
+
+def dense_float64(q, k, v, pattern, layer):
+    """softmax(q k^T / sqrt(d) + mask) v and the log-sum-exp in float64, n x n at once."""
+    q, k, v = q.double(), k.double(), v.double()
+    n, heads = q.shape[2], q.shape[1]
+    mask = torch.stack([pattern.mask(n, layer, h) for h in range(heads)])  # (H, n, n)
+    scores = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    weights = torch.exp(scores - lse[..., None]).nan_to_num(0.0)  # empty rows: -inf - -inf
+    return weights @ v, lse
+
+
+def random_qkv(batch, heads, n, d_qk, d_v, seed=0, requires_grad=False):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(batch, heads, n, d_qk), (batch, heads, n, d_qk), (batch, heads, n, d_v)]
+    return [torch.randn(s, generator=gen).requires_grad_(requires_grad) for s in shapes]
+
+
+@pytest.mark.parametrize("pattern", PATTERNS, ids=Pattern.describe)
+@pytest.mark.parametrize("layer", [0, 1])
+def test_reference_equals_float64_softmax(pattern, layer):
+    q, k, v = random_qkv(2, 4, 45, 8, 12)  # n=45: not a multiple of any stride or chunk
+    expected, expected_lse = dense_float64(q, k, v, pattern, layer)
+    out = reference_attention(q, k, v, pattern, layer, chunk_elements=2 * 4 * 45 * 7)  # 7 rows a chunk
+    lse = reference_lse(q, k, pattern, layer, chunk_elements=2 * 4 * 45 * 7)
+    assert out.dtype == torch.float32 and out.shape == (2, 4, 45, 12)
+    assert (out.double() - expected).abs().max() / expected.abs().max() < 1e-5
+    finite = torch.isfinite(expected_lse)
+    assert torch.equal(torch.isfinite(lse), finite)
+    assert (lse.double()[finite] - expected_lse[finite]).abs().max() < 1e-5
+    assert torch.allclose(attend(q, k, v, pattern, layer), out, atol=1e-6)  # other chunking, same result
+
+
+def test_empty_rows_give_zero_output_and_zero_gradients():
+    pattern = Pattern("fixed", 8, 3, integration="interleaved")
+    q, k, v = random_qkv(1, 2, 20, 4, 4, requires_grad=True)
+    out = reference_attention(q, k, v, pattern, layer=1)  # fixed A2 alone: rows 0..4 see no key
+    lse = reference_lse(q, k, pattern, layer=1)
+    assert torch.equal(pattern.key_counts(20, layer=1)[:6], torch.tensor([0, 0, 0, 0, 0, 1]))
+    assert torch.equal(out[:, :, :5], torch.zeros(1, 2, 5, 4))
+    assert torch.isneginf(lse[:, :, :5]).all() and torch.isfinite(lse[:, :, 5:]).all()
+    (out.sum() + lse[torch.isfinite(lse)].sum()).backward()
+    for t in (q, k, v):
+        assert torch.isfinite(t.grad).all()
+    assert torch.equal(q.grad[:, :, :5], torch.zeros(1, 2, 5, 4))
+    assert q.grad[:, :, 5:].abs().sum() > 0
+
+
+def test_reference_gradients_equal_float64_softmax():
+    pattern = Pattern("strided", 5, integration="merged")
+    q, k, v = random_qkv(1, 2, 23, 4, 6, requires_grad=True)
+    reference_attention(q, k, v, pattern, chunk_elements=2 * 23 * 4).pow(2).sum().backward()
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    dense_float64(q64, k64, v64, pattern, 0)[0].pow(2).sum().backward()
+    for got, want in ((q.grad, q64.grad), (k.grad, k64.grad), (v.grad, v64.grad)):
+        assert (got.double() - want).abs().max() / want.abs().max() < 1e-5
+
+
+def test_reference_runs_at_16k_without_an_n_by_n_matrix():
+    """n = 16,384, batch 1, heads 2: a dense fp32 score matrix would take 2 GiB; the
+    chunked reference must stay far below that (measured as the process's peak RSS)."""
+    script = """
+import resource, torch
+from sparse_transformer.attention import reference_attention
+from sparse_transformer.patterns import Pattern
+torch.manual_seed(0)
+n = 16384
+q, k, v = (torch.randn(1, 2, n, 16) for _ in range(3))
+pattern = Pattern("strided", 128)
+out = reference_attention(q, k, v, pattern)
+peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+rows = torch.tensor([0, 1, 127, 128, 5000, n - 1])
+allowed = pattern.allowed(rows[:, None], torch.arange(n)[None, :])     # (6, n)
+s = (q[:, :, rows].double() @ k.double().transpose(-1, -2)) / 4.0     # (1, 2, 6, n)
+w = torch.softmax(s.masked_fill(~allowed, float("-inf")), dim=-1)
+err = ((out[:, :, rows].double() - w @ v.double()).abs().max()).item()
+print(err, peak_mib)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
+    err, peak_mib = result.stdout.split()
+    assert float(err) < 1e-5
+    assert int(peak_mib) < 1500  # torch itself takes a few hundred MiB
+
+
+@pytest.mark.slow
+def test_flex_equals_reference():
+    """Compiled FlexAttention on the CPU (~25 s to compile); q/k narrower than v as with half_qk."""
+    pattern = Pattern("fixed", 8, 2, integration="multihead", distinct_summaries=True)
+    q, k, v = random_qkv(1, 4, 50, 8, 16)
+    expected = reference_attention(q, k, v, pattern)
+    assert (attend(q, k, v, pattern, backend="flex") - expected).abs().max() < 1e-5
+
+
+def test_sdpa_equals_reference_for_dense_and_refuses_sparse():
+    q, k, v = random_qkv(2, 2, 33, 8, 8)
+    dense = Pattern("dense", 1)
+    assert (attend(q, k, v, dense, backend="sdpa") - reference_attention(q, k, v, dense)).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="dense causal attention only"):
+        attend(q, k, v, Pattern("strided", 4), backend="sdpa")
+
+
+def test_unknown_backend_names_the_choices():
+    q, k, v = random_qkv(1, 1, 4, 2, 2)
+    with pytest.raises(ValueError) as info:
+        attend(q, k, v, Pattern("dense", 1), backend="cuda")
+    for name in BACKENDS:
+        assert repr(name) in str(info.value) or name in str(info.value)
+    assert "'cuda'" in str(info.value)
+
+
+def test_auto_uses_reference_on_cpu():
+    q, k, v = random_qkv(1, 2, 10, 4, 4)
+    pattern = Pattern("strided", 3)
+    assert torch.equal(attend(q, k, v, pattern, backend="auto"), reference_attention(q, k, v, pattern))
+
+
+def test_triton_backend_without_its_module_fails_clearly(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sparse_transformer.triton_attention", None)  # as if not installed
+    q, k, v = random_qkv(1, 2, 16, 4, 4)
+    with pytest.raises(RuntimeError, match="backend 'triton' is not available"):
+        attend(q, k, v, Pattern("strided", 4), backend="triton")
+
+
+def test_reference_accumulates_in_fp32_under_bf16_autocast():
+    pattern = Pattern("strided", 4)
+    q, k, v = (t.bfloat16() for t in random_qkv(1, 2, 30, 16, 16))
+    expected = reference_attention(q.float(), k.float(), v.float(), pattern)  # the same bf16 values, fp32 math
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = reference_attention(q, k, v, pattern)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, expected.bfloat16())

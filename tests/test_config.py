@@ -1,0 +1,85 @@
+"""The model part of the configuration: typed loading and messages that name field and fix."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from sparse_transformer.config import ConfigError, ModelConfig, PatternConfig, load_model_config, load_yaml
+
+VALID = """
+context: 3072
+layers: 4
+d_model: 64
+heads: 2
+ff_mult: 2
+half_qk: true
+dropout: 0.25
+image_shape: [32, 32, 3]
+attention: reference
+recompute: true
+pattern: {kind: strided, stride: 32, integration: multihead}
+"""
+
+
+def load(text: str, **changes) -> ModelConfig:
+    section = yaml.safe_load(text)
+    for key, value in changes.items():
+        if value is ...:
+            section.pop(key)
+        else:
+            section[key] = value
+    return load_model_config(section, where="cifar10.model")
+
+
+def test_a_valid_section_loads_into_typed_dataclasses():
+    cfg = load(VALID)
+    assert cfg.image_shape == (32, 32, 3)  # a YAML list becomes the annotated tuple
+    assert cfg.pattern == PatternConfig("strided", 32, None, "multihead", False)
+    assert cfg.dropout == 0.25 and cfg.half_qk is True and cfg.head_dim == 32
+
+
+def test_defaults_fill_missing_fields():
+    cfg = load_model_config({"pattern": {"kind": "fixed", "stride": 16, "summary": 4}})
+    assert cfg.layers == ModelConfig().layers and cfg.pattern.integration == "merged"
+
+
+def test_integer_dropout_is_accepted_as_float():
+    assert load(VALID, dropout=0).dropout == 0.0
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "fix"),
+    [
+        (dict(heads=3), "cifar10.model.heads", "pick heads dividing d_model"),
+        (dict(heads=4, d_model=68), "cifar10.model.half_qk", "turn half_qk off or change heads"),
+        (dict(pattern={"kind": "fixed", "stride": 8, "summary": 8}), "cifar10.model.pattern.summary", "lower summary or raise stride"),
+        (dict(pattern={"kind": "fixed", "stride": 8}), "cifar10.model.pattern.summary", "summary=32 with stride=128"),
+        (dict(pattern={"kind": "sparse", "stride": 8}), "cifar10.model.pattern.kind", "choose one of dense, local, strided, fixed"),
+        (dict(pattern={"kind": "strided", "stride": 8, "colour": 1}), "cifar10.model.pattern", "the fields are kind, stride"),
+        (dict(attention="cuda"), "cifar10.model.attention", "choose one of auto, reference, flex, sdpa, triton"),
+        (dict(attention="sdpa"), "cifar10.model.attention", "use triton, flex or reference"),
+        (dict(context=3000), "cifar10.model.context", "set context to 3072"),
+        (dict(image_shape=[32, 32]), "cifar10.model.image_shape", "expected a list of 3 items"),
+        (dict(layers="4"), "cifar10.model.layers", "expected int"),
+        (dict(half_qk=1), "cifar10.model.half_qk", "expected bool"),
+        (dict(layers=0), "cifar10.model.layers", "must be a positive integer"),
+        (dict(dropout=1.0), "cifar10.model.dropout", "must be in [0, 1)"),
+        (dict(width=64), "cifar10.model", "unknown field(s) width"),
+        (dict(heads=1, d_model=64, half_qk=False), "cifar10.model.heads", "needs heads >= 2"),
+    ],
+)
+def test_errors_name_the_field_and_the_fix(changes, field, fix):
+    with pytest.raises(ConfigError) as info:
+        load(VALID, **changes)
+    message = str(info.value)
+    assert message.startswith(field + ":") or message.startswith(field + " "), message
+    assert fix in message
+
+
+def test_load_yaml_reads_sections(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("cifar10:\n  model:\n" + "".join(f"    {line}\n" for line in VALID.strip().splitlines()))
+    assert load_model_config(load_yaml(path)["cifar10"]["model"]) == load(VALID)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_yaml(tmp_path / "missing.yaml")

@@ -1,0 +1,280 @@
+"""The model of SPEC section 2: information flow, recomputation, initialization, learning."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from sparse_transformer.config import ConfigError, ModelConfig, PatternConfig, load_model_config
+from sparse_transformer.model import SparseTransformer, bits_per_dim, gelu
+
+REPO = Path(__file__).resolve().parents[1]
+
+PATTERNS = [
+    PatternConfig("dense", 6),
+    PatternConfig("local", 6),
+    PatternConfig("strided", 6, integration="merged"),
+    PatternConfig("strided", 6, integration="interleaved"),
+    PatternConfig("strided", 6, integration="multihead"),
+    PatternConfig("fixed", 8, 2, integration="merged", distinct_summaries=True),
+    PatternConfig("fixed", 8, 2, integration="interleaved"),
+    PatternConfig("fixed", 8, 2, integration="multihead", distinct_summaries=True),
+]
+
+
+def small_model(pattern: PatternConfig, **overrides) -> SparseTransformer:
+    settings = dict(context=26, layers=2, d_model=32, heads=4, ff_mult=2, attention="reference", pattern=pattern)
+    settings.update(overrides)
+    torch.manual_seed(0)
+    model = SparseTransformer(ModelConfig(**settings))
+    torch.nn.init.normal_(model.out.weight, std=0.1)  # W_out starts at 0; the logits would not depend on anything
+    return model.eval()
+
+
+def dependency_matrix(model: SparseTransformer, n: int) -> torch.Tensor:
+    """(n, n) bool: [i, j] = changing input byte j changes the logits at position i."""
+    base = torch.randint(0, 256, (1, n), generator=torch.Generator().manual_seed(1))
+    changed = base.repeat(n, 1)  # row j: byte j replaced
+    changed[torch.arange(n), torch.arange(n)] = (base[0] + 1) % 256
+    with torch.no_grad():
+        diff = (model(changed) - model(base)).abs().amax(dim=-1)  # (j, i)
+    return (diff > 0).T
+
+
+@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p.build().describe())
+def test_information_flows_exactly_along_two_hops_of_the_pattern(pattern):
+    """Causality (nothing after i reaches i) and reach (every j within two hops of the
+    layers' patterns does): the dependency set of a two-layer model is exactly the reach."""
+    n, heads = 26, 4
+    model = small_model(pattern)
+    p = pattern.build()
+    eye = torch.eye(n, dtype=torch.bool)
+    hop1 = (p.layer_mask(n, 0, heads) | eye).to(torch.int64)
+    hop2 = (p.layer_mask(n, 1, heads) | eye).to(torch.int64)
+    reach = (hop2 @ hop1) > 0
+    depends = dependency_matrix(model, n)
+    assert not depends.triu(1).any(), "an output depends on a later input"
+    assert torch.equal(depends, reach)
+    if p.kind == "local":
+        assert not depends[n - 1, 0]  # the matrix is not trivially all-causal
+
+
+def test_recomputation_gives_the_same_loss_and_gradients():
+    pattern = PatternConfig("fixed", 8, 2, integration="interleaved")
+    tokens = torch.randint(0, 256, (3, 27), generator=torch.Generator().manual_seed(2))
+    results = []
+    for recompute in (False, True):
+        model = small_model(pattern, recompute=recompute, dropout=0.2).train()
+        torch.manual_seed(3)  # the same dropout masks; checkpoint replays the RNG state
+        loss = model.loss(tokens[:, :-1], tokens[:, 1:])
+        loss.backward()
+        results.append((loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}))
+    (loss_off, grads_off), (loss_on, grads_on) = results
+    assert torch.allclose(loss_on, loss_off, rtol=1e-6)
+    for name, grad in grads_off.items():
+        assert torch.allclose(grads_on[name], grad, rtol=1e-5, atol=1e-7), name
+    assert any(g.abs().sum() > 0 for name, g in grads_off.items() if "blocks.0.attn.query" in name)
+
+
+def weight_groups(model: SparseTransformer) -> dict[str, torch.Tensor]:
+    """Every parameter of the model, concatenated by the role SPEC section 2 gives it."""
+    groups: dict[str, list[torch.Tensor]] = {}
+    for name, p in model.named_parameters():
+        parts = name.split(".")
+        if name.startswith("blocks."):
+            role = ".".join(parts[2:])  # e.g. attn.query.weight, ff_norm.bias
+        elif name.startswith("position_embedding."):
+            role = f"position.{parts[2]}"
+        else:
+            role = name
+        groups.setdefault(role, []).append(p.detach().flatten())
+    return {role: torch.cat(ps) for role, ps in groups.items()}
+
+
+@pytest.mark.parametrize("image_shape", [None, (16, 16, 3)])
+def test_initialization_matches_spec(image_shape):
+    d, layers, ff = 256, 4, 4
+    config = ModelConfig(
+        context=768,
+        layers=layers,
+        d_model=d,
+        heads=4,
+        ff_mult=ff,
+        image_shape=image_shape,
+        pattern=PatternConfig("strided", 32),
+    )
+    torch.manual_seed(0)
+    groups = weight_groups(SparseTransformer(config))
+    residual_scale = 1 / math.sqrt(2 * layers)
+    n_emb = 2 if image_shape is None else 3
+    expected_std = {
+        "token_embedding.weight": math.sqrt(0.125 / d),
+        "attn.query.weight": math.sqrt(0.125 / d),
+        "attn.key.weight": math.sqrt(0.125 / d),
+        "attn.value.weight": math.sqrt(0.125 / d),
+        "attn.proj.weight": math.sqrt(0.125 / d) * residual_scale,
+        "ff.w1.weight": math.sqrt(0.125 / d),
+        "ff.w2.weight": math.sqrt(0.125 / (ff * d)) * residual_scale,
+    }
+    for axis in range(n_emb):
+        expected_std[f"position.{axis}"] = math.sqrt(0.125 / (d * n_emb))
+    assert {role for role in groups if role.startswith("position.")} == {f"position.{a}" for a in range(n_emb)}
+    for role, std in expected_std.items():
+        assert abs(groups[role].std().item() / std - 1) < 0.1, role
+        assert abs(groups[role].mean().item()) < 0.1 * std, role
+    assert torch.equal(groups["out.weight"], torch.zeros_like(groups["out.weight"]))
+    for role, values in groups.items():
+        if role.endswith("bias"):
+            assert torch.equal(values, torch.zeros_like(values)), role
+        if role.endswith("norm.weight"):
+            assert torch.equal(values, torch.ones_like(values)), role
+    assert set(groups) == set(expected_std) | {"out.weight"} | {
+        r for r in groups if r.endswith("bias") or r.endswith("norm.weight")
+    }
+
+
+def test_image_positions_are_row_column_channel_in_raster_order():
+    model = SparseTransformer(ModelConfig(context=2 * 3 * 4, image_shape=(2, 3, 4), pattern=PatternConfig("strided", 4)))
+    coords = model.position_embedding.coords
+    expected = [(row, col, ch) for row in range(2) for col in range(3) for ch in range(4)]
+    assert [tuple(c) for c in coords.T.tolist()] == expected
+
+
+def test_text_positions_are_row_and_column_of_a_stride_wide_matrix():
+    model = SparseTransformer(ModelConfig(context=10, pattern=PatternConfig("strided", 4)))
+    assert model.position_embedding.coords.T.tolist() == [[i // 4, i % 4] for i in range(10)]
+    assert [t.num_embeddings for t in model.position_embedding.tables] == [3, 4]
+
+
+def test_untrained_model_predicts_uniform_bytes():
+    """W_out = 0, so every byte has probability 1/256: exactly 8 bits per byte."""
+    model = SparseTransformer(ModelConfig(context=16, pattern=PatternConfig("strided", 4)))
+    tokens = torch.randint(0, 256, (2, 17), dtype=torch.uint8)
+    assert model(tokens[:, :-1]).shape == (2, 16, 256)
+    assert model.loss(tokens[:, :-1], tokens[:, 1:]).item() == pytest.approx(8.0, abs=1e-5)
+
+
+def test_bits_per_dim_is_cross_entropy_in_bits():
+    logits = torch.tensor([[[0.0, math.log(3.0)]]])  # p = 1/4, 3/4
+    assert bits_per_dim(logits, torch.tensor([[0]])).item() == pytest.approx(2.0)
+    assert bits_per_dim(logits, torch.tensor([[1]])).item() == pytest.approx(math.log2(4 / 3))
+
+
+def test_gelu_is_the_sigmoid_approximation():
+    x = torch.tensor([-2.0, 0.0, 1.0])
+    assert torch.allclose(gelu(x), x / (1 + torch.exp(-1.702 * x)))
+
+
+def shakespeare() -> bytes:
+    for path in (REPO / "data/quickstart/text/tinyshakespeare.txt", REPO.parent / "shared/data/text/tinyshakespeare.txt"):
+        if path.is_file():
+            return path.read_bytes()
+    pytest.skip("tinyshakespeare.txt is not available")
+
+
+@pytest.mark.parametrize("integration", ["merged", "interleaved", "multihead"])
+def test_small_model_overfits_a_text_window(integration):
+    text = torch.tensor(list(shakespeare()[:4 * 65]), dtype=torch.long).view(4, 65)
+    config = ModelConfig(
+        context=64, layers=2, d_model=64, heads=2, attention="reference", pattern=PatternConfig("strided", 8, integration=integration)
+    )
+    torch.manual_seed(0)
+    model = SparseTransformer(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = model.loss(text[:, :-1], text[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 3.0
+
+
+def test_bf16_autocast_forward_runs():
+    model = small_model(PatternConfig("fixed", 8, 2, integration="merged"), half_qk=True)
+    tokens = torch.randint(0, 256, (2, 26))
+    with torch.no_grad():
+        full = model(tokens)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = model(tokens)
+    assert half.dtype == torch.bfloat16
+    assert torch.isfinite(half).all()
+    assert (half.float() - full).abs().max() < 0.05 * full.abs().max()
+
+
+def test_backend_comes_from_the_config():
+    dense = PatternConfig("dense", 4)
+    tokens = torch.randint(0, 256, (2, 26))
+    with torch.no_grad():
+        by_reference = small_model(dense, attention="reference")(tokens)
+        by_sdpa = small_model(dense, attention="sdpa")(tokens)
+    assert torch.allclose(by_reference, by_sdpa, atol=1e-5)
+
+
+def test_unknown_backend_names_the_choices():
+    with pytest.raises(ConfigError) as info:
+        SparseTransformer(ModelConfig(attention="cuda"))
+    for name in ("auto", "reference", "flex", "sdpa", "triton"):
+        assert name in str(info.value)
+
+
+def test_sequences_longer_than_the_context_are_refused():
+    model = SparseTransformer(ModelConfig(context=8, pattern=PatternConfig("strided", 4)))
+    with pytest.raises(ValueError, match="exceeds the model's context 8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+# The paper's three models (SPEC section 3), as params.yaml would give them.
+PAPER_MODELS = {
+    "cifar10": (
+        59e6,
+        """
+        context: 3072
+        image_shape: [32, 32, 3]
+        layers: 128
+        d_model: 256
+        heads: 2
+        ff_mult: 2
+        half_qk: true
+        pattern: {kind: strided, stride: 32, integration: multihead}
+        """,
+    ),
+    "enwik8": (
+        95e6,
+        """
+        context: 12288
+        layers: 30
+        d_model: 512
+        heads: 8
+        ff_mult: 4
+        pattern: {kind: fixed, stride: 128, summary: 32, integration: merged}
+        """,
+    ),
+    "imagenet64": (
+        152e6,
+        """
+        context: 12288
+        image_shape: [64, 64, 3]
+        layers: 48
+        d_model: 512
+        heads: 16
+        ff_mult: 4
+        pattern: {kind: strided, stride: 128}
+        """,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", PAPER_MODELS)
+def test_paper_models_have_the_papers_parameter_counts(name):
+    paper_count, text = PAPER_MODELS[name]
+    config = load_model_config(yaml.safe_load(textwrap.dedent(text)), where=f"{name}.model")
+    with torch.device("meta"):  # shapes only: no memory, no time
+        model = SparseTransformer(config)
+    count = model.num_params()
+    print(f"{name}: {count:,} parameters (paper: {paper_count / 1e6:.0f}M)")
+    assert abs(count / paper_count - 1) < 0.03
