@@ -22,14 +22,14 @@ from .geometry import allowed, key_range, key_rows, query_range, query_rows
 
 @triton.jit
 def attention_delta_kernel(O, DO, DELTA, stride_ob, stride_oh, stride_on, stride_db, stride_dh, stride_dn,
-                           H, n, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
+                           H, n, BLOCK_M: tl.constexpr, V_DIM: tl.constexpr):
     tile = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = bh % H
     rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     valid = rows < n
-    offs_d = tl.arange(0, HEAD_DIM)
+    offs_d = tl.arange(0, V_DIM)
     rows64 = rows.to(tl.int64)
     o = tl.load(O + b * stride_ob + h * stride_oh + rows64[:, None] * stride_on + offs_d[None, :], mask=valid[:, None], other=0.0)
     do = tl.load(DO + b * stride_db + h * stride_dh + rows64[:, None] * stride_dn + offs_d[None, :], mask=valid[:, None], other=0.0)
@@ -52,24 +52,25 @@ def _dkdv_tile(
     stride_qn, stride_kn, stride_vn, stride_don, stride_dkn, stride_dvn,
     n, L, G, C, col_lo, qk_scale, sm_scale, tile,
     MODE: tl.constexpr, CONTINUE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
 ):
     u_k = tile * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) virtual key rows
-    offs_d = tl.arange(0, HEAD_DIM)
+    offs_qk = tl.arange(0, QK_DIM)
+    offs_v = tl.arange(0, V_DIM)
     pos_k, valid_k = key_rows(u_k, n, L, G, C, col_lo, MODE)
     row_k = pos_k.to(tl.int64)
-    k = tl.load(K + k_base + row_k[:, None] * stride_kn + offs_d[None, :], mask=valid_k[:, None], other=0.0)
-    v = tl.load(V + v_base + row_k[:, None] * stride_vn + offs_d[None, :], mask=valid_k[:, None], other=0.0)
-    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
-    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    k = tl.load(K + k_base + row_k[:, None] * stride_kn + offs_qk[None, :], mask=valid_k[:, None], other=0.0)
+    v = tl.load(V + v_base + row_k[:, None] * stride_vn + offs_v[None, :], mask=valid_k[:, None], other=0.0)
+    dk = tl.zeros([BLOCK_N, QK_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, V_DIM], tl.float32)
 
     lo, hi = query_range(tile * BLOCK_N, n, L, G, C, col_lo, MODE, CONTINUE, BLOCK_M, BLOCK_N)
     for start in range(lo, hi, BLOCK_M):
         u_q = start + tl.arange(0, BLOCK_M)  # (BLOCK_M,) virtual query rows
         pos_q, valid_q = query_rows(u_q, n, L, G, MODE)
         row_q = pos_q.to(tl.int64)
-        q = tl.load(Q + q_base + row_q[:, None] * stride_qn + offs_d[None, :], mask=valid_q[:, None], other=0.0)
-        do = tl.load(DO + do_base + row_q[:, None] * stride_don + offs_d[None, :], mask=valid_q[:, None], other=0.0)
+        q = tl.load(Q + q_base + row_q[:, None] * stride_qn + offs_qk[None, :], mask=valid_q[:, None], other=0.0)
+        do = tl.load(DO + do_base + row_q[:, None] * stride_don + offs_v[None, :], mask=valid_q[:, None], other=0.0)
         lse, delta = _load_row_stats(LSE, DELTA, stat_base, row_q, valid_q)
         s_t = tl.dot(k, tl.trans(q)) * qk_scale  # (BLOCK_N, BLOCK_M): scores transposed
         ok = allowed(pos_q[None, :], pos_k[:, None], u_q[None, :], u_k[:, None], L, G, MODE, CONTINUE)
@@ -80,8 +81,8 @@ def _dkdv_tile(
         dk += tl.dot(ds_t.to(q.dtype), q)
 
     dk *= sm_scale
-    dk_ptrs = DK + dk_base + row_k[:, None] * stride_dkn + offs_d[None, :]
-    dv_ptrs = DV + dv_base + row_k[:, None] * stride_dvn + offs_d[None, :]
+    dk_ptrs = DK + dk_base + row_k[:, None] * stride_dkn + offs_qk[None, :]
+    dv_ptrs = DV + dv_base + row_k[:, None] * stride_dvn + offs_v[None, :]
     if CONTINUE:
         dk += tl.load(dk_ptrs, mask=valid_k[:, None], other=0.0).to(tl.float32)
         dv += tl.load(dv_ptrs, mask=valid_k[:, None], other=0.0).to(tl.float32)
@@ -96,7 +97,7 @@ def attention_dkdv_kernel(
     stride_dob, stride_doh, stride_don, stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
     H, n, L, G, C, SUMMARY_GROUPS, SUMMARY_HEAD_DIV, qk_scale, sm_scale, N_BUCKET,
     MODE_EVEN: tl.constexpr, MODE_ODD: tl.constexpr, CONTINUE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
 ):
     """Grid: (key tiles, batch * heads)."""
     tile = tl.program_id(0)
@@ -114,15 +115,15 @@ def attention_dkdv_kernel(
     if MODE_EVEN == MODE_ODD:
         _dkdv_tile(Q, K, V, DO, LSE, DELTA, DK, DV, q_base, k_base, v_base, do_base, dk_base, dv_base, stat_base,
                    stride_qn, stride_kn, stride_vn, stride_don, stride_dkn, stride_dvn,
-                   n, L, G, C, col_lo, qk_scale, sm_scale, tile, MODE_EVEN, CONTINUE, BLOCK_M, BLOCK_N, HEAD_DIM)
+                   n, L, G, C, col_lo, qk_scale, sm_scale, tile, MODE_EVEN, CONTINUE, BLOCK_M, BLOCK_N, QK_DIM, V_DIM)
     elif h % 2 == 0:
         _dkdv_tile(Q, K, V, DO, LSE, DELTA, DK, DV, q_base, k_base, v_base, do_base, dk_base, dv_base, stat_base,
                    stride_qn, stride_kn, stride_vn, stride_don, stride_dkn, stride_dvn,
-                   n, L, G, C, col_lo, qk_scale, sm_scale, tile, MODE_EVEN, CONTINUE, BLOCK_M, BLOCK_N, HEAD_DIM)
+                   n, L, G, C, col_lo, qk_scale, sm_scale, tile, MODE_EVEN, CONTINUE, BLOCK_M, BLOCK_N, QK_DIM, V_DIM)
     else:
         _dkdv_tile(Q, K, V, DO, LSE, DELTA, DK, DV, q_base, k_base, v_base, do_base, dk_base, dv_base, stat_base,
                    stride_qn, stride_kn, stride_vn, stride_don, stride_dkn, stride_dvn,
-                   n, L, G, C, col_lo, qk_scale, sm_scale, tile, MODE_ODD, CONTINUE, BLOCK_M, BLOCK_N, HEAD_DIM)
+                   n, L, G, C, col_lo, qk_scale, sm_scale, tile, MODE_ODD, CONTINUE, BLOCK_M, BLOCK_N, QK_DIM, V_DIM)
 
 
 @triton.jit
@@ -131,24 +132,25 @@ def _dq_tile(
     stride_qn, stride_kn, stride_vn, stride_don, stride_dqn,
     n, L, G, C, col_lo, qk_scale, sm_scale, tile,
     MODE: tl.constexpr, CONTINUE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
 ):
     u_q = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
+    offs_qk = tl.arange(0, QK_DIM)
+    offs_v = tl.arange(0, V_DIM)
     pos_q, valid_q = query_rows(u_q, n, L, G, MODE)
     row_q = pos_q.to(tl.int64)
-    q = tl.load(Q + q_base + row_q[:, None] * stride_qn + offs_d[None, :], mask=valid_q[:, None], other=0.0)
-    do = tl.load(DO + do_base + row_q[:, None] * stride_don + offs_d[None, :], mask=valid_q[:, None], other=0.0)
+    q = tl.load(Q + q_base + row_q[:, None] * stride_qn + offs_qk[None, :], mask=valid_q[:, None], other=0.0)
+    do = tl.load(DO + do_base + row_q[:, None] * stride_don + offs_v[None, :], mask=valid_q[:, None], other=0.0)
     lse, delta = _load_row_stats(LSE, DELTA, stat_base, row_q, valid_q)
-    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    dq = tl.zeros([BLOCK_M, QK_DIM], tl.float32)
 
     lo, hi = key_range(tile * BLOCK_M, n, L, G, C, col_lo, MODE, CONTINUE, BLOCK_M, BLOCK_N)
     for start in range(lo, hi, BLOCK_N):
         u_k = start + tl.arange(0, BLOCK_N)
         pos_k, valid_k = key_rows(u_k, n, L, G, C, col_lo, MODE)
         row_k = pos_k.to(tl.int64)
-        k = tl.load(K + k_base + row_k[:, None] * stride_kn + offs_d[None, :], mask=valid_k[:, None], other=0.0)
-        v = tl.load(V + v_base + row_k[:, None] * stride_vn + offs_d[None, :], mask=valid_k[:, None], other=0.0)
+        k = tl.load(K + k_base + row_k[:, None] * stride_kn + offs_qk[None, :], mask=valid_k[:, None], other=0.0)
+        v = tl.load(V + v_base + row_k[:, None] * stride_vn + offs_v[None, :], mask=valid_k[:, None], other=0.0)
         s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N)
         ok = allowed(pos_q[:, None], pos_k[None, :], u_q[:, None], u_k[None, :], L, G, MODE, CONTINUE)
         p = tl.where(ok & valid_k[None, :], tl.math.exp2(s - lse[:, None]), 0.0)
@@ -157,7 +159,7 @@ def _dq_tile(
         dq += tl.dot(ds.to(k.dtype), k)
 
     dq *= sm_scale
-    dq_ptrs = DQ + dq_base + row_q[:, None] * stride_dqn + offs_d[None, :]
+    dq_ptrs = DQ + dq_base + row_q[:, None] * stride_dqn + offs_qk[None, :]
     if CONTINUE:
         dq += tl.load(dq_ptrs, mask=valid_q[:, None], other=0.0).to(tl.float32)
     tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=valid_q[:, None])
@@ -170,7 +172,7 @@ def attention_dq_kernel(
     stride_dob, stride_doh, stride_don, stride_dqb, stride_dqh, stride_dqn,
     H, n, L, G, C, SUMMARY_GROUPS, SUMMARY_HEAD_DIV, qk_scale, sm_scale, N_BUCKET,
     MODE_EVEN: tl.constexpr, MODE_ODD: tl.constexpr, CONTINUE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
 ):
     """Grid: (query tiles, batch * heads)."""
     tile = tl.program_id(0)
@@ -187,12 +189,12 @@ def attention_dq_kernel(
     if MODE_EVEN == MODE_ODD:
         _dq_tile(Q, K, V, DO, LSE, DELTA, DQ, q_base, k_base, v_base, do_base, dq_base, stat_base,
                  stride_qn, stride_kn, stride_vn, stride_don, stride_dqn,
-                 n, L, G, C, col_lo, qk_scale, sm_scale, tile, MODE_EVEN, CONTINUE, BLOCK_M, BLOCK_N, HEAD_DIM)
+                 n, L, G, C, col_lo, qk_scale, sm_scale, tile, MODE_EVEN, CONTINUE, BLOCK_M, BLOCK_N, QK_DIM, V_DIM)
     elif h % 2 == 0:
         _dq_tile(Q, K, V, DO, LSE, DELTA, DQ, q_base, k_base, v_base, do_base, dq_base, stat_base,
                  stride_qn, stride_kn, stride_vn, stride_don, stride_dqn,
-                 n, L, G, C, col_lo, qk_scale, sm_scale, tile, MODE_EVEN, CONTINUE, BLOCK_M, BLOCK_N, HEAD_DIM)
+                 n, L, G, C, col_lo, qk_scale, sm_scale, tile, MODE_EVEN, CONTINUE, BLOCK_M, BLOCK_N, QK_DIM, V_DIM)
     else:
         _dq_tile(Q, K, V, DO, LSE, DELTA, DQ, q_base, k_base, v_base, do_base, dq_base, stat_base,
                  stride_qn, stride_kn, stride_vn, stride_don, stride_dqn,
-                 n, L, G, C, col_lo, qk_scale, sm_scale, tile, MODE_ODD, CONTINUE, BLOCK_M, BLOCK_N, HEAD_DIM)
+                 n, L, G, C, col_lo, qk_scale, sm_scale, tile, MODE_ODD, CONTINUE, BLOCK_M, BLOCK_N, QK_DIM, V_DIM)

@@ -25,31 +25,32 @@ def _forward_tile(
     stride_qn, stride_kn, stride_vn, stride_on,
     n, L, G, C, col_lo, qk_scale, tile,
     MODE: tl.constexpr, CONTINUE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
 ):
     u_q = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) virtual query rows
-    offs_d = tl.arange(0, HEAD_DIM)
+    offs_qk = tl.arange(0, QK_DIM)
+    offs_v = tl.arange(0, V_DIM)
     pos_q, valid_q = query_rows(u_q, n, L, G, MODE)
     row_q = pos_q.to(tl.int64)
-    q = tl.load(Q + q_base + row_q[:, None] * stride_qn + offs_d[None, :], mask=valid_q[:, None], other=0.0)
+    q = tl.load(Q + q_base + row_q[:, None] * stride_qn + offs_qk[None, :], mask=valid_q[:, None], other=0.0)
 
     if CONTINUE:  # resume the softmax of the previous pass: sum over its keys of 2^(s - lse) is 1
         m_i = tl.load(LSE + lse_base + row_q, mask=valid_q, other=float("-inf")) * LOG2E
         l_i = tl.where(m_i == float("-inf"), 0.0, 1.0)
-        acc = tl.load(O + o_base + row_q[:, None] * stride_on + offs_d[None, :], mask=valid_q[:, None], other=0.0)
+        acc = tl.load(O + o_base + row_q[:, None] * stride_on + offs_v[None, :], mask=valid_q[:, None], other=0.0)
         acc = acc.to(tl.float32)
     else:
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
-        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        acc = tl.zeros([BLOCK_M, V_DIM], tl.float32)
 
     lo, hi = key_range(tile * BLOCK_M, n, L, G, C, col_lo, MODE, CONTINUE, BLOCK_M, BLOCK_N)
     for start in range(lo, hi, BLOCK_N):
         u_k = start + tl.arange(0, BLOCK_N)  # (BLOCK_N,) virtual key rows
         pos_k, valid_k = key_rows(u_k, n, L, G, C, col_lo, MODE)
         row_k = pos_k.to(tl.int64)
-        k = tl.load(K + k_base + row_k[:, None] * stride_kn + offs_d[None, :], mask=valid_k[:, None], other=0.0)
-        v = tl.load(V + v_base + row_k[:, None] * stride_vn + offs_d[None, :], mask=valid_k[:, None], other=0.0)
+        k = tl.load(K + k_base + row_k[:, None] * stride_kn + offs_qk[None, :], mask=valid_k[:, None], other=0.0)
+        v = tl.load(V + v_base + row_k[:, None] * stride_vn + offs_v[None, :], mask=valid_k[:, None], other=0.0)
         s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         ok = allowed(pos_q[:, None], pos_k[None, :], u_q[:, None], u_k[None, :], L, G, MODE, CONTINUE)
         s = tl.where(ok & valid_k[None, :], s, float("-inf"))
@@ -65,7 +66,7 @@ def _forward_tile(
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) / LOG2E)
-    tl.store(O + o_base + row_q[:, None] * stride_on + offs_d[None, :], out.to(O.dtype.element_ty), mask=valid_q[:, None])
+    tl.store(O + o_base + row_q[:, None] * stride_on + offs_v[None, :], out.to(O.dtype.element_ty), mask=valid_q[:, None])
     tl.store(LSE + lse_base + row_q, lse, mask=valid_q)
 
 
@@ -76,7 +77,7 @@ def attention_forward_kernel(
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
     H, n, L, G, C, SUMMARY_GROUPS, SUMMARY_HEAD_DIV, qk_scale, N_BUCKET,
     MODE_EVEN: tl.constexpr, MODE_ODD: tl.constexpr, CONTINUE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
 ):
     """Grid: (query tiles, batch * heads). Even and odd heads may use different modes
     (the multi-head integration), so one launch serves every head."""
@@ -93,12 +94,12 @@ def attention_forward_kernel(
     if MODE_EVEN == MODE_ODD:
         _forward_tile(Q, K, V, O, LSE, q_base, k_base, v_base, o_base, lse_base,
                       stride_qn, stride_kn, stride_vn, stride_on, n, L, G, C, col_lo, qk_scale, tile,
-                      MODE_EVEN, CONTINUE, BLOCK_M, BLOCK_N, HEAD_DIM)
+                      MODE_EVEN, CONTINUE, BLOCK_M, BLOCK_N, QK_DIM, V_DIM)
     elif h % 2 == 0:
         _forward_tile(Q, K, V, O, LSE, q_base, k_base, v_base, o_base, lse_base,
                       stride_qn, stride_kn, stride_vn, stride_on, n, L, G, C, col_lo, qk_scale, tile,
-                      MODE_EVEN, CONTINUE, BLOCK_M, BLOCK_N, HEAD_DIM)
+                      MODE_EVEN, CONTINUE, BLOCK_M, BLOCK_N, QK_DIM, V_DIM)
     else:
         _forward_tile(Q, K, V, O, LSE, q_base, k_base, v_base, o_base, lse_base,
                       stride_qn, stride_kn, stride_vn, stride_on, n, L, G, C, col_lo, qk_scale, tile,
-                      MODE_ODD, CONTINUE, BLOCK_M, BLOCK_N, HEAD_DIM)
+                      MODE_ODD, CONTINUE, BLOCK_M, BLOCK_N, QK_DIM, V_DIM)

@@ -1,7 +1,8 @@
 """Launching the kernels: input checks, pass sequencing, autotuning, autograd, custom op.
 
-`attention(q, k, v, spec)` is the entry point: q, k, v of shape (batch, heads, n,
-head_dim), any strides with a contiguous last dimension (so the model's
+`attention(q, k, v, spec)` is the entry point: q, k of shape (batch, heads, n, d_qk)
+and v of shape (batch, heads, n, d_v) (half-size query/key projections give d_qk < d_v),
+any strides with a contiguous last dimension (so the model's
 (batch, n, heads, head_dim) projections pass without a copy), returning the output in
 (batch, n, heads, head_dim) memory seen as (batch, heads, n, head_dim), and the logsumexp (batch, heads, n) in fp32, natural log.
 
@@ -73,14 +74,14 @@ def _configs(kind: str) -> list[triton.Config]:
 
 def _prune_for_head_dim(configs, named_args, **kwargs):
     """Large tiles with head dim 128 exceed shared memory: keep the smaller ones."""
-    head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
-    if head_dim is None or head_dim < 128:
+    head_dim = max(kwargs.get("QK_DIM", named_args.get("QK_DIM", 0)), kwargs.get("V_DIM", named_args.get("V_DIM", 0)))
+    if head_dim < 128:
         return configs
     small = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 128 * 64]
     return small or configs
 
 
-_KEY = ["N_BUCKET", "HEAD_DIM", "MODE_EVEN", "MODE_ODD", "CONTINUE"]
+_KEY = ["N_BUCKET", "QK_DIM", "V_DIM", "MODE_EVEN", "MODE_ODD", "CONTINUE"]
 _tuned_forward = triton.autotune(
     _configs("forward"), key=_KEY, restore_value=["O", "LSE"], prune_configs_by={"early_config_prune": _prune_for_head_dim}
 )(attention_forward_kernel)
@@ -114,8 +115,11 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: Kernel
             raise TypeError(f"sparse attention: {name} has dtype {t.dtype}; use float16, bfloat16 or float32")
         if t.stride(-1) != 1:
             raise ValueError(f"sparse attention: {name} must be contiguous in its last dimension (stride {t.stride(-1)}); call .contiguous()")
-    if not (q.shape == k.shape == v.shape):
-        raise ValueError(f"sparse attention: q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape != k.shape or q.shape[:3] != v.shape[:3]:
+        raise ValueError(
+            f"sparse attention: shapes must be q, k (batch, heads, n, d_qk) and v (batch, heads, n, d_v), "
+            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"sparse attention: q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
@@ -127,8 +131,9 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: Kernel
         )
     if q.device.type not in ("cpu", "cuda"):
         raise ValueError(f"sparse attention: unsupported device {q.device}; use CUDA (or CPU with TRITON_INTERPRET=1)")
-    if q.shape[-1] not in HEAD_DIMS:
-        raise ValueError(f"sparse attention: head_dim {q.shape[-1]} is not supported; use one of {HEAD_DIMS}")
+    for name, dim in (("query/key", q.shape[-1]), ("value", v.shape[-1])):
+        if dim not in HEAD_DIMS:
+            raise ValueError(f"sparse attention: {name} head_dim {dim} is not supported; use one of {HEAD_DIMS}")
     if q.shape[0] * q.shape[1] > 65535:
         raise ValueError(f"sparse attention: batch * heads = {q.shape[0] * q.shape[1]} exceeds the grid limit 65535")
     for even, odd in spec.passes:
@@ -169,8 +174,8 @@ def _row_stats(q: torch.Tensor) -> torch.Tensor:
 
 def forward(q, k, v, spec: KernelSpec, sm_scale: float, blocks: Blocks = Blocks()):
     """Output (layout of q) and logsumexp (batch, heads, n) fp32."""
-    batch, heads, n, head_dim = q.shape
-    out = _like(q)
+    batch, heads, n, _ = q.shape
+    out = _like(v)
     lse = _row_stats(q)
     kernel, tiles = _launcher(attention_forward_kernel, _tuned_forward, blocks)
     for index, (even, odd) in enumerate(spec.passes):
@@ -179,20 +184,20 @@ def forward(q, k, v, spec: KernelSpec, sm_scale: float, blocks: Blocks = Blocks(
         kernel[grid](
             q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
             qk_scale=sm_scale * 1.4426950408889634, MODE_EVEN=MODES[even], MODE_ODD=MODES[odd], CONTINUE=index > 0,
-            HEAD_DIM=head_dim, **_common_args(spec, n, heads), **tiles,
+            QK_DIM=q.shape[-1], V_DIM=v.shape[-1], **_common_args(spec, n, heads), **tiles,
         )
     return out, lse
 
 
 def backward(do, q, k, v, out, lse, spec: KernelSpec, sm_scale: float, blocks: Blocks = Blocks()):
     """dq, dk, dv (layouts of q, k, v)."""
-    batch, heads, n, head_dim = q.shape
+    batch, heads, n, _ = q.shape
     if do.stride(-1) != 1:
         do = do.contiguous()
     delta = _row_stats(q)
     delta_block = 64
     attention_delta_kernel[(triton.cdiv(n, delta_block), batch * heads)](
-        out, do, delta, *out.stride()[:3], *do.stride()[:3], heads, n, BLOCK_M=delta_block, HEAD_DIM=head_dim,
+        out, do, delta, *out.stride()[:3], *do.stride()[:3], heads, n, BLOCK_M=delta_block, V_DIM=v.shape[-1],
     )
     dq = _like(q)
     # Keys no program owns stay zero: a first pass over summaries owns only summary columns.
@@ -206,7 +211,7 @@ def backward(do, q, k, v, out, lse, spec: KernelSpec, sm_scale: float, blocks: B
     common = _common_args(spec, n, heads)
     for index, (even, odd) in enumerate(spec.passes):
         rows = _rows((even, odd), n, spec.stride)
-        flags = dict(MODE_EVEN=MODES[even], MODE_ODD=MODES[odd], CONTINUE=index > 0, HEAD_DIM=head_dim)
+        flags = dict(MODE_EVEN=MODES[even], MODE_ODD=MODES[odd], CONTINUE=index > 0, QK_DIM=q.shape[-1], V_DIM=v.shape[-1])
         scales = dict(qk_scale=sm_scale * 1.4426950408889634, sm_scale=sm_scale)
         dkdv[lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]), batch * heads)](
             q, k, v, do, lse, delta, dk, dv, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],

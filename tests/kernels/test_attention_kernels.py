@@ -37,14 +37,15 @@ PATTERNS = [
 ]
 
 
-def _inputs(batch, heads, n, head_dim, dtype, seed):
+def _inputs(batch, heads, n, head_dim, dtype, seed, v_dim=None):
     gen = torch.Generator().manual_seed(seed)
-    q, k, v, do = (torch.randn(batch, heads, n, head_dim, generator=gen).to(dtype) for _ in range(4))
+    dims = (head_dim, head_dim, v_dim or head_dim, v_dim or head_dim)  # q, k, v, dout
+    q, k, v, do = (torch.randn(batch, heads, n, d, generator=gen).to(dtype) for d in dims)
     return q, k, v, do
 
 
-def _check(pattern, layer, batch, heads, n, head_dim, blocks, dtype=torch.float32, tol=2e-6, seed=0):
-    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, seed)
+def _check(pattern, layer, batch, heads, n, head_dim, blocks, dtype=torch.float32, tol=2e-6, seed=0, v_dim=None):
+    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, seed, v_dim)
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     out, lse = sparse_attention_with_lse(q, k, v, pattern, layer, blocks=blocks)
     grads = torch.autograd.grad(out, (q, k, v), do)
@@ -71,6 +72,12 @@ def test_matches_reference_on_ragged_lengths(pattern, layer):
 @pytest.mark.parametrize("pattern", [PATTERNS[2], PATTERNS[5], PATTERNS[9]], ids=Pattern.describe)
 def test_unequal_tiles_and_head_dim_32(pattern, blocks):
     _check(pattern, 0, batch=1, heads=2, n=70, head_dim=32, blocks=blocks)
+
+
+@pytest.mark.parametrize("pattern", [PATTERNS[4], PATTERNS[5]], ids=Pattern.describe)
+def test_half_size_query_key(pattern):
+    """d_qk = d_v / 2, as in the CIFAR-10 model's half-size query/key projections."""
+    _check(pattern, 0, batch=1, heads=2, n=40, head_dim=16, v_dim=32, blocks=Blocks(16, 16))
 
 
 def test_half_precision_inputs():

@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+from sparse_kernels.ops import Blocks
 from sparse_transformer import Pattern
 from sparse_transformer.triton_attention import sparse_attention_with_lse
 
@@ -21,6 +22,9 @@ from .oracle import rel_err
 pytestmark = pytest.mark.gpu
 
 BF16_TOLERANCE = 1e-2
+# Fixed tiles keep the number of compilations (and the run) short; the long-sequence
+# tests below use the autotuned tiles.
+TILES = Blocks(64, 64)
 
 
 def _scores(q, k, pattern, layer, start, stop):
@@ -59,11 +63,13 @@ def chunked_oracle(q, k, v, do, pattern, layer, rows=512):
     return out, lse, (dq, dk, dv)
 
 
-def _run_and_compare(pattern, layer, batch, heads, n, head_dim, dtype=torch.bfloat16, tol=BF16_TOLERANCE, seed=0):
+def _run_and_compare(pattern, layer, batch, heads, n, head_dim, dtype=torch.bfloat16, tol=BF16_TOLERANCE, seed=0,
+                     blocks=TILES, v_dim=None):
     gen = torch.Generator(device="cuda").manual_seed(seed)
-    q, k, v, do = (torch.randn(batch, heads, n, head_dim, device="cuda", generator=gen).to(dtype) for _ in range(4))
+    dims = (head_dim, head_dim, v_dim or head_dim, v_dim or head_dim)  # q, k, v, dout
+    q, k, v, do = (torch.randn(batch, heads, n, d, device="cuda", generator=gen).to(dtype) for d in dims)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    out, lse = sparse_attention_with_lse(*leaves, pattern, layer)
+    out, lse = sparse_attention_with_lse(*leaves, pattern, layer, blocks=blocks)
     grads = torch.autograd.grad(out, leaves, do)
     ref_out, ref_lse, ref_grads = chunked_oracle(q, k, v, do, pattern, layer)
     empty = torch.isinf(ref_lse)
@@ -98,6 +104,10 @@ def test_head_dims(pattern, head_dim):
     _run_and_compare(pattern, 0, batch=1, heads=4, n=3000, head_dim=head_dim)
 
 
+def test_half_size_query_key():
+    _run_and_compare(Pattern("strided", 64, integration="multihead"), 0, batch=1, heads=2, n=3072, head_dim=64, v_dim=128)
+
+
 @pytest.mark.parametrize("dtype, tol", [(torch.float16, 5e-3), (torch.float32, 2e-3)])
 def test_fp16_and_fp32_inputs(dtype, tol):
     _run_and_compare(Pattern("strided", 64, integration="merged"), 0, batch=1, heads=4, n=2500, head_dim=64, dtype=dtype, tol=tol)
@@ -109,7 +119,7 @@ def test_fp16_and_fp32_inputs(dtype, tol):
 )
 @pytest.mark.parametrize("n", [16384, 65536])
 def test_long_sequences(pattern, n):
-    _run_and_compare(pattern, 0, batch=1, heads=2, n=n, head_dim=64)
+    _run_and_compare(pattern, 0, batch=1, heads=2, n=n, head_dim=64, blocks=Blocks())
 
 
 def test_million_tokens_forward_and_backward():
