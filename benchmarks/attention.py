@@ -85,7 +85,7 @@ def run(args) -> list[dict]:
             if n <= args.sdpa_max_n:
                 candidates.append(("sdpa dense causal", None, lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), dense_pairs, None))
             for name, pattern in patterns(args.stride, args.summary).items():
-                if name == "dense (ours)" and n > args.sdpa_max_n:
+                if (name == "dense (ours)" and n > args.sdpa_max_n) or not any(word in name for word in args.patterns):
                     continue
                 pairs = batch * useful_pairs(pattern, n, args.heads)
                 candidates.append((f"ours: {name}", pattern, lambda p=pattern: sparse_attention(q, k, v, p), pairs, None))
@@ -143,6 +143,8 @@ def main(argv=None) -> int:
     parser.add_argument("--summary", type=int, default=32)
     parser.add_argument("--sdpa-max-n", type=int, default=262144, help="skip dense attention above this length")
     parser.add_argument("--flex-max-n", type=int, default=65536, help="skip FlexAttention above this length (block masks get slow)")
+    parser.add_argument("--patterns", nargs="*", default=["strided", "fixed", "dense"],
+                        help="run our patterns whose name contains one of these words")
     parser.add_argument("--flex-patterns", nargs="*", default=["strided multihead", "fixed merged c=32"])
     parser.add_argument("--json", help="write all measurements here")
     args = parser.parse_args(argv)

@@ -44,7 +44,8 @@ def _probs(s, lse):
 def chunked_oracle(q, k, v, do, pattern, layer, rows=512):
     q, k, v, do = (t.double() for t in (q, k, v, do))
     n = q.shape[2]
-    out, lse = torch.empty_like(q), torch.empty(q.shape[:3], dtype=torch.float64, device=q.device)
+    out = q.new_empty(q.shape[:3] + v.shape[-1:])
+    lse = q.new_empty(q.shape[:3])
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         s = _scores(q, k, pattern, layer, start, stop)
@@ -108,7 +109,8 @@ def test_half_size_query_key():
     _run_and_compare(Pattern("strided", 64, integration="multihead"), 0, batch=1, heads=2, n=3072, head_dim=64, v_dim=128)
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.float16, 5e-3), (torch.float32, 2e-3)])
+# fp32 inputs are multiplied in tf32 (10-bit mantissa): about 1e-3 relative error, not 1e-6.
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, 5e-3), (torch.float32, 5e-3)])
 def test_fp16_and_fp32_inputs(dtype, tol):
     _run_and_compare(Pattern("strided", 64, integration="merged"), 0, batch=1, heads=4, n=2500, head_dim=64, dtype=dtype, tol=tol)
 
@@ -133,7 +135,7 @@ def test_million_tokens_forward_and_backward():
     dq, dk, dv = torch.autograd.grad(out, leaves, do)
     for t in (out, lse, dq, dk, dv):
         assert torch.isfinite(t).all()
-    rows = torch.cat([torch.arange(0, 8), torch.randint(8, n, (24,), generator=gen, device="cuda"), torch.tensor([n - 1])])
+    rows = torch.cat([torch.arange(0, 8), torch.randint(8, n, (24,), generator=gen, device="cuda"), torch.tensor([n - 1], device="cuda")])
     q64, k64, v64, do64 = (t.double() for t in (q, k, v, do))
     for row in rows.tolist():
         s = _scores(q64, k64, pattern, 0, row, row + 1)  # (1, H, 1, n)
