@@ -155,3 +155,66 @@ def query_range(u0, n, L, G, C, col_lo, MODE: tl.constexpr, CONTINUE: tl.constex
     lo = lo // BLOCK_M * BLOCK_M
     hi = tl.where(lo < hi, hi, lo)
     return lo, hi
+
+
+@triton.jit
+def full_key_range(u0, L, G, C, col_lo, MODE: tl.constexpr, CONTINUE: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[lo, hi), multiples of BLOCK_N: key tiles every row of the query tile at u0 may
+    read in full, so they need no mask (FlashAttention's split of the key loop into
+    masked and unmasked stages, generalized to each mode). May be empty (lo >= hi)."""
+    u_last = u0 + BLOCK_M - 1
+    hi = (u0 + 1) // BLOCK_N * BLOCK_N  # keys up to the tile's first row
+    if MODE == DENSE:
+        lo = 0
+    elif MODE == BAND:
+        lo = (tl.maximum(u_last - L + 1, 0) + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+    elif MODE == CHUNK:
+        lo = (u_last // L * L + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+    elif MODE == STRIDED:
+        lo = (u_last // G * G + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+        if CONTINUE:
+            hi = u0 // BLOCK_N * BLOCK_N
+    else:  # SUMMARY: the summaries at or before the first row (of earlier chunks when continuing)
+        lo = 0
+        count = (u0 // L) * C
+        if not CONTINUE:
+            count += tl.minimum(tl.maximum(u0 % L + 1 - col_lo, 0), C)
+        hi = count // BLOCK_N * BLOCK_N
+    return lo, hi
+
+
+@triton.jit
+def full_query_range(u0, L, G, C, col_lo, rows, MODE: tl.constexpr, CONTINUE: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[lo, hi): query tiles (starting at multiples of BLOCK_M) that may read every key of
+    the key tile at u0, so they need no mask. Rows past the end may fall inside: they
+    contribute nothing (their logsumexp loads as +inf)."""
+    u_last = u0 + BLOCK_N - 1
+    lo = (u_last + BLOCK_M - 1) // BLOCK_M * BLOCK_M  # queries from the tile's last key on
+    if MODE == DENSE:
+        hi = rows
+    elif MODE == BAND:
+        hi = (u0 + L) // BLOCK_M * BLOCK_M
+    elif MODE == CHUNK:
+        hi = tl.where(u0 // L == u_last // L, (u0 // L + 1) * L // BLOCK_M * BLOCK_M, lo)
+    elif MODE == STRIDED:
+        if CONTINUE:
+            lo = (u_last + BLOCK_M) // BLOCK_M * BLOCK_M
+        hi = tl.where(u0 // G == u_last // G, (u0 // G + 1) * G // BLOCK_M * BLOCK_M, lo)
+    else:  # SUMMARY: queries at or after the tile's last summary (in later chunks when continuing)
+        pos_last = (u_last // C) * L + col_lo + u_last % C
+        if CONTINUE:
+            pos_last = (pos_last // L + 1) * L
+        lo = (pos_last + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+        hi = rows
+    return lo, hi
+
+
+@triton.jit
+def split_range(lo, hi, full_lo, full_hi):
+    """Clamp the unmasked stage [full_lo, full_hi) into [lo, hi): the loop then runs
+    masked over [lo, full_lo), unmasked over [full_lo, full_hi), masked over [full_hi, hi)."""
+    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    full_hi = tl.minimum(tl.maximum(full_hi, full_lo), hi)
+    return full_lo, full_hi

@@ -224,20 +224,67 @@ def backward(do, q, k, v, out, lse, spec: KernelSpec, sm_scale: float, blocks: B
     return dq, dk, dv
 
 
+# ---------------------------------------------------------------------- custom ops
+# The launches are wrapped as torch.library custom ops with fake (shape-only)
+# implementations, so torch.compile and torch.export treat them as opaque operators
+# instead of breaking the graph; the autograd.Function below ties the two together.
+_MODE_NAMES = {value: name for name, value in MODES.items()}
+
+
+def _flat_passes(spec: KernelSpec) -> list[int]:
+    return [MODES[mode] for pair in spec.passes for mode in pair]
+
+
+def _spec(passes: list[int], stride: int, summary: int, summary_groups: int, summary_head_div: int) -> KernelSpec:
+    pairs = tuple((_MODE_NAMES[passes[i]], _MODE_NAMES[passes[i + 1]]) for i in range(0, len(passes), 2))
+    return KernelSpec(pairs, stride, summary, summary_groups, summary_head_div)
+
+
+@torch.library.custom_op("sparse_kernels::attention_forward", mutates_args=())
+def attention_forward_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, passes: list[int], stride: int, summary: int,
+    summary_groups: int, summary_head_div: int, sm_scale: float, block_m: int, block_n: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    spec = _spec(passes, stride, summary, summary_groups, summary_head_div)
+    return forward(q, k, v, spec, sm_scale, Blocks(block_m or None, block_n or None))
+
+
+@attention_forward_op.register_fake
+def _(q, k, v, passes, stride, summary, summary_groups, summary_head_div, sm_scale, block_m, block_n):
+    return _like(v), _row_stats(q)
+
+
+@torch.library.custom_op("sparse_kernels::attention_backward", mutates_args=())
+def attention_backward_op(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    passes: list[int], stride: int, summary: int, summary_groups: int, summary_head_div: int, sm_scale: float,
+    block_m: int, block_n: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    spec = _spec(passes, stride, summary, summary_groups, summary_head_div)
+    return backward(do, q, k, v, out, lse, spec, sm_scale, Blocks(block_m or None, block_n or None))
+
+
+@attention_backward_op.register_fake
+def _(do, q, k, v, out, lse, passes, stride, summary, summary_groups, summary_head_div, sm_scale, block_m, block_n):
+    return _like(q), _like(k), _like(v)
+
+
 # ---------------------------------------------------------------------- autograd
 class SparseAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, spec: KernelSpec, sm_scale: float, blocks: Blocks):
-        out, lse = forward(q, k, v, spec, sm_scale, blocks)
+        params = (_flat_passes(spec), spec.stride, spec.summary, spec.summary_groups, spec.summary_head_div,
+                  sm_scale, blocks.block_m or 0, blocks.block_n or 0)
+        out, lse = attention_forward_op(q, k, v, *params)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.spec, ctx.sm_scale, ctx.blocks = spec, sm_scale, blocks
+        ctx.params = params
         ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
     def backward(ctx, do, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = backward(do, q, k, v, out, lse, ctx.spec, ctx.sm_scale, ctx.blocks)
+        dq, dk, dv = attention_backward_op(do, q, k, v, out, lse, *ctx.params)
         return dq, dk, dv, None, None, None
 
 

@@ -112,8 +112,10 @@ def _reference_rows(
     j = torch.arange(keys, device=q.device)[None, :]
     head = torch.arange(heads, device=q.device)[:, None, None]
     allowed = pattern.allowed(i, j, layer, head)  # (rows, keys) or (H, rows, keys)
+    # fp32 at least; float64 inputs stay float64, so the reference can serve as a float64 oracle.
+    acc = torch.promote_types(q.dtype, torch.float32)
     with torch.autocast(q.device.type, enabled=False):  # autocast would run the matmuls in bf16
-        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # (B, H, rows, keys)
+        scores = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale  # (B, H, rows, keys)
         scores = scores.masked_fill(~allowed, float("-inf"))
         # The row maximum only stabilizes exp; it cancels exactly, so no gradient flows through it.
         row_max = scores.amax(dim=-1, keepdim=True).detach()
@@ -122,7 +124,7 @@ def _reference_rows(
         total = weights.sum(dim=-1, keepdim=True)
         nonempty = total > 0
         safe_total = torch.where(nonempty, total, torch.ones_like(total))  # keeps 1/0 out of the gradients
-        out = torch.matmul(weights, v.float()) / safe_total
+        out = torch.matmul(weights, v.to(acc)) / safe_total
         lse = torch.where(nonempty, row_max + torch.log(safe_total), float("-inf")).squeeze(-1)
     return out, lse
 

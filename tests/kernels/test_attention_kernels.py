@@ -179,3 +179,31 @@ def test_unknown_mode_is_refused():
     q, k, v, _ = _inputs(1, 1, 16, 16, torch.float32, seed=0)
     with pytest.raises(ValueError, match="unknown mode 'diagonal'"):
         ops.attention(q, k, v, KernelSpec((("diagonal", "diagonal"),), 4))
+
+
+def test_custom_ops_pass_torch_library_checks():
+    """Schema and fake (shape-only) implementations agree with the real kernels."""
+    q, k, v, do = _inputs(1, 2, 24, 16, torch.float32, seed=2)
+    spec = kernel_spec(Pattern("fixed", 8, 2, "merged"))
+    params = (ops._flat_passes(spec), spec.stride, spec.summary, spec.summary_groups, spec.summary_head_div, 0.25, 16, 16)
+    torch.library.opcheck(ops.attention_forward_op, (q, k, v, *params), test_utils=("test_schema", "test_faketensor"))
+    out, lse = ops.attention_forward_op(q, k, v, *params)
+    torch.library.opcheck(ops.attention_backward_op, (do, q, k, v, out, lse, *params),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_works_under_torch_compile():
+    """The kernels are opaque custom ops to torch.compile: a full graph, same numbers."""
+    pattern = Pattern("strided", 6, integration="multihead")
+    q, k, v, do = _inputs(1, 2, 30, 16, torch.float32, seed=4)
+
+    def loss(q, k, v):
+        return (sparse_attention(q, k, v, pattern) * do).sum()
+
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    eager_leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    got = torch.autograd.grad(compiled(*leaves), leaves)
+    want = torch.autograd.grad(loss(*eager_leaves), eager_leaves)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
