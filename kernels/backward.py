@@ -17,8 +17,7 @@ import triton
 import triton.language as tl
 
 from .forward import LOG2E
-from .geometry import (allowed, full_key_range, full_query_range, key_range, key_rows, query_range, query_rows,
-                       row_count, split_range)
+from .geometry import allowed, key_range, key_rows, query_range, query_rows
 
 
 @triton.jit
@@ -48,36 +47,6 @@ def _load_row_stats(LSE, DELTA, stat_base, row, valid):
 
 
 @triton.jit
-def _dkdv_loop(
-    dk, dv, k, v, pos_k, u_k, Q, DO, LSE, DELTA, q_base, do_base, stat_base, stride_qn, stride_don,
-    start, stop, n, L, G, qk_scale,
-    MODE: tl.constexpr, CONTINUE: tl.constexpr, MASKED: tl.constexpr,
-    BLOCK_M: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
-):
-    """Accumulate dK, dV of one key tile over the query tiles [start, stop); MASKED=False
-    for tiles that read every key of it (geometry.full_query_range)."""
-    offs_qk = tl.arange(0, QK_DIM)
-    offs_v = tl.arange(0, V_DIM)
-    for tile_start in range(start, stop, BLOCK_M):
-        u_q = tile_start + tl.arange(0, BLOCK_M)  # (BLOCK_M,) virtual query rows
-        pos_q, valid_q = query_rows(u_q, n, L, G, MODE)
-        row_q = pos_q.to(tl.int64)
-        q = tl.load(Q + q_base + row_q[:, None] * stride_qn + offs_qk[None, :], mask=valid_q[:, None], other=0.0)
-        do = tl.load(DO + do_base + row_q[:, None] * stride_don + offs_v[None, :], mask=valid_q[:, None], other=0.0)
-        lse, delta = _load_row_stats(LSE, DELTA, stat_base, row_q, valid_q)
-        s_t = tl.dot(k, tl.trans(q)) * qk_scale  # (BLOCK_N, BLOCK_M): scores transposed
-        p_t = tl.math.exp2(s_t - lse[None, :])  # 0 for missing rows: their lse loads as +inf
-        if MASKED:
-            ok = allowed(pos_q[None, :], pos_k[:, None], u_q[None, :], u_k[:, None], L, G, MODE, CONTINUE)
-            p_t = tl.where(ok & valid_q[None, :], p_t, 0.0)
-        dv += tl.dot(p_t.to(do.dtype), do)
-        dp_t = tl.dot(v, tl.trans(do))  # (BLOCK_N, BLOCK_M)
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk += tl.dot(ds_t.to(q.dtype), q)
-    return dk, dv
-
-
-@triton.jit
 def _dkdv_tile(
     Q, K, V, DO, LSE, DELTA, DK, DV, q_base, k_base, v_base, do_base, dk_base, dv_base, stat_base,
     stride_qn, stride_kn, stride_vn, stride_don, stride_dkn, stride_dvn,
@@ -96,14 +65,20 @@ def _dkdv_tile(
     dv = tl.zeros([BLOCK_N, V_DIM], tl.float32)
 
     lo, hi = query_range(tile * BLOCK_N, n, L, G, C, col_lo, MODE, CONTINUE, BLOCK_M, BLOCK_N)
-    full_lo, full_hi = full_query_range(tile * BLOCK_N, L, G, C, col_lo, row_count(n, L, G, MODE), MODE, CONTINUE, BLOCK_M, BLOCK_N)
-    full_lo, full_hi = split_range(lo, hi, full_lo, full_hi)
-    dk, dv = _dkdv_loop(dk, dv, k, v, pos_k, u_k, Q, DO, LSE, DELTA, q_base, do_base, stat_base, stride_qn, stride_don,
-                        lo, full_lo, n, L, G, qk_scale, MODE, CONTINUE, True, BLOCK_M, QK_DIM, V_DIM)
-    dk, dv = _dkdv_loop(dk, dv, k, v, pos_k, u_k, Q, DO, LSE, DELTA, q_base, do_base, stat_base, stride_qn, stride_don,
-                        full_lo, full_hi, n, L, G, qk_scale, MODE, CONTINUE, False, BLOCK_M, QK_DIM, V_DIM)
-    dk, dv = _dkdv_loop(dk, dv, k, v, pos_k, u_k, Q, DO, LSE, DELTA, q_base, do_base, stat_base, stride_qn, stride_don,
-                        full_hi, hi, n, L, G, qk_scale, MODE, CONTINUE, True, BLOCK_M, QK_DIM, V_DIM)
+    for start in range(lo, hi, BLOCK_M):
+        u_q = start + tl.arange(0, BLOCK_M)  # (BLOCK_M,) virtual query rows
+        pos_q, valid_q = query_rows(u_q, n, L, G, MODE)
+        row_q = pos_q.to(tl.int64)
+        q = tl.load(Q + q_base + row_q[:, None] * stride_qn + offs_qk[None, :], mask=valid_q[:, None], other=0.0)
+        do = tl.load(DO + do_base + row_q[:, None] * stride_don + offs_v[None, :], mask=valid_q[:, None], other=0.0)
+        lse, delta = _load_row_stats(LSE, DELTA, stat_base, row_q, valid_q)
+        s_t = tl.dot(k, tl.trans(q)) * qk_scale  # (BLOCK_N, BLOCK_M): scores transposed
+        ok = allowed(pos_q[None, :], pos_k[:, None], u_q[None, :], u_k[:, None], L, G, MODE, CONTINUE)
+        p_t = tl.where(ok & valid_q[None, :], tl.math.exp2(s_t - lse[None, :]), 0.0)
+        dv += tl.dot(p_t.to(do.dtype), do)
+        dp_t = tl.dot(v, tl.trans(do))  # (BLOCK_N, BLOCK_M)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q)
 
     dk *= sm_scale
     dk_ptrs = DK + dk_base + row_k[:, None] * stride_dkn + offs_qk[None, :]
@@ -152,34 +127,6 @@ def attention_dkdv_kernel(
 
 
 @triton.jit
-def _dq_loop(
-    dq, q, do, lse, delta, pos_q, u_q, K, V, k_base, v_base, stride_kn, stride_vn, start, stop,
-    n, L, G, C, col_lo, qk_scale,
-    MODE: tl.constexpr, CONTINUE: tl.constexpr, MASKED: tl.constexpr,
-    BLOCK_N: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
-):
-    """Accumulate dQ of one query tile over the key tiles [start, stop); MASKED=False
-    for tiles that every row reads in full (geometry.full_key_range)."""
-    offs_qk = tl.arange(0, QK_DIM)
-    offs_v = tl.arange(0, V_DIM)
-    for tile_start in range(start, stop, BLOCK_N):
-        u_k = tile_start + tl.arange(0, BLOCK_N)
-        pos_k, valid_k = key_rows(u_k, n, L, G, C, col_lo, MODE)
-        row_k = pos_k.to(tl.int64)
-        k = tl.load(K + k_base + row_k[:, None] * stride_kn + offs_qk[None, :], mask=valid_k[:, None], other=0.0)
-        v = tl.load(V + v_base + row_k[:, None] * stride_vn + offs_v[None, :], mask=valid_k[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N)
-        p = tl.math.exp2(s - lse[:, None])
-        if MASKED:
-            ok = allowed(pos_q[:, None], pos_k[None, :], u_q[:, None], u_k[None, :], L, G, MODE, CONTINUE)
-            p = tl.where(ok & valid_k[None, :], p, 0.0)
-        dp = tl.dot(do, tl.trans(v))
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k)
-    return dq
-
-
-@triton.jit
 def _dq_tile(
     Q, K, V, DO, LSE, DELTA, DQ, q_base, k_base, v_base, do_base, dq_base, stat_base,
     stride_qn, stride_kn, stride_vn, stride_don, stride_dqn,
@@ -198,14 +145,18 @@ def _dq_tile(
     dq = tl.zeros([BLOCK_M, QK_DIM], tl.float32)
 
     lo, hi = key_range(tile * BLOCK_M, n, L, G, C, col_lo, MODE, CONTINUE, BLOCK_M, BLOCK_N)
-    full_lo, full_hi = full_key_range(tile * BLOCK_M, L, G, C, col_lo, MODE, CONTINUE, BLOCK_M, BLOCK_N)
-    full_lo, full_hi = split_range(lo, hi, full_lo, full_hi)
-    dq = _dq_loop(dq, q, do, lse, delta, pos_q, u_q, K, V, k_base, v_base, stride_kn, stride_vn, lo, full_lo,
-                  n, L, G, C, col_lo, qk_scale, MODE, CONTINUE, True, BLOCK_N, QK_DIM, V_DIM)
-    dq = _dq_loop(dq, q, do, lse, delta, pos_q, u_q, K, V, k_base, v_base, stride_kn, stride_vn, full_lo, full_hi,
-                  n, L, G, C, col_lo, qk_scale, MODE, CONTINUE, False, BLOCK_N, QK_DIM, V_DIM)
-    dq = _dq_loop(dq, q, do, lse, delta, pos_q, u_q, K, V, k_base, v_base, stride_kn, stride_vn, full_hi, hi,
-                  n, L, G, C, col_lo, qk_scale, MODE, CONTINUE, True, BLOCK_N, QK_DIM, V_DIM)
+    for start in range(lo, hi, BLOCK_N):
+        u_k = start + tl.arange(0, BLOCK_N)
+        pos_k, valid_k = key_rows(u_k, n, L, G, C, col_lo, MODE)
+        row_k = pos_k.to(tl.int64)
+        k = tl.load(K + k_base + row_k[:, None] * stride_kn + offs_qk[None, :], mask=valid_k[:, None], other=0.0)
+        v = tl.load(V + v_base + row_k[:, None] * stride_vn + offs_v[None, :], mask=valid_k[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N)
+        ok = allowed(pos_q[:, None], pos_k[None, :], u_q[:, None], u_k[None, :], L, G, MODE, CONTINUE)
+        p = tl.where(ok & valid_k[None, :], tl.math.exp2(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v))
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k)
 
     dq *= sm_scale
     dq_ptrs = DQ + dq_base + row_q[:, None] * stride_dqn + offs_qk[None, :]

@@ -14,40 +14,9 @@ logsumexp -inf.
 import triton
 import triton.language as tl
 
-from .geometry import allowed, full_key_range, key_range, key_rows, query_rows, split_range
+from .geometry import allowed, key_range, key_rows, query_rows
 
 LOG2E = tl.constexpr(1.4426950408889634)
-
-
-@triton.jit
-def _forward_loop(
-    acc, m_i, l_i, q, K, V, k_base, v_base, stride_kn, stride_vn, pos_q, u_q, start, stop,
-    n, L, G, C, col_lo, qk_scale,
-    MODE: tl.constexpr, CONTINUE: tl.constexpr, MASKED: tl.constexpr,
-    BLOCK_N: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
-):
-    """Online softmax over the key tiles [start, stop); MASKED=False for tiles that every
-    row may read in full (geometry.full_key_range), which skips the mask arithmetic."""
-    offs_qk = tl.arange(0, QK_DIM)
-    offs_v = tl.arange(0, V_DIM)
-    for tile_start in range(start, stop, BLOCK_N):
-        u_k = tile_start + tl.arange(0, BLOCK_N)  # (BLOCK_N,) virtual key rows
-        pos_k, valid_k = key_rows(u_k, n, L, G, C, col_lo, MODE)
-        row_k = pos_k.to(tl.int64)
-        k = tl.load(K + k_base + row_k[:, None] * stride_kn + offs_qk[None, :], mask=valid_k[:, None], other=0.0)
-        v = tl.load(V + v_base + row_k[:, None] * stride_vn + offs_v[None, :], mask=valid_k[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
-        if MASKED:
-            ok = allowed(pos_q[:, None], pos_k[None, :], u_q[:, None], u_k[None, :], L, G, MODE, CONTINUE)
-            s = tl.where(ok & valid_k[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing allowed yet
-        p = tl.math.exp2(s - m_ref[:, None])
-        alpha = tl.math.exp2(m_i - m_ref)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
-    return acc, m_i, l_i
 
 
 @triton.jit
@@ -76,14 +45,22 @@ def _forward_tile(
         acc = tl.zeros([BLOCK_M, V_DIM], tl.float32)
 
     lo, hi = key_range(tile * BLOCK_M, n, L, G, C, col_lo, MODE, CONTINUE, BLOCK_M, BLOCK_N)
-    full_lo, full_hi = full_key_range(tile * BLOCK_M, L, G, C, col_lo, MODE, CONTINUE, BLOCK_M, BLOCK_N)
-    full_lo, full_hi = split_range(lo, hi, full_lo, full_hi)
-    acc, m_i, l_i = _forward_loop(acc, m_i, l_i, q, K, V, k_base, v_base, stride_kn, stride_vn, pos_q, u_q, lo, full_lo,
-                                  n, L, G, C, col_lo, qk_scale, MODE, CONTINUE, True, BLOCK_N, QK_DIM, V_DIM)
-    acc, m_i, l_i = _forward_loop(acc, m_i, l_i, q, K, V, k_base, v_base, stride_kn, stride_vn, pos_q, u_q, full_lo, full_hi,
-                                  n, L, G, C, col_lo, qk_scale, MODE, CONTINUE, False, BLOCK_N, QK_DIM, V_DIM)
-    acc, m_i, l_i = _forward_loop(acc, m_i, l_i, q, K, V, k_base, v_base, stride_kn, stride_vn, pos_q, u_q, full_hi, hi,
-                                  n, L, G, C, col_lo, qk_scale, MODE, CONTINUE, True, BLOCK_N, QK_DIM, V_DIM)
+    for start in range(lo, hi, BLOCK_N):
+        u_k = start + tl.arange(0, BLOCK_N)  # (BLOCK_N,) virtual key rows
+        pos_k, valid_k = key_rows(u_k, n, L, G, C, col_lo, MODE)
+        row_k = pos_k.to(tl.int64)
+        k = tl.load(K + k_base + row_k[:, None] * stride_kn + offs_qk[None, :], mask=valid_k[:, None], other=0.0)
+        v = tl.load(V + v_base + row_k[:, None] * stride_vn + offs_v[None, :], mask=valid_k[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+        ok = allowed(pos_q[:, None], pos_k[None, :], u_q[:, None], u_k[None, :], L, G, MODE, CONTINUE)
+        s = tl.where(ok & valid_k[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing allowed yet
+        p = tl.math.exp2(s - m_ref[:, None])
+        alpha = tl.math.exp2(m_i - m_ref)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
 
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
