@@ -207,3 +207,10 @@ def test_works_under_torch_compile():
     want = torch.autograd.grad(loss(*eager_leaves), eager_leaves)
     for a, b in zip(got, want):
         assert torch.equal(a, b)
+
+
+def test_public_interface():
+    """`from sparse_transformer import sparse_attention` is the kernels' entry point."""
+    from sparse_transformer import sparse_attention as public
+
+    assert public is sparse_attention
