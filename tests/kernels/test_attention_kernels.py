@@ -22,6 +22,8 @@ from sparse_transformer.triton_attention import kernel_spec, sparse_attention, s
 
 from .oracle import oracle, rel_err
 
+pytestmark = pytest.mark.interpreter
+
 PATTERNS = [
     Pattern("dense", 8),
     Pattern("local", 7),
