@@ -2,6 +2,9 @@
 
     sparse-transformer pattern ...    draw an attention pattern (Figure 3 of the paper)
     sparse-transformer prepare ...    raw files -> HDF5
+    sparse-transformer train ...      train (or resume) a model: checkpoints, MLflow run
+    sparse-transformer evaluate ...   bits per dim over a split: metrics JSON, MLflow
+    sparse-transformer sample ...     unconditional samples: PNG / WAV / TXT, MLflow
     ...
 
 Each subcommand lives in its own module, which provides
@@ -24,6 +27,9 @@ from .errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "pattern": ("sparse_transformer.pattern_figure", "draw which keys each query attends to, as a PNG"),
     "prepare": ("sparse_transformer.data.prepare", "raw data (enwik8, CIFAR-10, ImageNet64, audio, bytes, images, digits) -> HDF5"),
+    "train": ("sparse_transformer.commands.train", "train a model on prepared data (resumes from its last checkpoint)"),
+    "evaluate": ("sparse_transformer.commands.evaluate", "bits per dim of a trained model over a whole split -> metrics JSON"),
+    "sample": ("sparse_transformer.commands.sample", "unconditional samples of a trained model -> PNG / WAV / TXT"),
 }
 
 

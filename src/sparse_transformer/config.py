@@ -249,3 +249,231 @@ def load_data_config(section: dict, where: str = "data") -> DataConfig:
     cfg = from_dict(DataConfig, section, where)
     cfg.validate(where)
     return cfg
+
+
+# ---------------------------------------------------------------------- training, evaluation, sampling, tracking
+#: Lightning precision settings the trainer accepts (None in the config: bf16-mixed on CUDA, 32-true elsewhere)
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+SPLITS = ("train", "valid", "test")
+
+
+def _positive(section: Any, where: str, *names: str, optional: bool = False) -> None:
+    for name in names:
+        value = getattr(section, name)
+        if (value is not None or not optional) and (value is None or value < 1):
+            raise ConfigError(f"{where}.{name}: must be a positive integer{' or null' if optional else ''}, got {value}")
+
+
+def _precision(value: str | None, where: str) -> None:
+    if value is not None and value not in PRECISIONS:
+        raise ConfigError(f"{where}.precision: unknown precision {value!r}: choose one of {', '.join(PRECISIONS)} or null (per device)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimization and the Lightning Trainer (`sparse-transformer train`).
+
+    AdamW with `betas` and `weight_decay` on the weight matrices only (biases, LayerNorm
+    and embeddings are not decayed); the learning rate rises linearly over `warmup_steps`
+    optimizer steps and falls along a cosine to 0 at the last step (`max_steps`, or the
+    steps of `max_epochs` when max_steps is null). Gradients are clipped to norm
+    `gradient_clip`. One optimizer step uses `accumulate_grad_batches` batches per device.
+
+    seed: the initialization and the dropout masks (which are a function of (seed,
+        batch index, rank), so resumed runs repeat them); the data order has data.seed.
+    precision: a Lightning precision; null: bf16-mixed on CUDA, 32-true elsewhere.
+    accelerator, devices, num_nodes, strategy: passed to lightning.Trainer; strategy
+        "ddp" for several GPUs or nodes, "fsdp" to shard a model that does not fit
+        (one FSDP unit per residual block). Launch several nodes with torchrun or SLURM.
+    checkpoint_dir: checkpoints every `checkpoint_every_steps` steps and `last.ckpt`;
+        a run finding last.ckpt there resumes from it (`resume`).
+    val_every_steps: validation bits per dim every so many steps (null: none during
+        training) over `val_batches` batches (null: the whole split).
+    log_every_steps: how often training metrics reach the logger.
+    curve_file: also write the training curve there as CSV (step, train_bpd, valid_bpd;
+        one row per log_every_steps, valid_bpd empty between validations) - the plot
+        DVC draws; null: MLflow only.
+    """
+
+    seed: int = 0
+    max_steps: int | None = 10_000
+    max_epochs: int | None = None
+    learning_rate: float = 3.5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    warmup_steps: int = 5000
+    gradient_clip: float = 1.0
+    accumulate_grad_batches: int = 1
+    precision: str | None = None
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    checkpoint_dir: str = "checkpoints"
+    checkpoint_every_steps: int = 1000
+    resume: bool = True
+    val_every_steps: int | None = 1000
+    val_batches: int | None = None
+    log_every_steps: int = 50
+    curve_file: str | None = None
+
+    def validate(self, where: str = "train") -> None:
+        if self.max_steps is None and self.max_epochs is None:
+            raise ConfigError(f"{where}.max_steps: give max_steps or max_epochs (the length of training)")
+        _positive(self, where, "max_steps", "max_epochs", "val_every_steps", "val_batches", optional=True)
+        _positive(self, where, "accumulate_grad_batches", "num_nodes", "checkpoint_every_steps", "log_every_steps")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"{where}.warmup_steps: must be 0 or more, got {self.warmup_steps}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"{where}.learning_rate: must be positive, got {self.learning_rate}")
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise ConfigError(f"{where}.betas: each must be in [0, 1), got {list(self.betas)}")
+        if self.weight_decay < 0 or self.gradient_clip <= 0:
+            raise ConfigError(f"{where}: weight_decay must be >= 0 and gradient_clip > 0, got {self.weight_decay}, {self.gradient_clip}")
+        _precision(self.precision, where)
+        if isinstance(self.devices, str) and self.devices != "auto":
+            raise ConfigError(f"{where}.devices: a number of devices or 'auto', got {self.devices!r}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """`sparse-transformer evaluate`: bits per dim over a whole split.
+
+    Images are scored whole. Streams are cut into windows of the model's context that
+    advance by context - min_context bytes; each window scores only its last
+    context - min_context positions (the first window scores all), so every byte after
+    a recording's first is scored once with at least min_context bytes before it
+    (Table 3 of the paper). min_context null: half the context.
+    checkpoint: null: train.checkpoint_dir/last.ckpt. metrics_file: the JSON for DVC.
+    batch_size: windows or images per forward pass (null: data.eval_batch_size or data.batch_size).
+    precision: null: bf16-mixed on CUDA, 32-true elsewhere. device: "auto", "cpu", "cuda", "cuda:1".
+    """
+
+    split: str = "test"
+    min_context: int | None = None
+    checkpoint: str | None = None
+    metrics_file: str = "metrics.json"
+    batch_size: int | None = None
+    precision: str | None = None
+    device: str = "auto"
+
+    def validate(self, where: str = "evaluate") -> None:
+        if self.split not in SPLITS:
+            raise ConfigError(f"{where}.split: unknown split {self.split!r}: choose one of {', '.join(SPLITS)}")
+        _positive(self, where, "batch_size", optional=True)
+        if self.min_context is not None and self.min_context < 0:
+            raise ConfigError(f"{where}.min_context: must be 0 or more (or null: half the context), got {self.min_context}")
+        _precision(self.precision, where)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """`sparse-transformer sample`: unconditional samples with cached decoding.
+
+    count samples of `length` bytes (null: the model's context; images are always
+    whole), `batch_size` at a time (null: all), softmax temperature `temperature`,
+    random draws from `seed`. Streams have no start symbol: their first byte is drawn
+    from the byte frequencies of the training split. Written to `output_dir`: images as
+    one PNG grid, audio as WAV files at the data's sample rate, text as .txt files.
+    """
+
+    count: int = 16
+    length: int | None = None
+    batch_size: int | None = None
+    temperature: float = 1.0
+    seed: int = 0
+    checkpoint: str | None = None
+    output_dir: str = "samples"
+    device: str = "auto"
+
+    def validate(self, where: str = "sample") -> None:
+        _positive(self, where, "count")
+        _positive(self, where, "length", "batch_size", optional=True)
+        if not self.temperature > 0:
+            raise ConfigError(f"{where}.temperature: must be positive, got {self.temperature}")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow. tracking_uri null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the
+    working directory (artifacts in mlruns/ beside it). experiment null: the stem of
+    data.hdf5 (enwik8.h5 -> "enwik8"; one experiment per dataset). run_name null: MLflow
+    picks one. system_metrics: CPU/GPU/memory of the training run (rank 0).
+    connect_timeout: seconds to wait for a tracking server before failing."""
+
+    enabled: bool = True
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    run_name: str | None = None
+    system_metrics: bool = True
+    connect_timeout: float = 5.0
+
+    def validate(self, where: str = "tracking") -> None:
+        if self.connect_timeout <= 0:
+            raise ConfigError(f"{where}.connect_timeout: must be positive seconds, got {self.connect_timeout}")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment of params.yaml: every stage's settings."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def validate(self, where: str = "experiment") -> None:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate(f"{where}.{f.name}")
+        context = self.model.context
+        if self.evaluate.min_context is not None and self.evaluate.min_context >= context:
+            raise ConfigError(
+                f"{where}.evaluate.min_context: must be below model.context={context} "
+                f"(each window scores context - min_context bytes), got {self.evaluate.min_context}"
+            )
+        if self.sample.length is not None and self.sample.length > context:
+            raise ConfigError(f"{where}.sample.length: at most model.context={context}, got {self.sample.length}")
+        if self.data.context is not None and self.data.context > context:
+            raise ConfigError(f"{where}.data.context: at most model.context={context} (the model's longest input), got {self.data.context}")
+
+    def checkpoint(self, stage: EvalConfig | SampleConfig) -> Path:
+        """The checkpoint a stage reads: its own setting, else the last one of training."""
+        return Path(stage.checkpoint) if stage.checkpoint else Path(self.train.checkpoint_dir) / "last.ckpt"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_experiment_config(section: dict, where: str = "experiment") -> ExperimentConfig:
+    cfg = from_dict(ExperimentConfig, section, where)
+    cfg.validate(where)
+    return cfg
+
+
+def load_experiment(path: str | Path, name: str | None = None, overrides: tuple[str, ...] = ()) -> ExperimentConfig:
+    """The experiment `name` of a YAML file (the whole file when name is None), with
+    overrides such as "train.max_steps=100" (values parsed as YAML) applied first."""
+    data = load_yaml(path)
+    where = name or Path(path).stem
+    sections = [f.name for f in dataclasses.fields(ExperimentConfig)]
+    if name is not None:
+        if name not in data:
+            raise ConfigError(f"{path} has no experiment {name!r}; it has {', '.join(map(str, data))}")
+        data = data[name]
+    elif not set(data) <= set(sections):
+        raise ConfigError(f"{path} is not one experiment (sections {', '.join(sections)}): "
+                          f"choose one of its top-level entries with --experiment, e.g. --experiment {next(iter(data))}")
+    for override in overrides:
+        keys, sep, value = override.partition("=")
+        if not sep or not keys:
+            raise ConfigError(f"override {override!r}: write SECTION.FIELD=VALUE, e.g. train.max_steps=100")
+        *parents, last = keys.split(".")
+        section = data
+        for key in parents:
+            section = section.setdefault(key, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"override {override!r}: {key} is not a section")
+        section[last] = yaml.safe_load(value)
+    return load_experiment_config(data, where)

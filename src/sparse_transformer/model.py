@@ -9,6 +9,15 @@ Bytes in, logits over the next byte out: `SparseTransformer(config)(tokens)` map
 (batch, n) byte values to (batch, n, 256) logits, logits[:, i] predicting the byte after
 position i. The attention backend (reference, flex, sdpa, triton) comes from
 `config.attention`. This module knows nothing of training loops, files or tracking.
+
+Examples and targets (`inputs_and_targets`): an image is scored on every byte, so its
+input is a learned start symbol (token 256, an extra row of the token embedding)
+followed by its first n-1 bytes, and its targets are all n bytes. A text or audio window
+of n+1 bytes has no beginning to mark: input w[:-1], target w[1:].
+
+Decoding (`decode_step` with a `DecodingCache`): one position at a time, keeping every
+layer's keys and values; the new query reads only the cached keys its pattern allows
+(`allowed_keys`: about l + n/l of them, not n), and gives the same logits as `forward`.
 """
 
 from __future__ import annotations
@@ -66,9 +75,9 @@ class PositionEmbedding(nn.Module):
         for table in self.tables:
             nn.init.normal_(table.weight, std=std)
 
-    def forward(self, n: int) -> torch.Tensor:
-        """(n, d_model): the embedding of positions 0 .. n-1."""
-        return sum(table(self.coords[axis, :n]) for axis, table in enumerate(self.tables))
+    def forward(self, positions: slice | int) -> torch.Tensor:
+        """(n, d_model) for a slice of positions (slice(0, n): positions 0 .. n-1); (d_model,) for one."""
+        return sum(table(self.coords[axis, positions]) for axis, table in enumerate(self.tables))
 
 
 class SparseAttention(nn.Module):
@@ -92,11 +101,32 @@ class SparseAttention(nn.Module):
         b, n, width = x.shape
         return x.view(b, n, self.heads, width // self.heads).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: DecodingCache | None = None) -> torch.Tensor:
+        """x (B, n, d) -> (B, n, d); with a cache, x (B, 1, d) is position cache.position."""
         b, n, d = x.shape  # (B, n, d)
         q, k, v = self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
-        out = attend(q, k, v, self.pattern, self.layer, self.backend)  # (B, heads, n, d / heads)
+        if cache is None:
+            out = attend(q, k, v, self.pattern, self.layer, self.backend)  # (B, heads, n, d / heads)
+        else:
+            out = self._decode(q, k, v, cache)  # (B, heads, 1, d / heads)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+    def _decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: DecodingCache) -> torch.Tensor:
+        """q, k, v (B, H, 1, dh) of position i = cache.position -> (B, H, 1, dv), reading only allowed keys."""
+        i = cache.position
+        cache.keys[self.layer][:, :, i] = k[:, :, 0]
+        cache.values[self.layer][:, :, i] = v[:, :, 0]
+        index, valid = cache.allowed(self.layer)  # (H, K) key positions, (H, K) False where padding
+        head = torch.arange(self.heads, device=q.device)[:, None]  # (H, 1)
+        keys = cache.keys[self.layer][:, head, index]  # (B, H, K, dqk)
+        values = cache.values[self.layer][:, head, index]  # (B, H, K, dv)
+        # q.k in fp32, as SPEC 5.6 asks when sampling (and as the reference attention does).
+        with torch.autocast(q.device.type, enabled=False):
+            scores = torch.einsum("bhd,bhkd->bhk", q[:, :, 0].float(), keys.float()) / math.sqrt(q.shape[-1])
+            scores = scores.masked_fill(~valid, float("-inf"))
+            weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a query with no key: all 0, output 0
+            out = torch.einsum("bhk,bhkd->bhd", weights, values.float())  # (B, H, dv)
+        return out[:, :, None].to(q.dtype)
 
 
 class FeedForward(nn.Module):
@@ -125,8 +155,8 @@ class ResidualBlock(nn.Module):
         self.ff = FeedForward(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        a = self.dropout(self.attn(self.attn_norm(h)))
+    def forward(self, h: torch.Tensor, cache: DecodingCache | None = None) -> torch.Tensor:
+        a = self.dropout(self.attn(self.attn_norm(h), cache))
         b = self.dropout(self.ff(self.ff_norm(h + a)))
         return a + b
 
@@ -140,7 +170,8 @@ class SparseTransformer(nn.Module):
         self.config = config
         pattern = config.pattern.build()
         d = config.d_model
-        self.token_embedding = nn.Embedding(config.vocab_size, d)
+        # One row more than there are bytes: row vocab_size is the start symbol of images.
+        self.token_embedding = nn.Embedding(config.vocab_size + 1, d)
         nn.init.normal_(self.token_embedding.weight, std=math.sqrt(0.125 / d))
         self.position_embedding = PositionEmbedding(config.context, d, config.image_shape, pattern.stride)
         self.blocks = nn.ModuleList(ResidualBlock(config, pattern, layer) for layer in range(config.layers))
@@ -148,23 +179,110 @@ class SparseTransformer(nn.Module):
         self.out = nn.Linear(d, config.vocab_size, bias=False)  # W_out
         nn.init.zeros_(self.out.weight)
 
+    @property
+    def start_token(self) -> int:
+        """The input symbol before an image's first byte."""
+        return self.config.vocab_size
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, n): byte values, or start_token -> logits (B, n, vocab)."""
         n = tokens.shape[1]
         if n > self.config.context:
             raise ValueError(f"sequence length {n} exceeds the model's context {self.config.context}")
-        h = self.token_embedding(tokens.long()) + self.position_embedding(n)  # (B, n, d)
+        h = self.token_embedding(tokens.long()) + self.position_embedding(slice(0, n))  # (B, n, d)
         recompute = self.config.recompute and torch.is_grad_enabled()
         for block in self.blocks:
             # With recomputation only h (the residual stream) is stored between blocks.
             h = h + (checkpoint(block, h, use_reentrant=False) if recompute else block(h))
         return self.out(self.final_norm(h))  # (B, n, vocab)
 
+    def decode_step(self, tokens: torch.Tensor, cache: DecodingCache) -> torch.Tensor:
+        """tokens (B,): the inputs at position cache.position -> logits (B, vocab) of the next byte.
+
+        Equal to forward(prefix)[:, -1] for the prefix of all tokens given so far; advances the cache.
+        """
+        if cache.position >= self.config.context:
+            raise ValueError(f"the cache is full: the model's context is {self.config.context}")
+        h = self.token_embedding(tokens.long()[:, None]) + self.position_embedding(cache.position)  # (B, 1, d)
+        for block in self.blocks:
+            h = h + block(h, cache)
+        cache.position += 1
+        return self.out(self.final_norm(h))[:, 0]  # (B, vocab)
+
+    def inputs_and_targets(self, example: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of examples -> (inputs, targets), both (B, n) int64.
+
+        Images (B, n): (start symbol + the first n-1 bytes, all n bytes), so every byte is
+        scored. Stream windows (B, n+1): (w[:, :-1], w[:, 1:]).
+        """
+        example = example.long()
+        if self.config.image_shape is None:
+            return example[:, :-1], example[:, 1:]
+        start = example.new_full((example.shape[0], 1), self.start_token)
+        return torch.cat([start, example[:, :-1]], dim=1), example
+
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean bits per dim of predicting targets[:, i] from inputs[:, :i+1]; both (B, n).
 
-        For next-byte prediction on a window w of n+1 bytes: loss(w[:, :-1], w[:, 1:]).
+        For a batch of examples: loss(*inputs_and_targets(examples)).
         """
         return bits_per_dim(self(inputs), targets)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+# ---------------------------------------------------------------------- decoding
+def allowed_keys(pattern: Pattern, i: int, layer: int, head: int) -> torch.Tensor:
+    """The sorted key positions query i reads in (layer, head): Pattern.allowed decides.
+
+    Candidates are generated from the pattern's structure in O(l + n/l) - the last l
+    positions, the query's chunk, and its strided or summary columns in every earlier
+    chunk - so a decoding step never touches all i + 1 positions.
+    """
+    if pattern.kind == "dense":
+        return torch.arange(i + 1)
+    l = pattern.stride
+    candidates = [torch.arange(max(0, i - l + 1), i + 1), torch.arange(i // l * l, i + 1)]  # band, own chunk
+    if pattern.kind == "strided":
+        candidates.append(torch.arange(i % l, i + 1, l))
+    elif pattern.kind == "fixed":
+        lo, hi = pattern.summary_columns(head)
+        columns = torch.arange(0, i + 1, l)[:, None] + torch.arange(lo, hi)  # (chunks, c)
+        candidates.append(columns.flatten())
+    keys = torch.unique(torch.cat(candidates))  # sorted
+    keys = keys[keys <= i]
+    return keys[pattern.allowed(torch.tensor(i), keys, layer, head)]
+
+
+class DecodingCache:
+    """Every layer's keys and values of the positions decoded so far, for `decode_step`.
+
+    keys[layer]: (B, H, context, dqk), values[layer]: (B, H, context, dv); `position` is
+    the next position to decode.
+    """
+
+    def __init__(self, model: SparseTransformer, batch: int, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        config = model.config
+        qk_width = config.d_model // 2 if config.half_qk else config.d_model
+        shape = (batch, config.heads, config.context)
+        self.keys = [torch.zeros(*shape, qk_width // config.heads, device=device, dtype=dtype) for _ in model.blocks]
+        self.values = [torch.zeros(*shape, config.head_dim, device=device, dtype=dtype) for _ in model.blocks]
+        self.pattern, self.heads, self.device = config.pattern.build(), config.heads, torch.device(device)
+        self.position = 0
+        self._allowed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # parity -> key sets at _allowed_at
+        self._allowed_at = -1
+
+    def allowed(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(index, valid), both (H, K): head h reads keys index[h, valid[h]] at the current position."""
+        if self._allowed_at != self.position:
+            self._allowed, self._allowed_at = {}, self.position
+        # Layers differ only by parity under the interleaved integration: one key set per parity and step.
+        parity = layer % 2 if self.pattern.integration == "interleaved" else 0
+        if parity not in self._allowed:
+            per_head = [allowed_keys(self.pattern, self.position, layer, h) for h in range(self.heads)]
+            index = nn.utils.rnn.pad_sequence(per_head, batch_first=True)  # (H, K), padded with key 0
+            valid = nn.utils.rnn.pad_sequence([torch.ones_like(k, dtype=torch.bool) for k in per_head], batch_first=True)
+            self._allowed[parity] = (index.to(self.device), valid.to(self.device))
+        return self._allowed[parity]

@@ -1,0 +1,159 @@
+"""Bits per dim of a trained model over a whole split (`sparse-transformer evaluate`).
+
+Images are scored whole: every byte, the first predicted from the start symbol.
+Streams (text, audio) are scored recording by recording, every byte after a recording's
+first exactly once, in windows of `context` bytes that advance by context - min_context:
+the first window scores all its positions, every later one only its last
+context - min_context, so each byte is predicted from at least min_context bytes before
+it (Table 3 of the paper: more context, fewer bits). The result goes to a metrics JSON
+(for DVC) and to the training run in MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import tracking
+from .config import ConfigError, ExperimentConfig
+from .data.datamodule import StreamDataModule, data_module_for
+from .data.errors import DataError
+from .model import SparseTransformer
+from .training import check_data_fits_model, model_from_checkpoint
+
+
+@dataclass(frozen=True)
+class Window:
+    """Input bytes [start, start + length) predict targets [start + 1, start + length + 1),
+    of which the last `scored` count."""
+
+    start: int
+    length: int
+    scored: int
+
+
+def stream_windows(lo: int, hi: int, context: int, min_context: int) -> list[Window]:
+    """The windows that score bytes lo+1 .. hi-1 of one recording [lo, hi) once each."""
+    targets = hi - lo - 1
+    if targets <= context:
+        return [Window(lo, targets, targets)] if targets > 0 else []
+    advance = context - min_context
+    windows = [Window(lo, context, context)]
+    scored_until = lo + 1 + context  # the first target not yet scored
+    while scored_until < hi:
+        end = min(scored_until + advance, hi)  # the window's targets end here
+        windows.append(Window(end - 1 - context, context, end - scored_until))
+        scored_until = end
+    return windows
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of a Lightning precision name ("bf16-mixed", "16-mixed"; others: none)."""
+    dtypes = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+    if precision not in dtypes:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtypes[precision])
+
+
+def _nats(model: SparseTransformer, examples: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(B, L) uint8 examples -> (B, n) fp32 cross-entropy of each target, in nats."""
+    inputs, targets = model.inputs_and_targets(torch.from_numpy(examples).to(device))
+    logits = model(inputs)  # (B, n, 256)
+    return F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+
+
+@torch.no_grad()
+def score_stream(model: SparseTransformer, data: np.ndarray, boundaries: Iterable[int], context: int,
+                 min_context: int, batch_size: int, device: torch.device, progress: bool = True) -> tuple[float, int]:
+    """(total nats, bytes scored) over a stream whose recordings start at `boundaries` (its length last)."""
+    bounds = list(boundaries)
+    windows = [w for lo, hi in zip(bounds[:-1], bounds[1:]) for w in stream_windows(lo, hi, context, min_context)]
+    total, count = 0.0, 0
+    with tqdm(total=len(windows), desc="windows", unit="window", disable=not progress) as bar:
+        for batch in _batches(windows, batch_size):  # windows of one length each
+            examples = np.stack([data[w.start:w.start + w.length + 1] for w in batch])  # (B, length + 1)
+            nats = _nats(model, examples, device)  # (B, length)
+            scored = torch.tensor([w.scored for w in batch], device=device)
+            positions = torch.arange(nats.shape[1], device=device)
+            keep = positions[None, :] >= nats.shape[1] - scored[:, None]  # (B, length): the last `scored`
+            total += nats[keep].double().sum().item()
+            count += int(scored.sum())
+            bar.update(len(batch))
+    return total, count
+
+
+def _batches(windows: list[Window], batch_size: int) -> Iterator[list[Window]]:
+    """Consecutive windows of equal length, batch_size at a time (only short recordings make other lengths)."""
+    for _, same_length in groupby(windows, key=lambda w: w.length):
+        group = list(same_length)
+        for start in range(0, len(group), batch_size):
+            yield group[start:start + batch_size]
+
+
+@torch.no_grad()
+def score_images(model: SparseTransformer, images: np.ndarray, batch_size: int, device: torch.device,
+                 progress: bool = True) -> tuple[float, int]:
+    """(total nats, bytes scored) over images (N, H, W, C), every byte of each."""
+    total, count = 0.0, 0
+    for start in tqdm(range(0, len(images), batch_size), desc="images", unit="batch", disable=not progress):
+        batch = np.asarray(images[start:start + batch_size]).reshape(-1, model.config.context)  # (B, H*W*C)
+        nats = _nats(model, batch, device)
+        total += nats.double().sum().item()
+        count += nats.numel()
+    return total, count
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def evaluate(cfg: ExperimentConfig, progress: bool = True) -> dict:
+    """Score the configured split with the trained model; write the metrics JSON, log to MLflow."""
+    ev = cfg.evaluate
+    client = tracking.connect(cfg.tracking) if cfg.tracking.enabled else None  # fail before any work
+    checkpoint_path = cfg.checkpoint(ev)
+    model, checkpoint = model_from_checkpoint(checkpoint_path, attention=cfg.model.attention)
+    device = resolve_device(ev.device)
+    model.to(device)
+    context = min(cfg.data.context or model.config.context, model.config.context)  # the training windows
+    datamodule = data_module_for(cfg.data.hdf5, batch_size=1, context=context)
+    check_data_fits_model(datamodule, model.config, cfg.data.hdf5)
+    batch_size = ev.batch_size or cfg.data.eval_batch_size or cfg.data.batch_size
+    min_context = context // 2 if ev.min_context is None else ev.min_context
+    precision = ev.precision or ("bf16-mixed" if device.type == "cuda" else "32-true")
+    is_stream = isinstance(datamodule, StreamDataModule)
+    if is_stream and min_context >= context:
+        raise ConfigError(f"evaluate.min_context: must be below the context {context} (data.context), got {min_context}")
+    with autocast(device, precision):
+        if is_stream:
+            nats, count = score_stream(model, datamodule.split_array(ev.split), datamodule.split_boundaries(ev.split),
+                                       context, min_context, batch_size, device, progress)
+        else:
+            nats, count = score_images(model, datamodule.split_array(ev.split), batch_size, device, progress)
+    if count == 0:
+        raise DataError(f"{cfg.data.hdf5}: the {ev.split} split has nothing to score")
+    metrics = {
+        "split": ev.split, "bits_per_dim": nats / math.log(2) / count, "bytes": count,
+        "context": context, "min_context": min_context if is_stream else None,
+        "checkpoint": str(checkpoint_path), "step": checkpoint["global_step"], "precision": precision,
+    }
+    path = Path(ev.metrics_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    if client is not None:
+        run_id = tracking.stage_run(cfg, client, checkpoint.get("mlflow_run_id"))
+        tracking.log_metrics(client, run_id, {f"eval/{ev.split}/bpd": metrics["bits_per_dim"]}, step=checkpoint["global_step"])
+        client.log_artifact(run_id, str(path), artifact_path="metrics")
+    return metrics

@@ -1,0 +1,128 @@
+"""Unconditional samples of a trained model (`sparse-transformer sample`).
+
+Decoding is incremental (`SparseTransformer.decode_step` with a `DecodingCache`): each
+new position computes its own keys and values and reads only the cached keys its pattern
+allows, so a step costs about l + n/l keys rather than n, and gives the same next-byte
+distribution as a full forward pass over the prefix. A whole batch decodes together.
+
+Images start from the start symbol and are written as one PNG grid. Streams have no
+start symbol (training windows begin anywhere), so their first byte is drawn from the
+byte frequencies of the training split; audio is written as WAV (mu-law decoded, at the
+data's sample rate), text as .txt. The files and the image grid go to the training run
+in MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from . import tracking
+from .config import ExperimentConfig
+from .data import mulaw
+from .data.datamodule import data_module_for
+from .evaluation import resolve_device
+from .model import DecodingCache, SparseTransformer
+from .training import check_data_fits_model, model_from_checkpoint
+
+GRID_FILE = "samples.png"
+GRID_MIN_WIDTH = 256  # pixels: small images (8x8 digits) are enlarged to be visible
+
+
+@torch.no_grad()
+def generate(model: SparseTransformer, first: torch.Tensor, length: int, temperature: float = 1.0,
+             generator: torch.Generator | None = None, progress: bool = True) -> torch.Tensor:
+    """Continue `first` (B,) tokens to (B, length) uint8 bytes by sampling at `temperature`.
+
+    `first` is the start symbol (images: it is not part of the output) or a first byte
+    (streams: it is the output's first byte).
+    """
+    model.eval()
+    cache = DecodingCache(model, len(first), first.device)
+    outputs = [] if model.config.image_shape is not None else [first]
+    tokens = first
+    with tqdm(total=length - len(outputs), desc="decoding", unit="byte", disable=not progress) as bar:
+        while len(outputs) < length:
+            logits = model.decode_step(tokens, cache)  # (B, 256)
+            probabilities = torch.softmax(logits.float() / temperature, dim=-1)
+            tokens = torch.multinomial(probabilities, 1, generator=generator)[:, 0]  # (B,)
+            outputs.append(tokens)
+            bar.update()
+    return torch.stack(outputs, dim=1).to(torch.uint8)  # (B, length)
+
+
+def byte_frequencies(data: np.ndarray) -> torch.Tensor:
+    """(256,) float64 counts of each byte value in a stream."""
+    return torch.from_numpy(np.bincount(np.asarray(data), minlength=256).astype(np.float64))
+
+
+def image_grid(images: np.ndarray) -> Image.Image:
+    """(N, H, W, C) uint8 -> one image, ceil(sqrt(N)) per row, 1-pixel black gaps, enlarged if tiny."""
+    count, height, width, channels = images.shape
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    grid = np.zeros((rows * (height + 1) - 1, columns * (width + 1) - 1, channels), dtype=np.uint8)
+    for k, image in enumerate(images):
+        top, left = k // columns * (height + 1), k % columns * (width + 1)
+        grid[top:top + height, left:left + width] = image
+    picture = Image.fromarray(grid[..., 0] if channels == 1 else grid, mode)
+    scale = max(1, GRID_MIN_WIDTH // picture.width)
+    return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+
+
+def write_samples(samples: np.ndarray, attributes: dict, output_dir: Path) -> tuple[list[Path], list[Image.Image]]:
+    """Samples (N, length) uint8 -> files in output_dir (replacing earlier samples) and the images to show."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for old in [*output_dir.glob("sample_*"), output_dir / GRID_FILE]:
+        old.unlink(missing_ok=True)
+    modality = attributes["modality"]
+    if modality == "image":
+        grid = image_grid(samples.reshape(len(samples), *attributes["example_shape"]))
+        grid.save(output_dir / GRID_FILE)
+        return [output_dir / GRID_FILE], [grid]
+    files = []
+    for k, sample in enumerate(samples):
+        if modality == "audio":
+            path = output_dir / f"sample_{k:03d}.wav"
+            soundfile.write(path, mulaw.decode(sample), attributes["sample_rate"])
+        else:  # text and raw bytes: the bytes as they are
+            path = output_dir / f"sample_{k:03d}.txt"
+            path.write_bytes(sample.tobytes())
+        files.append(path)
+    return files, []
+
+
+def sample(cfg: ExperimentConfig, progress: bool = True) -> list[Path]:
+    """Draw cfg.sample.count samples from the trained model; write them and log them to MLflow."""
+    sc = cfg.sample
+    client = tracking.connect(cfg.tracking) if cfg.tracking.enabled else None  # fail before any work
+    model, checkpoint = model_from_checkpoint(cfg.checkpoint(sc), attention=cfg.model.attention)
+    device = resolve_device(sc.device)
+    model.to(device)
+    datamodule = data_module_for(cfg.data.hdf5, batch_size=1, context=model.config.context)
+    check_data_fits_model(datamodule, model.config, cfg.data.hdf5)
+    generator = torch.Generator(device).manual_seed(sc.seed)
+    is_image = model.config.image_shape is not None
+    length = model.config.context if is_image else (sc.length or model.config.context)
+    if not is_image:
+        frequencies = byte_frequencies(datamodule.split_array("train")).to(device)
+    batches = []
+    for start in range(0, sc.count, sc.batch_size or sc.count):
+        size = min(sc.batch_size or sc.count, sc.count - start)
+        if is_image:
+            first = torch.full((size,), model.start_token, device=device)
+        else:
+            first = torch.multinomial(frequencies, size, replacement=True, generator=generator)
+        batches.append(generate(model, first, length, sc.temperature, generator, progress).cpu().numpy())
+    files, images = write_samples(np.concatenate(batches), datamodule.attributes, Path(sc.output_dir))
+    if client is not None:
+        run_id = tracking.stage_run(cfg, client, checkpoint.get("mlflow_run_id"))
+        tracking.log_samples(client, run_id, files, images, step=checkpoint["global_step"])
+    return files

@@ -1,0 +1,197 @@
+"""MLflow: where runs are recorded, and what each stage records in them.
+
+Store: `tracking.tracking_uri`, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in
+the working directory with artifacts in mlruns/ beside it. Every stage first checks that
+the store answers (`connect`), so a run against an unreachable server stops before any
+work with a message that says what to do.
+
+Runs: one experiment per dataset (`tracking.experiment`, else the stem of the HDF5
+file: enwik8.h5 -> "enwik8"). Training creates the run through Lightning's MLFlowLogger
+and records its id in every checkpoint; a resumed run, `evaluate` and `sample` log into
+that same run. Per run: the whole configuration as parameters, training and validation
+bits per dim, learning rate, tokens/s and GPU memory per step (through the logger),
+system metrics from MLflow's own monitor (rank 0), the evaluation metrics, and the
+samples as artifacts (images also through `log_image`, so the UI shows them).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from lightning.pytorch.callbacks import Callback
+
+from .config import ExperimentConfig, TrackingConfig
+from .errors import UserError
+
+if TYPE_CHECKING:
+    from lightning.pytorch.loggers import MLFlowLogger
+    from mlflow import MlflowClient
+
+DEFAULT_DATABASE = "mlflow.db"
+
+
+class TrackingError(UserError):
+    """The MLflow tracking store cannot be reached or used."""
+
+
+def tracking_uri(cfg: TrackingConfig) -> str:
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path.cwd() / DEFAULT_DATABASE}"
+
+
+def artifact_location(uri: str) -> str | None:
+    """mlruns/ beside a sqlite database; a tracking server chooses its own."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
+
+
+def experiment_name(cfg: ExperimentConfig) -> str:
+    return cfg.tracking.experiment or Path(cfg.data.hdf5).stem
+
+
+@contextmanager
+def _no_retries(timeout: float) -> Iterator[None]:
+    """MLflow's HTTP client retries for minutes by default; the connectivity check must not."""
+    settings = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, round(timeout)))}
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def connect(cfg: TrackingConfig) -> MlflowClient:
+    """A client of the configured store, after checking that it answers within cfg.connect_timeout s."""
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(cfg)
+    client = MlflowClient(uri)
+    with _no_retries(cfg.connect_timeout):
+        try:
+            client.search_experiments(max_results=1)
+        except Exception as err:  # MLflow raises many kinds (connection, HTTP, database errors)
+            reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+            raise TrackingError(
+                f"the MLflow tracking store {uri} does not answer ({reason}). Start the tracking server, "
+                "point MLFLOW_TRACKING_URI (or tracking.tracking_uri) at a running one, unset it to log to "
+                f"sqlite:///{DEFAULT_DATABASE} here, or set tracking.enabled: false"
+            ) from None
+    return client
+
+
+def existing_run(client: MlflowClient, run_id: str | None) -> str | None:
+    """run_id if the store holds that run (a checkpoint may come from another store), else None."""
+    from mlflow.exceptions import MlflowException
+
+    if run_id is None:
+        return None
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        return None
+    return run_id
+
+
+def training_logger(cfg: ExperimentConfig, client: MlflowClient | None, run_id: str | None) -> MLFlowLogger:
+    """Lightning's logger, continuing run `run_id` when the store holds it, else starting one.
+    On ranks other than 0 (client None) Lightning keeps the logger idle."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    uri = tracking_uri(cfg.tracking)
+    return MLFlowLogger(
+        experiment_name=experiment_name(cfg), run_name=cfg.tracking.run_name, tracking_uri=uri,
+        artifact_location=artifact_location(uri), run_id=existing_run(client, run_id) if client else None,
+    )
+
+
+def stage_run(cfg: ExperimentConfig, client: MlflowClient, run_id: str | None) -> str:
+    """The run evaluate and sample log into: the training run, else a new one in the experiment."""
+    found = existing_run(client, run_id)
+    if found is not None:
+        return found
+    name = experiment_name(cfg)
+    experiment = client.get_experiment_by_name(name)
+    experiment_id = (experiment.experiment_id if experiment is not None
+                     else client.create_experiment(name, artifact_location=artifact_location(tracking_uri(cfg.tracking))))
+    run = client.create_run(experiment_id, run_name=cfg.tracking.run_name)
+    log_config(client, run.info.run_id, cfg)
+    return run.info.run_id
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"model": {"pattern": {"kind": "fixed"}}} -> {"model.pattern.kind": "fixed"}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def log_config(client: MlflowClient, run_id: str, cfg: ExperimentConfig) -> None:
+    """Every configuration field as a parameter. MLflow parameters cannot change, so a
+    resumed run adds only the ones it lacks (its changed values stay in params.yaml)."""
+    from mlflow.entities import Param
+
+    present = client.get_run(run_id).data.params
+    params = [Param(key, str(value)) for key, value in flatten(cfg.to_dict()).items() if key not in present]
+    for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters per batch
+        client.log_batch(run_id, params=params[start:start + 100])
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value, step=step)
+
+
+def log_samples(client: MlflowClient, run_id: str, files: list[Path], images: list[Any], step: int) -> None:
+    """The sample files as artifacts under samples/, and images (PIL) as step images the UI shows."""
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path="samples")
+    for image in images:
+        client.log_image(run_id, image, key="samples", step=step)
+
+
+class MLflowRun(Callback):
+    """Fills the training run: the configuration as parameters when fitting starts, and
+    MLflow's system metrics (CPU, GPU, memory, disk) while it runs - on rank 0 only.
+
+    Lightning's MLFlowLogger records metrics but neither of these; system metrics need an
+    active MLflow run, `mlflow.start_run(run_id=..., log_system_metrics=True)`.
+    """
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        import mlflow
+
+        logger = trainer.logger
+        if not trainer.is_global_zero:
+            return
+        log_config(logger.experiment, logger.run_id, self.cfg)
+        if self.cfg.tracking.system_metrics:
+            mlflow.set_tracking_uri(tracking_uri(self.cfg.tracking))
+            mlflow.start_run(run_id=logger.run_id, log_system_metrics=True)
+
+    def _end(self, status: str) -> None:
+        import mlflow
+
+        if mlflow.active_run() is not None:
+            mlflow.end_run(status)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._end("FINISHED")
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._end("FAILED")

@@ -1,0 +1,97 @@
+"""Evaluation: every byte scored once with the minimum context, and the total equals a
+plain sum of log-probabilities."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from training_setup import experiment, text_h5  # noqa: F401 (fixtures)
+
+from sparse_transformer.config import ModelConfig, PatternConfig
+from sparse_transformer.evaluation import evaluate, score_images, score_stream, stream_windows
+from sparse_transformer.model import SparseTransformer
+from sparse_transformer.training import read_checkpoint, train
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize(("lo", "hi", "context", "min_context"),
+                         [(0, 100, 16, 8), (5, 200, 16, 0), (0, 97, 16, 15), (3, 12, 16, 8), (0, 17, 16, 8), (4, 5, 16, 8)])
+def test_windows_score_every_byte_once_with_at_least_min_context(lo, hi, context, min_context):
+    windows = stream_windows(lo, hi, context, min_context)
+    scored = []
+    for k, w in enumerate(windows):
+        assert lo <= w.start and w.start + w.length + 1 <= hi  # inside the recording
+        assert w.length == min(context, hi - lo - 1)
+        targets = range(w.start + 1 + w.length - w.scored, w.start + 1 + w.length)
+        if k > 0:
+            assert all(t - w.start >= min_context for t in targets)  # bytes of context before each target
+            assert w.scored <= context - min_context
+        scored.extend(targets)
+    assert scored == list(range(lo + 1, hi))
+
+
+def random_model(**overrides) -> SparseTransformer:
+    settings = dict(context=16, layers=2, d_model=32, heads=2, attention="reference", pattern=PatternConfig("strided", 4))
+    settings.update(overrides)
+    torch.manual_seed(0)
+    model = SparseTransformer(ModelConfig(**settings))
+    torch.nn.init.normal_(model.out.weight, std=0.3)
+    return model.eval()
+
+
+def test_stream_score_is_the_sum_of_log_probabilities_of_its_windows():
+    model = random_model()
+    data = np.random.default_rng(0).integers(0, 256, 150, dtype=np.uint8)
+    boundaries = [0, 70, 80, 150]  # three recordings, one shorter than a window
+    context, min_context = 16, 6
+    expected, count = 0.0, 0
+    with torch.no_grad():
+        for lo, hi in zip(boundaries[:-1], boundaries[1:]):
+            for w in stream_windows(lo, hi, context, min_context):
+                window = torch.tensor(data[w.start:w.start + w.length + 1], dtype=torch.long)
+                log_p = torch.log_softmax(model(window[None, :-1])[0], dim=-1)  # (length, 256)
+                for position in range(w.length - w.scored, w.length):
+                    expected -= log_p[position, window[position + 1]].item()
+                    count += 1
+    nats, scored = score_stream(model, data, boundaries, context, min_context, batch_size=3, device=CPU, progress=False)
+    assert scored == count == 150 - 3
+    assert nats == pytest.approx(expected, rel=1e-6)
+
+
+def test_image_score_covers_every_byte_from_the_start_symbol():
+    model = random_model(context=12, image_shape=(2, 2, 3))
+    images = np.random.default_rng(1).integers(0, 256, (5, 2, 2, 3), dtype=np.uint8)
+    expected = 0.0
+    with torch.no_grad():
+        for image in images:
+            flat = torch.tensor(image.reshape(-1), dtype=torch.long)
+            inputs = torch.cat([torch.tensor([256]), flat[:-1]])  # the start symbol, then bytes 0..n-2
+            log_p = torch.log_softmax(model(inputs[None])[0], dim=-1)
+            expected -= log_p[torch.arange(12), flat].sum().item()
+    nats, scored = score_images(model, images, batch_size=2, device=CPU, progress=False)
+    assert scored == 5 * 12
+    assert nats == pytest.approx(expected, rel=1e-6)
+
+
+def test_more_context_scores_the_same_bytes(tmp_path, text_h5):
+    """evaluate() end to end: the metrics JSON, and Table 3's knob: a longer minimum context
+    scores the same bytes of the trained model."""
+    cfg = experiment(tmp_path, text_h5, train={"max_steps": 30, "val_every_steps": None}, tracking={"enabled": False})
+    train(cfg)
+    results = {}
+    for min_context in (0, 48):
+        ev = experiment(tmp_path, text_h5, evaluate={"min_context": min_context, "split": "valid"},
+                        tracking={"enabled": False}).evaluate
+        metrics = evaluate(dataclasses.replace(cfg, evaluate=ev), progress=False)
+        assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+        results[min_context] = metrics
+    assert results[0]["bytes"] == results[48]["bytes"] == 55_770 - 1
+    assert results[0]["step"] == read_checkpoint(tmp_path / "checkpoints/last.ckpt")["global_step"] == 30
+    assert 3.0 < results[48]["bits_per_dim"] < 6.5 and math.isfinite(results[0]["bits_per_dim"])
+    assert results[48]["bits_per_dim"] != results[0]["bits_per_dim"]

@@ -1,0 +1,118 @@
+"""Sampling: cached decoding reads only the keys a pattern allows and predicts exactly what
+a full forward pass does; samples are written as PNG / WAV / TXT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from PIL import Image
+
+from sparse_transformer.config import ModelConfig, PatternConfig
+from sparse_transformer.data import mulaw
+from sparse_transformer.model import DecodingCache, SparseTransformer, allowed_keys
+from sparse_transformer.sampling import generate, image_grid, write_samples
+
+PATTERNS = [
+    PatternConfig("dense", 6),
+    PatternConfig("local", 6),
+    PatternConfig("strided", 6, integration="merged"),
+    PatternConfig("strided", 6, integration="interleaved"),
+    PatternConfig("strided", 6, integration="multihead"),
+    PatternConfig("fixed", 8, 2, integration="merged"),
+    PatternConfig("fixed", 8, 2, integration="merged", distinct_summaries=True),
+    PatternConfig("fixed", 8, 2, integration="interleaved", distinct_summaries=True),
+    PatternConfig("fixed", 8, 2, integration="multihead", distinct_summaries=True),
+]
+IMAGE_SHAPE = (3, 4, 2)  # 24 bytes
+
+
+def model_for(pattern: PatternConfig, image: bool, **overrides) -> SparseTransformer:
+    settings = dict(context=24, layers=3, d_model=32, heads=4, ff_mult=2, attention="reference", pattern=pattern,
+                    image_shape=IMAGE_SHAPE if image else None)
+    settings.update(overrides)
+    torch.manual_seed(0)
+    model = SparseTransformer(ModelConfig(**settings))
+    torch.nn.init.normal_(model.out.weight, std=0.3)  # W_out starts at 0: every distribution would be uniform
+    return model.eval()
+
+
+@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p.build().describe())
+def test_allowed_keys_are_the_patterns_row_and_no_more(pattern):
+    p, n, heads = pattern.build(), 40, 4
+    for layer in (0, 1):
+        for head in range(heads):
+            mask = p.mask(n, layer, head)
+            counts = p.key_counts(n, layer, head)
+            for i in range(n):
+                keys = allowed_keys(p, i, layer, head)
+                assert keys.tolist() == torch.nonzero(mask[i]).flatten().tolist(), (layer, head, i)
+                assert len(keys) == counts[i]
+
+
+def test_a_decoding_step_reads_about_two_sqrt_n_keys():
+    n, stride = 1024, 32
+    p = PatternConfig("strided", stride).build()
+    assert max(len(allowed_keys(p, i, 0, 0)) for i in range(0, n, 7)) <= stride + n // stride
+    p = PatternConfig("fixed", stride, 4).build()
+    assert max(len(allowed_keys(p, i, 0, 0)) for i in range(0, n, 7)) <= stride + 4 * n // stride
+
+
+@pytest.mark.parametrize("image", [False, True], ids=["stream", "image"])
+@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p.build().describe())
+def test_cached_decoding_gives_the_distributions_of_a_full_forward_pass(pattern, image):
+    model = model_for(pattern, image, half_qk=pattern.kind == "fixed")
+    tokens = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(1))
+    if image:
+        tokens[:, 0] = model.start_token
+    with torch.no_grad():
+        full = torch.softmax(model(tokens), dim=-1)  # (B, n, 256)
+        cache = DecodingCache(model, batch=3)
+        stepped = torch.stack([torch.softmax(model.decode_step(tokens[:, i], cache), -1) for i in range(24)], dim=1)
+    assert full.std() > 1e-4  # the distributions are not trivially uniform
+    torch.testing.assert_close(stepped, full, rtol=1e-5, atol=1e-6)
+
+
+def test_generate_samples_from_the_models_distribution_at_the_temperature():
+    model = model_for(PatternConfig("strided", 6), image=False)
+    first = torch.tensor([65, 66])
+    greedy = generate(model, first, 12, temperature=1e-6, progress=False)
+    assert greedy.shape == (2, 12) and greedy.dtype == torch.uint8 and greedy[:, 0].tolist() == [65, 66]
+    with torch.no_grad():
+        assert torch.equal(model(greedy[:, :-1]).argmax(-1), greedy[:, 1:].long())  # each byte the most likely
+    hot = generate(model, first, 12, temperature=1.0, generator=torch.Generator().manual_seed(0), progress=False)
+    again = generate(model, first, 12, temperature=1.0, generator=torch.Generator().manual_seed(0), progress=False)
+    assert torch.equal(hot, again) and not torch.equal(hot, greedy)
+
+
+def test_images_are_generated_from_the_start_symbol_and_are_whole():
+    model = model_for(PatternConfig("strided", 6), image=True)
+    images = generate(model, torch.full((2,), model.start_token), 24, progress=False)
+    assert images.shape == (2, 24)
+
+
+def test_image_grid_places_each_image(tmp_path):
+    images = np.arange(5 * 2 * 3 * 3, dtype=np.uint8).reshape(5, 2, 3, 3)
+    grid = np.asarray(image_grid(images))
+    scale = 256 // 11  # 3 columns of width 3 with 1-pixel gaps: 11 pixels, enlarged to at least 256
+    small = grid[::scale, ::scale]
+    assert small.shape == (2 * 3 - 1, 3 * 4 - 1, 3)
+    assert np.array_equal(small[3:5, 4:7], images[4])  # the fifth image: second row, second column
+
+
+def test_samples_are_written_as_png_wav_and_txt(tmp_path):
+    samples = np.random.default_rng(0).integers(0, 256, (4, 64), dtype=np.uint8)
+    files, images = write_samples(samples, {"modality": "image", "example_shape": (8, 8, 1)}, tmp_path / "img")
+    assert [f.name for f in files] == ["samples.png"] and len(images) == 1
+    assert Image.open(files[0]).mode == "L"
+
+    files, images = write_samples(samples, {"modality": "audio", "sample_rate": 12_000}, tmp_path / "wav")
+    audio, rate = soundfile.read(files[1], dtype="float32")
+    assert rate == 12_000 and images == []
+    np.testing.assert_allclose(audio, mulaw.decode(samples[1]), atol=1e-4)  # 16-bit PCM
+
+    files, _ = write_samples(samples, {"modality": "text"}, tmp_path / "txt")
+    assert [f.read_bytes() for f in files] == [s.tobytes() for s in samples]
+    files, _ = write_samples(samples[:2], {"modality": "text"}, tmp_path / "txt")
+    assert sorted(p.name for p in (tmp_path / "txt").iterdir()) == ["sample_000.txt", "sample_001.txt"]

@@ -1,0 +1,101 @@
+"""MLflow: the default store, what a run records, and failing fast without a server."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import pytest
+from mlflow import MlflowClient
+from training_setup import digits_h5, experiment, text_h5  # noqa: F401 (fixtures)
+
+from sparse_transformer import cli
+from sparse_transformer.config import TrackingConfig
+from sparse_transformer.evaluation import evaluate
+from sparse_transformer.sampling import sample
+from sparse_transformer.tracking import TrackingError, artifact_location, log_config, tracking_uri
+from sparse_transformer.training import read_checkpoint, train
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """The tests' working directory, with no tracking server configured in the environment."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def test_the_default_store_is_sqlite_in_the_working_directory(workdir, monkeypatch):
+    uri = tracking_uri(TrackingConfig())
+    assert uri == f"sqlite:///{workdir / 'mlflow.db'}"
+    assert artifact_location(uri) == (workdir / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert tracking_uri(TrackingConfig()) == "http://tracking.example:5000"
+    assert artifact_location("http://tracking.example:5000") is None  # the server decides
+    assert tracking_uri(TrackingConfig(tracking_uri="sqlite:///other.db")) == "sqlite:///other.db"
+
+
+def test_a_run_records_config_metrics_test_results_and_samples(workdir, text_h5, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    cfg = experiment(workdir, text_h5, train={"max_steps": 40}, tracking={"tracking_uri": None, "system_metrics": True},
+                     evaluate={"split": "valid"}, sample={"count": 2, "length": 32})
+    run_id = read_checkpoint(train(cfg))["mlflow_run_id"]
+    metrics = evaluate(cfg, progress=False)
+    files = sample(cfg, progress=False)
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")  # the default store
+    run = client.get_run(run_id)
+    assert client.get_experiment(run.info.experiment_id).name == "text"  # one experiment per dataset
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["model.d_model"] == "32" and params["train.learning_rate"] == "0.003"
+    assert params["data.hdf5"] == str(text_h5) and params["model.pattern.kind"] == "strided"
+    assert len(client.get_metric_history(run_id, "train/bpd")) == 40
+    assert [m.step for m in client.get_metric_history(run_id, "valid/bpd")] == [9, 19, 29, 39]
+    for key in ("lr/decayed", "tokens_per_s"):
+        assert len(client.get_metric_history(run_id, key)) >= 39, key
+    assert any(key.startswith("system/") for key in run.data.metrics), sorted(run.data.metrics)
+    evaluated = client.get_metric_history(run_id, "eval/valid/bpd")  # the whole split, not a few batches
+    assert [(m.step, m.value) for m in evaluated] == [(40, metrics["bits_per_dim"])]
+    artifacts = {a.path for a in client.list_artifacts(run_id, "samples")}
+    assert artifacts == {f"samples/{f.name}" for f in files} == {"samples/sample_000.txt", "samples/sample_001.txt"}
+    assert {a.path for a in client.list_artifacts(run_id, "metrics")} == {"metrics/metrics.json"}
+    assert (workdir / "mlruns").is_dir()  # artifacts beside the database
+
+
+def test_image_samples_are_shown_as_images(workdir, digits_h5):
+    cfg = experiment(workdir, digits_h5, train={"max_steps": 2, "val_every_steps": None}, sample={"count": 4})
+    run_id = read_checkpoint(train(cfg))["mlflow_run_id"]
+    sample(cfg, progress=False)
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    assert {a.path for a in client.list_artifacts(run_id, "samples")} == {"samples/samples.png"}
+    assert client.list_artifacts(run_id, "images")  # mlflow.log_image's step images, shown by the UI
+
+
+def test_an_unreachable_tracking_server_fails_fast_before_training(workdir, text_h5, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    cfg = experiment(workdir, text_h5, tracking={"tracking_uri": None})
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match="http://127.0.0.1:9 does not answer") as info:
+        train(cfg)
+    assert time.monotonic() - started < 10
+    assert "MLFLOW_TRACKING_URI" in str(info.value) and "tracking.enabled: false" in str(info.value)
+    assert not (workdir / "checkpoints").exists()
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # the check's settings do not leak
+
+    (workdir / "params.yaml").write_text(json.dumps(dataclasses.asdict(cfg)))  # JSON is YAML
+    assert cli.main(["train", "--config", "params.yaml"]) == 2
+    assert "sparse-transformer train: error: the MLflow tracking store http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_a_resumed_run_keeps_its_parameters(workdir, text_h5):
+    cfg = experiment(workdir, text_h5)
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    run_id = client.create_run(client.create_experiment("resume")).info.run_id
+    log_config(client, run_id, cfg)
+    longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=99))
+    log_config(client, run_id, longer)  # MLflow refuses to change a parameter; this must not fail
+    assert client.get_run(run_id).data.params["train.max_steps"] == "20"
