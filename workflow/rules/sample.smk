@@ -1,0 +1,11 @@
+# sample: runs/NAME/checkpoints/ -> runs/NAME/samples/ (PNG / WAV / TXT; also in MLflow)
+
+rule sample:
+    output: directory("runs/{exp}/samples")
+    input:
+        data="data/prepared/{exp}.h5",
+        checkpoints="runs/{exp}/checkpoints",
+    params: sample=section("sample")
+    resources: gpu=gpus
+    log: "runs/{exp}/logs/sample.log"
+    shell: "{CLI} sample --config {PARAMS} --experiment {wildcards.exp} 2>&1 | tee {log}"
