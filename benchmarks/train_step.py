@@ -1,0 +1,134 @@
+"""Table 2 of the paper, end to end: one training step of a paper model with dense,
+strided and fixed attention, same batch, on one device.
+
+    python benchmarks/train_step.py --experiment enwik8 --batch 1 --json out/table2_enwik8.json
+    python benchmarks/train_step.py --experiment cifar10 --batch 4 --json out/table2_cifar10.json
+
+A step is forward, backward, gradient clipping and a fused AdamW update, with bf16
+autocast on CUDA and the experiment's recomputation setting (on for the paper's
+models). The model and hyperparameters come from params.yaml (`--set` overrides, as on
+the command line); only the pattern changes between rows: dense uses PyTorch's SDPA,
+strided and fixed the Triton kernels with the experiment's stride (fixed: its summary
+width, 32 where the experiment has none). Prints tokens per second, peak memory and the
+dense/sparse time ratios beside the paper's; `--json` keeps everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+
+import torch
+
+from sparse_transformer.config import PatternConfig, load_experiment
+from sparse_transformer.model import SparseTransformer
+from sparse_transformer.training import parameter_groups
+
+# Table 2 of the paper: seconds per iteration (unit not given), dense / fixed / strided.
+PAPER_TIMES = {"enwik8": {"dense": 1.31, "fixed": 0.55, "strided": 0.35},
+               "cifar10": {"dense": 0.54, "fixed": 0.47, "strided": 0.38}}
+
+
+def model_config(model, kind: str):
+    """The experiment's model with the pattern of Table 2's row `kind`."""
+    pattern = model.pattern
+    integration = pattern.integration if kind == pattern.kind else "merged"
+    if kind == "dense":
+        return dataclasses.replace(model, pattern=PatternConfig("dense", pattern.stride), attention="sdpa")
+    summary = (pattern.summary or 32) if kind == "fixed" else None
+    attention = "triton" if model.attention in ("auto", "sdpa") else model.attention
+    return dataclasses.replace(model, pattern=PatternConfig(kind, pattern.stride, summary, integration), attention=attention)
+
+
+def time_steps(model: SparseTransformer, batch: torch.Tensor, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per training step (median of `steps` after `warmup`)."""
+    cuda = device.type == "cuda"
+    optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=1e-4, fused=cuda)
+    inputs, targets = model.inputs_and_targets(batch)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
+
+    def step():
+        with autocast:
+            loss = model.loss(inputs, targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        if cuda:
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            stop.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(stop) / 1000)
+        else:
+            began = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - began)
+    return sorted(times)[len(times) // 2]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="params.yaml")
+    parser.add_argument("--experiment", default="enwik8")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    parser.add_argument("--patterns", nargs="+", default=["dense", "fixed", "strided"], choices=["dense", "fixed", "strided"])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", help="write the measurements here")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    experiment = load_experiment(args.config, args.experiment, tuple(args.overrides))
+    context = experiment.model.context
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.randint(0, 256, (args.batch, context + (experiment.model.image_shape is None)), generator=generator)
+
+    rows = []
+    for kind in args.patterns:
+        config = model_config(experiment.model, kind)
+        torch.manual_seed(0)
+        model = SparseTransformer(config).to(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        seconds = time_steps(model, batch.to(device), args.steps, args.warmup, device)
+        row = dict(pattern=kind, describe=config.pattern.build().describe(), attention=config.attention,
+                   params=model.num_params(), batch=args.batch, context=context, step_s=seconds,
+                   tokens_per_s=args.batch * context / seconds,
+                   peak_memory_gb=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None)
+        rows.append(row)
+        print(f"{kind:<8} {row['describe']:<28} {seconds * 1000:9.1f} ms/step {row['tokens_per_s']:10.0f} tokens/s"
+              + (f"  peak {row['peak_memory_gb']:.1f} GiB" if row["peak_memory_gb"] is not None else ""), flush=True)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    times = {row["pattern"]: row["step_s"] for row in rows}
+    paper = PAPER_TIMES.get(args.experiment, {})
+    if "dense" in times:
+        for kind in ("fixed", "strided"):
+            if kind in times:
+                ours = times["dense"] / times[kind]
+                theirs = f"{paper['dense'] / paper[kind]:.2f}x" if kind in paper else "-"
+                print(f"dense / {kind}: {ours:.2f}x here, {theirs} in the paper")
+    if args.json:
+        meta = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+                    torch=torch.__version__, date=time.strftime("%Y-%m-%d"), args=vars(args))
+        with open(args.json, "w") as fh:
+            json.dump({"meta": meta, "rows": rows}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
