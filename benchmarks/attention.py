@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from sparse_kernels.ops import tuned_tiles
 from sparse_transformer import Pattern
 from sparse_transformer.triton_attention import sparse_attention
 
@@ -155,7 +156,8 @@ def main(argv=None) -> int:
     print(table(results))
     if args.json:
         meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                    python=platform.python_version(), date=time.strftime("%Y-%m-%d"), args=vars(args))
+                    python=platform.python_version(), date=time.strftime("%Y-%m-%d"), args=vars(args),
+                    tuned_tiles=tuned_tiles())
         with open(args.json, "w") as fh:
             json.dump({"meta": meta, "results": results}, fh, indent=1)
     return 0

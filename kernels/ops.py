@@ -82,15 +82,24 @@ def _prune_for_head_dim(configs, named_args, **kwargs):
 
 
 _KEY = ["N_BUCKET", "QK_DIM", "V_DIM", "MODE_EVEN", "MODE_ODD", "CONTINUE"]
-_tuned_forward = triton.autotune(
-    _configs("forward"), key=_KEY, restore_value=["O", "LSE"], prune_configs_by={"early_config_prune": _prune_for_head_dim}
-)(attention_forward_kernel)
-_tuned_dkdv = triton.autotune(
-    _configs("dkdv"), key=_KEY, restore_value=["DK", "DV"], prune_configs_by={"early_config_prune": _prune_for_head_dim}
-)(attention_dkdv_kernel)
-_tuned_dq = triton.autotune(
-    _configs("dq"), key=_KEY, restore_value=["DQ"], prune_configs_by={"early_config_prune": _prune_for_head_dim}
-)(attention_dq_kernel)
+
+
+def _autotuned(kernel, kind: str, restore: list[str]):
+    # cache_results: the winner is kept in Triton's cache directory (keyed by the kernel's
+    # source, the GPU and the key), so only the first process on a machine pays for tuning.
+    return triton.autotune(_configs(kind), key=_KEY, restore_value=restore, cache_results=True,
+                           prune_configs_by={"early_config_prune": _prune_for_head_dim})(kernel)
+
+
+_tuned_forward = _autotuned(attention_forward_kernel, "forward", ["O", "LSE"])
+_tuned_dkdv = _autotuned(attention_dkdv_kernel, "dkdv", ["DK", "DV"])
+_tuned_dq = _autotuned(attention_dq_kernel, "dq", ["DQ"])
+
+
+def tuned_tiles() -> dict[str, dict[str, str]]:
+    """The tiles the autotuner chose in this process, per kernel and key (for benchmark records)."""
+    return {name: {str(key): str(config) for key, config in tuner.cache.items()}
+            for name, tuner in (("forward", _tuned_forward), ("dkdv", _tuned_dkdv), ("dq", _tuned_dq))}
 
 INTERPRETER_BLOCKS = Blocks(32, 32)
 

@@ -148,3 +148,39 @@ def test_million_tokens_forward_and_backward():
     # where a per-row relative error would only measure bf16 rounding of zero.
     assert rel_err(out[:, :, rows], torch.cat(ref_out, dim=2)) < BF16_TOLERANCE
     assert rel_err(dq[:, :, rows], torch.cat(ref_dq, dim=2)) < BF16_TOLERANCE
+
+
+def test_custom_ops_on_gpu():
+    """The torch.library ops' schemas, fake (meta) kernels and autograd registration hold for CUDA tensors."""
+    from sparse_kernels import ops
+    from sparse_transformer.triton_attention import kernel_spec
+
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    q, k, v, do = (torch.randn(1, 2, 300, 64, device="cuda", generator=gen).bfloat16() for _ in range(4))
+    spec = kernel_spec(Pattern("fixed", 64, 16, "merged"))
+    params = (ops._flat_passes(spec), spec.stride, spec.summary, spec.summary_groups, spec.summary_head_div, 0.125, 64, 64)
+    torch.library.opcheck(ops.attention_forward_op, (q, k, v, *params), test_utils=("test_schema", "test_faketensor"))
+    out, lse = ops.attention_forward_op(q, k, v, *params)
+    torch.library.opcheck(ops.attention_backward_op, (do, q, k, v, out, lse, *params),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_inductor_full_graph_matches_eager():
+    """torch.compile with the default (Inductor) backend around the kernels: one graph, the same numbers."""
+    pattern = Pattern("fixed", 64, 16, integration="merged")
+    gen = torch.Generator(device="cuda").manual_seed(4)
+    x, do = (torch.randn(2, 1000, 256, device="cuda", generator=gen).bfloat16() for _ in range(2))
+    weight = (torch.randn(3 * 256, 256, device="cuda", generator=gen) / 16).bfloat16()
+
+    def block(x, weight):  # projections around the attention: work Inductor fuses and the op it must leave alone
+        q, k, v = (t.view(2, 1000, 4, 64).transpose(1, 2) for t in torch.nn.functional.linear(x, weight).chunk(3, -1))
+        return torch.nn.functional.gelu(sparse_attention_with_lse(q, k, v, pattern, blocks=TILES)[0]).transpose(1, 2).reshape(2, 1000, 256)
+
+    compiled = torch.compile(block, fullgraph=True)
+    results = []
+    for fn in (block, compiled):
+        leaves = [t.clone().requires_grad_() for t in (x, weight)]
+        out = fn(*leaves)
+        results.append((out, *torch.autograd.grad(out, leaves, do)))
+    for got, want in zip(*results):
+        assert rel_err(got, want) < BF16_TOLERANCE
