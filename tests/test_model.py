@@ -81,6 +81,28 @@ def test_recomputation_gives_the_same_loss_and_gradients():
     assert any(g.abs().sum() > 0 for name, g in grads_off.items() if "blocks.0.attn.query" in name)
 
 
+def test_compiled_blocks_match_eager_with_one_graph_per_layer_class():
+    """compile_blocks: the same loss and gradients (recomputation on), and blocks of one
+    layer class share a graph (the interleaved pattern has two classes)."""
+    from torch._dynamo.utils import counters
+
+    tokens = torch.randint(0, 256, (2, 27), generator=torch.Generator().manual_seed(4))
+    model = small_model(PatternConfig("strided", 6, integration="interleaved"), layers=4, recompute=True).train()
+    results = []
+    for compiled in (False, True):
+        if compiled:
+            torch._dynamo.reset()
+            counters.clear()
+            model.compile_blocks()
+        loss = model.loss(tokens[:, :-1], tokens[:, 1:])
+        results.append((loss, torch.autograd.grad(loss, list(model.parameters()))))
+    (loss_eager, grads_eager), (loss_compiled, grads_compiled) = results
+    assert counters["stats"]["unique_graphs"] == 2
+    assert torch.allclose(loss_compiled, loss_eager, rtol=1e-5)
+    for got, want in zip(grads_compiled, grads_eager):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
 def weight_groups(model: SparseTransformer) -> dict[str, torch.Tensor]:
     """Every parameter of the model, concatenated by the role SPEC section 2 gives it."""
     groups: dict[str, list[torch.Tensor]] = {}

@@ -132,9 +132,8 @@ def _reference_rows(
 # ---------------------------------------------------------------------- flex
 def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, layer: int = 0) -> torch.Tensor:
     """FlexAttention with the pattern as a mask_mod; the block mask is cached per (pattern, n, layer, device)."""
-    # Only the interleaved integration tells layers apart, and only by parity: one mask serves many layers.
-    mask_layer = layer % 2 if pattern.integration == "interleaved" else 0
-    block_mask = _flex_block_mask(pattern, q.shape[2], mask_layer, q.shape[1], str(q.device))
+    # One block mask serves every layer of a class (Pattern.layer_class).
+    block_mask = _flex_block_mask(pattern, q.shape[2], pattern.layer_class(layer), q.shape[1], str(q.device))
     return _compiled_flex()(q, k, v, block_mask=block_mask)
 
 

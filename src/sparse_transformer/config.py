@@ -293,6 +293,8 @@ class TrainConfig:
     curve_file: also write the training curve there as CSV (step, train_bpd, valid_bpd;
         one row per log_every_steps, valid_bpd empty between validations) - the plot
         DVC draws; null: MLflow only.
+    compile: torch.compile each residual block (SparseTransformer.compile_blocks): fuses
+        the elementwise work around the matrix products; the first steps pay for compiling.
     """
 
     seed: int = 0
@@ -316,6 +318,7 @@ class TrainConfig:
     val_batches: int | None = None
     log_every_steps: int = 50
     curve_file: str | None = None
+    compile: bool = False
 
     def validate(self, where: str = "train") -> None:
         if self.max_steps is None and self.max_epochs is None:

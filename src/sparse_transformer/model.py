@@ -88,6 +88,9 @@ class SparseAttention(nn.Module):
         d, heads = config.d_model, config.heads
         qk_width = d // 2 if config.half_qk else d
         self.heads, self.layer, self.pattern, self.backend = heads, layer, pattern, config.attention
+        # What attention needs of the layer index: blocks of one class then trace alike,
+        # so torch.compile builds one graph for all of them, not one per layer.
+        self.layer_class = pattern.layer_class(layer)
         self.query = nn.Linear(d, qk_width)
         self.key = nn.Linear(d, qk_width)
         self.value = nn.Linear(d, d)
@@ -106,7 +109,7 @@ class SparseAttention(nn.Module):
         b, n, d = x.shape  # (B, n, d)
         q, k, v = self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
         if cache is None:
-            out = attend(q, k, v, self.pattern, self.layer, self.backend)  # (B, heads, n, d / heads)
+            out = attend(q, k, v, self.pattern, self.layer_class, self.backend)  # (B, heads, n, d / heads)
         else:
             out = self._decode(q, k, v, cache)  # (B, heads, 1, d / heads)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
@@ -192,9 +195,20 @@ class SparseTransformer(nn.Module):
         h = self.token_embedding(tokens.long()) + self.position_embedding(slice(0, n))  # (B, n, d)
         recompute = self.config.recompute and torch.is_grad_enabled()
         for block in self.blocks:
-            # With recomputation only h (the residual stream) is stored between blocks.
-            h = h + (checkpoint(block, h, use_reentrant=False) if recompute else block(h))
+            h = h + self._block_update(block, h, recompute)
         return self.out(self.final_norm(h))  # (B, n, vocab)
+
+    @staticmethod
+    def _block_update(block: ResidualBlock, h: torch.Tensor, recompute: bool) -> torch.Tensor:
+        # With recomputation only h (the residual stream) is stored between blocks.
+        return checkpoint(block, h, use_reentrant=False) if recompute else block(h)
+
+    def compile_blocks(self, **options) -> None:
+        """torch.compile (Inductor) each residual block, recomputation included: fuses the
+        norms, GELU, residual adds and dtype casts around the matrix products; the fused
+        attention kernels stay opaque custom ops. Blocks share one compiled graph per layer
+        class, so compiling costs about one block, not `layers` of them."""
+        self._block_update = torch.compile(SparseTransformer._block_update, **options)
 
     def decode_step(self, tokens: torch.Tensor, cache: DecodingCache) -> torch.Tensor:
         """tokens (B,): the inputs at position cache.position -> logits (B, vocab) of the next byte.

@@ -129,6 +129,11 @@ class Pattern:
         hi = self.stride - g * self.summary
         return hi - self.summary, hi
 
+    def layer_class(self, layer: int) -> int:
+        """The layer index up to what the pattern tells apart: its parity under the
+        interleaved integration, 0 otherwise. Layers of one class attend alike."""
+        return layer % 2 if self.integration == "interleaved" else 0
+
     def allowed(self, i: torch.Tensor, j: torch.Tensor, layer: int = 0, head: int | torch.Tensor = 0) -> torch.Tensor:
         """Elementwise: may query i attend to key j? i, j broadcast (integer tensors).
 

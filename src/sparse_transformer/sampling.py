@@ -18,7 +18,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import soundfile
 import torch
 from PIL import Image
 from tqdm import tqdm
@@ -90,6 +89,8 @@ def write_samples(samples: np.ndarray, attributes: dict, output_dir: Path) -> tu
     files = []
     for k, sample in enumerate(samples):
         if modality == "audio":
+            import soundfile  # here, not at the top: the GPU machines that only time decoding lack it
+
             path = output_dir / f"sample_{k:03d}.wav"
             soundfile.write(path, mulaw.decode(sample), attributes["sample_rate"])
         else:  # text and raw bytes: the bytes as they are

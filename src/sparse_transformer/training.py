@@ -82,6 +82,8 @@ class SparseTransformerModule(L.LightningModule):
         self.save_hyperparameters(logger=False)
         self.train_config: TrainConfig = from_dict(TrainConfig, train, "train")
         self.model = SparseTransformer(from_dict(ModelConfig, model, "model"))
+        if self.train_config.compile:
+            self.model.compile_blocks()
         self.mlflow_run_id: str | None = None
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
