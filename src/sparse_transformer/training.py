@@ -212,10 +212,21 @@ def default_precision(cfg: TrainConfig) -> str:
 
 def strategy(cfg: TrainConfig) -> Any:
     if cfg.strategy == "fsdp":
+        from lightning.pytorch.plugins.precision import FSDPPrecision
         from lightning.pytorch.strategies import FSDPStrategy
 
+        class NormClippingFSDPPrecision(FSDPPrecision):
+            # Lightning's FSDPPrecision refuses clipping by norm (Lightning issue 19235): the
+            # norm of sharded gradients needs the root FSDP module, which it does not hold.
+            def clip_grad_by_norm(self, optimizer: torch.optim.Optimizer, clip_val: float) -> None:
+                fsdp.model.clip_grad_norm_(clip_val)
+
         # One FSDP unit per residual block: parameters are gathered block by block.
-        return FSDPStrategy(auto_wrap_policy={ResidualBlock})
+        # state_dict_type "full": checkpoints are one file gathered on rank 0, which
+        # model_from_checkpoint (evaluate, sample) reads without FSDP; "sharded" writes a folder.
+        fsdp = FSDPStrategy(auto_wrap_policy={ResidualBlock}, state_dict_type="full",
+                            precision_plugin=NormClippingFSDPPrecision(default_precision(cfg)))
+        return fsdp
     return cfg.strategy
 
 
