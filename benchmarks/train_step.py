@@ -6,8 +6,9 @@ strided and fixed attention, same batch, on one device.
 
 A step is forward, backward, gradient clipping and a fused AdamW update, with bf16
 autocast on CUDA and the experiment's recomputation setting (on for the paper's
-models). The model and hyperparameters come from params.yaml (`--set` overrides, as on
-the command line); only the pattern changes between rows: dense uses PyTorch's SDPA,
+models); `--compile` also runs each residual block through torch.compile
+(SparseTransformer.compile_blocks), timed after the compiling warmup steps. The model
+and hyperparameters come from params.yaml (`--set` overrides, as on the command line); only the pattern changes between rows: dense uses PyTorch's SDPA,
 strided and fixed the Triton kernels with the experiment's stride (fixed: its summary
 width, 32 where the experiment has none). Prints tokens per second, peak memory and the
 dense/sparse time ratios beside the paper's; `--json` keeps everything.
@@ -17,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import platform
 import sys
 import time
 
 import torch
 
+from common import autocast, environment, write_json
 from sparse_transformer.config import PatternConfig, load_experiment
 from sparse_transformer.model import SparseTransformer
 from sparse_transformer.training import parameter_groups
@@ -49,10 +49,9 @@ def time_steps(model: SparseTransformer, batch: torch.Tensor, steps: int, warmup
     cuda = device.type == "cuda"
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=1e-4, fused=cuda)
     inputs, targets = model.inputs_and_targets(batch)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
 
     def step():
-        with autocast:
+        with autocast(device):
             loss = model.loss(inputs, targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -87,6 +86,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each residual block")
     parser.add_argument("--json", help="write the measurements here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -100,10 +100,12 @@ def main(argv=None) -> int:
         config = model_config(experiment.model, kind)
         torch.manual_seed(0)
         model = SparseTransformer(config).to(device)
+        if args.compile:
+            model.compile_blocks()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         seconds = time_steps(model, batch.to(device), args.steps, args.warmup, device)
-        row = dict(pattern=kind, describe=config.pattern.build().describe(), attention=config.attention,
+        row = dict(pattern=kind, describe=config.pattern.build().describe(), attention=config.attention, compiled=args.compile,
                    params=model.num_params(), batch=args.batch, context=context, step_s=seconds,
                    tokens_per_s=args.batch * context / seconds,
                    peak_memory_gb=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None)
@@ -123,10 +125,7 @@ def main(argv=None) -> int:
                 theirs = f"{paper['dense'] / paper[kind]:.2f}x" if kind in paper else "-"
                 print(f"dense / {kind}: {ours:.2f}x here, {theirs} in the paper")
     if args.json:
-        meta = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-                    torch=torch.__version__, date=time.strftime("%Y-%m-%d"), args=vars(args))
-        with open(args.json, "w") as fh:
-            json.dump({"meta": meta, "rows": rows}, fh, indent=1)
+        write_json(args.json, {"meta": dict(environment(device), args=vars(args)), "rows": rows})
     return 0
 
 

@@ -1,0 +1,251 @@
+"""Bits per dim against wall-clock time: short training runs of dense, strided and fixed
+attention on the same model, data and time budget, on one GPU - does sparse attention
+reach a lower loss in the same time?
+
+    python benchmarks/bpd_vs_time.py --experiment cifar10 --seconds 120 \
+        --json out/bpd_vs_time_cifar10.json --plot out/bpd_vs_time_cifar10.png
+    python benchmarks/bpd_vs_time.py --experiment enwik8 --seconds 120 \
+        --json out/bpd_vs_time_enwik8.json --plot out/bpd_vs_time_enwik8.png
+
+Model: the experiment's in params.yaml (`--set` overrides as on the command line). Only
+the pattern changes between runs, as in benchmarks/train_step.py: dense runs PyTorch's
+SDPA, strided and fixed the Triton kernels, with the experiment's stride (fixed: its
+summary width, 32 where it has none).
+
+Data: what can be carried to a GPU machine - the quickstart text by default
+(data/quickstart/text/tinyshakespeare.txt, 1.1 MB), or `--data` a file or folder read as
+one byte stream, or a stream file already prepared. Raw input is prepared by the
+package's `bytes` preparation (contiguous 90/5/5 splits) into a temporary folder. So
+the data is text in every case: the cifar10 model runs as a byte stream of 3,072-byte
+windows (image_shape null: position embeddings (i div l, i mod l) instead of row, column
+and channel), since CIFAR-10 cannot be carried, and its bits per dim are bits per byte
+of text, not of images.
+
+Training: a plain PyTorch loop. AdamW on `training.parameter_groups` (weight decay on
+weight matrices only) at train.learning_rate, linear warmup over --warmup-steps and then
+constant: with a constant rate every point of the curves is an equal-time comparison,
+where a cosine ending at the budget would make only the last one. Gradient norm clipped
+to train.gradient_clip, bf16 autocast on CUDA, the model's recomputation setting,
+batches of data.batch_size random windows of the train split. Every pattern starts from
+the same initialization and sees the same batches. Every --eval-every seconds the valid
+bits per dim over a fixed set of --val-windows consecutive windows of the valid split is
+measured. The clock counts training only: validation, and one untimed forward and
+backward before the start (kernel compilation and autotuning), are left out.
+
+Output: a line per evaluation, a summary (valid bits per dim of each pattern at the
+equal time), `--json` with the curves - rows of (wall_s, step, train_bpd, valid_bpd),
+train_bpd the mean since the row before - and `--plot` a PNG of valid bits per dim
+against seconds (needs matplotlib). A smoke run on CPU with a tiny model:
+
+    python benchmarks/bpd_vs_time.py --device cpu --seconds 5 --eval-every 1 --set model.layers=2 \
+        --set model.d_model=64 --set model.context=256 --set model.attention=reference --set data.batch_size=4
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sparse_transformer.config import DataConfig, ModelConfig, TrainConfig, load_experiment
+from sparse_transformer.data.datamodule import ConsecutiveWindows, RandomWindows
+from sparse_transformer.data.hdf5 import read_attributes
+from sparse_transformer.data.prepare import prepare
+from sparse_transformer.errors import UserError
+from sparse_transformer.model import SparseTransformer
+from sparse_transformer.training import parameter_groups
+from train_step import model_config  # the Table 2 rows' pattern swap (benchmarks/ is on sys.path)
+from common import autocast, device_or_exit, environment, synchronize, write_json
+
+QUICKSTART_TEXT = "data/quickstart/text/tinyshakespeare.txt"
+PATTERNS = ("dense", "strided", "fixed")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="params.yaml")
+    parser.add_argument("--experiment", default="cifar10", help="the model: cifar10 or enwik8 (or any other section)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    parser.add_argument("--patterns", nargs="+", default=list(PATTERNS), choices=PATTERNS)
+    parser.add_argument("--seconds", type=float, default=120, help="training time of each run")
+    parser.add_argument("--eval-every", type=float, default=10, help="seconds of training between validations")
+    parser.add_argument("--val-windows", type=int, default=16, help="valid windows scored at each validation (at most)")
+    parser.add_argument("--warmup-steps", type=int, default=50, help="linear learning-rate warmup, then constant")
+    parser.add_argument("--data", default=QUICKSTART_TEXT,
+                        help="a file or folder of bytes to prepare, or a prepared stream file (.h5)")
+    parser.add_argument("--seed", type=int, default=0, help="the initialization and dropout")
+    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu for a smoke run")
+    parser.add_argument("--json", help="write the curves here")
+    parser.add_argument("--plot", help="write a PNG of valid bits per dim against seconds here")
+    return parser.parse_args(argv)
+
+
+def prepared_stream(data: Path, workdir: Path) -> Path:
+    """The HDF5 stream file of `data`: itself when already prepared, else prepared into workdir."""
+    if data.suffix == ".h5":
+        return data
+    output = workdir / "data.h5"
+    prepare("bytes", data, output)
+    return output
+
+
+@torch.no_grad()
+def valid_bpd(model: SparseTransformer, windows: torch.Tensor, batch_size: int) -> float:
+    """Mean bits per dim over `windows` (N, context + 1), in eval mode (no dropout)."""
+    model.eval()
+    total = 0.0
+    with autocast(windows.device):
+        for chunk in windows.split(batch_size):
+            # Every window has the same number of targets: weighting by rows gives the mean over bytes.
+            total += model.loss(*model.inputs_and_targets(chunk)).item() * len(chunk)
+    model.train()
+    return total / len(windows)
+
+
+def train_for(config: ModelConfig, train: TrainConfig, batches: RandomWindows, windows: torch.Tensor,
+              args: argparse.Namespace, device: torch.device) -> dict:
+    """Train a fresh model for args.seconds of training time; its curve and throughput."""
+    torch.manual_seed(args.seed)  # the same initialization and dropout masks for every pattern
+    model = SparseTransformer(config).to(device).train()
+    optimizer = torch.optim.AdamW(parameter_groups(model, train.weight_decay), lr=train.learning_rate,
+                                  betas=train.betas, fused=device.type == "cuda")
+    warmup = max(1, args.warmup_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+
+    def loss_of(index: int) -> torch.Tensor:
+        batch = torch.from_numpy(batches.batch(index)).to(device)
+        with autocast(device):
+            loss = model.loss(*model.inputs_and_targets(batch))
+        loss.backward()
+        return loss
+
+    loss_of(0)  # untimed: compiles and autotunes the kernels for these shapes
+    optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    curve = [dict(wall_s=0.0, step=0, train_bpd=None, valid_bpd=valid_bpd(model, windows, batches.batch_size))]
+    clock, step, losses, next_eval = 0.0, 0, [], args.eval_every
+    while clock < args.seconds:
+        started = time.perf_counter()
+        loss = loss_of(step)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train.gradient_clip)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)  # the clock then holds finished work, not work queued on the GPU
+        clock += time.perf_counter() - started
+        losses.append(loss.item())
+        step += 1
+        if clock >= next_eval or clock >= args.seconds:
+            curve.append(dict(wall_s=clock, step=step, train_bpd=float(np.mean(losses)),
+                              valid_bpd=valid_bpd(model, windows, batches.batch_size)))
+            print(f"  {clock:7.1f} s  step {step:6d}  train {curve[-1]['train_bpd']:.3f}  "
+                  f"valid {curve[-1]['valid_bpd']:.3f} bits per byte", flush=True)
+            losses, next_eval = [], (clock // args.eval_every + 1) * args.eval_every
+    return dict(
+        params=model.num_params(), steps=step, train_s=clock,
+        tokens_per_s=step * batches.batch_size * config.context / clock,
+        peak_memory_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        curve=curve,
+    )
+
+
+def print_summary(runs: list[dict], seconds: float) -> None:
+    """Valid bits per dim of each pattern at the equal time, best first."""
+    print(f"\nafter {seconds:g} s of training each (valid bits per byte):")
+    for run in sorted(runs, key=lambda r: r["curve"][-1]["valid_bpd"]):
+        last = run["curve"][-1]
+        print(f"  {run['pattern']:<8} {run['describe']:<28} valid {last['valid_bpd']:.3f} at {last['wall_s']:.1f} s  "
+              f"{run['steps']:6d} steps  {run['tokens_per_s']:9.0f} tokens/s")
+
+
+def write_plot(runs: list[dict], path: str, title: str) -> None:
+    """Valid bits per dim against seconds, a line per pattern; a warning if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display on the GPU machines
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"warning: matplotlib is not installed, no plot written to {path}", file=sys.stderr)
+        return
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for run in runs:
+        axes.plot([row["wall_s"] for row in run["curve"]], [row["valid_bpd"] for row in run["curve"]],
+                  marker=".", label=run["describe"])
+    axes.set(xlabel="training time (s)", ylabel="valid bits per byte", title=title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=150)
+    plt.close(figure)
+
+
+def save(runs: list[dict], meta: dict, args: argparse.Namespace) -> None:
+    """The curves so far to --json and --plot, where asked for."""
+    if args.json:
+        write_json(args.json, {"meta": meta, "runs": runs})
+    if args.plot:
+        write_plot(runs, args.plot, meta["title"])
+
+
+def carried_data(args: argparse.Namespace, context: int, data: DataConfig, workdir: Path,
+                 device: torch.device) -> tuple[RandomWindows, torch.Tensor, str]:
+    """The training batches, the fixed validation windows (on `device`) and the modality of --data."""
+    path = prepared_stream(Path(args.data), workdir)
+    modality = read_attributes(path)["modality"]
+    if modality == "image":
+        sys.exit(f"{args.data} holds images: give a byte stream (text, bytes or audio), e.g. {QUICKSTART_TEXT}")
+    window = context + 1
+    windows = ConsecutiveWindows(path, "valid", window, args.val_windows).batch(0)
+    if len(windows) == 0:
+        sys.exit(f"{args.data}: its valid split is shorter than one window of {window} bytes: give more data")
+    batches = RandomWindows(path, "train", window, data.batch_size, data.seed)
+    return batches, torch.from_numpy(windows).to(device), modality
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = device_or_exit(args.device)
+    # The data is a byte stream of text: no image shape, whatever the experiment's data is.
+    experiment = load_experiment(args.config, args.experiment, ("model.image_shape=null", *args.overrides))
+    model, data = experiment.model, experiment.data
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+    with tempfile.TemporaryDirectory() as workdir:
+        batches, windows, modality = carried_data(args, model.context, data, Path(workdir), device)
+        print(f"{args.experiment} model on {args.data} ({modality}, read as a byte stream): "
+              f"context {model.context}, batch {data.batch_size}, {len(windows)} valid windows, "
+              f"{args.seconds:g} s per pattern, {device}", flush=True)
+        meta = dict(environment(device), args=vars(args),
+                    title=f"{args.experiment}-sized model on {Path(args.data).name}, {args.seconds:g} s each",
+                    data=f"{args.data} ({modality}, read as a byte stream)", model=dataclasses.asdict(model),
+                    batch_size=data.batch_size, learning_rate=experiment.train.learning_rate)
+        runs = []
+        for kind in args.patterns:
+            config = model_config(model, kind)
+            describe = config.pattern.build().describe()
+            print(f"{kind}: {describe}, attention {config.attention}", flush=True)
+            runs.append(dict(pattern=kind, describe=describe, attention=config.attention,
+                             **train_for(config, experiment.train, batches, windows, args, device)))
+            # Written after every run, so that a run stopped at a time limit keeps the finished curves.
+            save(runs, meta, args)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    print_summary(runs, args.seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as err:  # a bad setting or data file: one line, as the CLI prints it
+        print(f"benchmarks/bpd_vs_time.py: error: {err}", file=sys.stderr)
+        sys.exit(2)

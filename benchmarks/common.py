@@ -1,0 +1,66 @@
+"""What the GPU benchmarks share: the device to run on, bf16 autocast, timing fences and
+the record of what ran where. The scripts are run as `python benchmarks/<name>.py`, so
+this folder is on sys.path and they `import common`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import NoReturn
+
+import torch
+
+
+def fail(message: str) -> NoReturn:
+    """Stop the benchmark with one line and exit status 2 (a usage problem, not a crash)."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def device_or_exit(name: str, attention: str | None = None) -> torch.device:
+    """The device to measure on; exits with a message when it cannot run (CUDA missing, or
+    the Triton kernels asked for on the CPU without their interpreter)."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail("CUDA is not available: this benchmark measures a GPU. For a smoke run with tiny "
+             "sizes pass --device cpu (see --help).")
+    if device.type == "cpu" and attention == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+        fail("the Triton kernels run on the CPU only under their interpreter: start Python with "
+             "TRITON_INTERPRET=1 in the environment, or pass --set model.attention=reference")
+    return device
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA, as training and sampling run there; fp32 elsewhere."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU, so that a clock read next holds finished work, not queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_memory_gib(device: torch.device) -> float | None:
+    return torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
+
+
+def environment(device: torch.device) -> dict:
+    """What the measurements ran on, for the JSON record."""
+    cuda = device.type == "cuda"
+    return dict(device=torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
+                device_memory_gib=device_memory_gib(device), torch=torch.__version__,
+                triton=metadata.version("triton"), python=platform.python_version(), date=time.strftime("%Y-%m-%d"))
+
+
+def write_json(path: str, record: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(record, fh, indent=1)
+    print(f"wrote {path}")

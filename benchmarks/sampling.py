@@ -1,0 +1,193 @@
+"""Sampling speed: cached incremental decoding against recomputing the full forward pass
+at every step, for a batch of CIFAR-10 images (the `cifar10` experiment of params.yaml:
+128 layers, d_model 256, 2 heads, 3,072 bytes per 32x32x3 image), on one GPU.
+
+    python benchmarks/sampling.py --experiment cifar10 --batch 16 --json out/sampling_cifar10.json
+
+Cached: `sampling.generate` (`SparseTransformer.decode_step` with a `DecodingCache`)
+samples the whole batch of images, all 3,072 positions, for real. Full recompute: each
+step runs the model's forward pass over the whole prefix and keeps the last position's
+logits. Running that for every position is too slow, so its forward pass is timed at
+prefix lengths 1, 256, 512, ..., 3072 (`--prefix-step`) and the times are interpolated
+linearly at every position and summed (the trapezoid rule over positions): its total is
+an estimate, and it leaves out the per-step softmax and draw, which favours it slightly.
+
+Before timing, a check that the two compute the same thing: on a short random prefix
+(`--check-length`), the next-byte probabilities of the cached steps and of one forward
+pass over the prefix are compared, in fp32 and (on CUDA) under the bf16 autocast that is
+timed, and their largest absolute difference printed.
+
+The weights are random, as initialized, except W_out, which is drawn instead of left at
+zero so that the checked distributions are not all uniform: the time of a step depends
+on the shapes, never on the weights' values. Both decoders run in eval mode without
+gradients, under bf16 autocast on CUDA (fp32 on CPU); the forward pass uses the
+experiment's attention backend (auto: the Triton kernels on CUDA). `--set` overrides
+the experiment as on the command line. A smoke run on CPU with a tiny model:
+
+    python benchmarks/sampling.py --device cpu --batch 2 --set model.layers=2 --set model.d_model=64 \
+        --set model.context=256 --set 'model.image_shape=[8,8,4]'
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+
+import numpy as np
+import torch
+
+from sparse_transformer.config import ModelConfig, load_experiment
+from sparse_transformer.errors import UserError
+from sparse_transformer.model import DecodingCache, SparseTransformer
+from sparse_transformer.sampling import generate
+from common import autocast, device_or_exit, environment, synchronize, write_json
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="params.yaml")
+    parser.add_argument("--experiment", default="cifar10")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    parser.add_argument("--batch", type=int, default=16, help="samples decoded together")
+    parser.add_argument("--prefix-step", type=int, default=256, help="time the full forward every so many positions")
+    parser.add_argument("--repeats", type=int, default=3, help="timed forward passes per prefix length (median)")
+    parser.add_argument("--check-length", type=int, default=64, help="prefix on which cached and full forward are compared")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu for a smoke run")
+    parser.add_argument("--json", help="write the measurements here")
+    return parser.parse_args(argv)
+
+
+def build_model(config: ModelConfig, device: torch.device, seed: int) -> SparseTransformer:
+    """The model at its initialization, with W_out drawn: a zero W_out (the usual start)
+    makes every next-byte distribution uniform, and the check would compare nothing."""
+    torch.manual_seed(seed)
+    model = SparseTransformer(config)
+    # Logits of unit standard deviation: LayerNorm outputs have unit variance per feature.
+    torch.nn.init.normal_(model.out.weight, std=config.d_model ** -0.5)
+    return model.to(device).eval()
+
+
+def random_inputs(model: SparseTransformer, batch: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    """(batch, length) model inputs of random bytes (an image model's begin with its start symbol)."""
+    is_stream = model.config.image_shape is None
+    example = torch.randint(0, 256, (batch, length + is_stream), generator=generator)
+    return model.inputs_and_targets(example)[0]
+
+
+@torch.no_grad()
+def cached_matches_forward(model: SparseTransformer, inputs: torch.Tensor, bf16: bool) -> float:
+    """Max |p_cached - p_forward| over the next-byte probabilities of every prefix of `inputs`
+    (B, P); under bf16 autocast (on CUDA) when `bf16`, else in fp32."""
+    device = inputs.device
+    cache = DecodingCache(model, len(inputs), device)
+    with autocast(device, enabled=bf16):
+        cached = torch.stack([model.decode_step(inputs[:, i], cache) for i in range(inputs.shape[1])], dim=1)
+        full = model(inputs)  # (B, P, vocab)
+    return (torch.softmax(cached.float(), -1) - torch.softmax(full.float(), -1)).abs().max().item()
+
+
+def time_cached(model: SparseTransformer, batch: int, device: torch.device, seed: int) -> float:
+    """Seconds to sample `batch` whole examples (context positions each) with the cache."""
+    draws = torch.Generator(device).manual_seed(seed)
+    if model.config.image_shape is not None:
+        first = torch.full((batch,), model.start_token, device=device)
+    else:  # streams have no start symbol: any first byte does for timing
+        first = torch.randint(0, 256, (batch,), device=device, generator=draws)
+    synchronize(device)
+    start = time.perf_counter()
+    with autocast(device):
+        generate(model, first, model.config.context, generator=draws, progress=False)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def time_forward(model: SparseTransformer, inputs: torch.Tensor, repeats: int) -> float:
+    """Median seconds of one forward pass over `inputs` (B, L), after one untimed pass
+    (which compiles the kernels for this length)."""
+    device = inputs.device
+    times = []
+    with autocast(device):
+        for k in range(repeats + 1):
+            synchronize(device)
+            start = time.perf_counter()
+            model(inputs)
+            synchronize(device)
+            if k:
+                times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def prefix_lengths(context: int, step: int) -> list[int]:
+    """1, step, 2 step, ..., context: the prefix lengths at which the full forward is timed."""
+    return sorted({1, *range(step, context, step), context})
+
+
+def full_recompute_seconds(lengths: list[int], seconds: list[float], context: int) -> float:
+    """Estimated total of decoding all `context` positions by full forward passes: the
+    forward at step i reads a prefix of i positions; times between the measured lengths
+    are interpolated linearly (the trapezoid rule over positions)."""
+    return float(np.interp(np.arange(1, context + 1), lengths, seconds).sum())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = device_or_exit(args.device)
+    experiment = load_experiment(args.config, args.experiment, tuple(args.overrides))
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+    model = build_model(experiment.model, device, args.seed)
+    context, batch = model.config.context, args.batch
+    generator = torch.Generator().manual_seed(args.seed)
+    print(f"{args.experiment}: {model.num_params() / 1e6:.1f}M parameters (random weights), context {context}, "
+          f"{model.config.pattern.build().describe()}, attention {model.config.attention}, batch {batch}, {device}",
+          flush=True)
+
+    check_length = min(args.check_length, context)
+    prefix = random_inputs(model, batch, check_length, generator).to(device)
+    # fp32 shows that the two compute the same function; bf16 (CUDA) is what is timed, with its rounding.
+    differences = {"fp32": cached_matches_forward(model, prefix, bf16=False)}
+    if device.type == "cuda":
+        differences["bf16"] = cached_matches_forward(model, prefix, bf16=True)
+    for precision, difference in differences.items():
+        print(f"check ({precision}): cached vs full-forward next-byte probabilities over a {check_length}-position "
+              f"prefix: max abs diff {difference:.2e}", flush=True)
+
+    print(f"cached decoding of {batch} x {context} positions ...", flush=True)
+    cached_s = time_cached(model, batch, device, args.seed)
+
+    lengths = prefix_lengths(context, args.prefix_step)
+    forward_s = []
+    for length in lengths:
+        forward_s.append(time_forward(model, random_inputs(model, batch, length, generator).to(device), args.repeats))
+        print(f"  full forward, prefix {length:6d}: {forward_s[-1] * 1000:9.2f} ms", flush=True)
+    full_s = full_recompute_seconds(lengths, forward_s, context)
+
+    per_token_ms = cached_s / context * 1000
+    print(f"\n{'batch':>5}  {'cached total s':>14}  {'per-token ms':>12}  {'full-recompute est. s':>21}  {'speed-up':>8}")
+    print(f"{batch:>5}  {cached_s:>14.1f}  {per_token_ms:>12.2f}  {full_s:>21.1f}  {full_s / cached_s:>7.2f}x")
+    print("(per-token: one decoding step of the whole batch; full recompute: estimated from the timed prefix lengths)")
+
+    if args.json:
+        result = dict(
+            meta=dict(environment(device), args=vars(args),
+                      model=dataclasses.asdict(model.config), params=model.num_params(),
+                      weights="random (time does not depend on the weights' values)"),
+            check=dict(prefix=check_length, max_abs_probability_diff=differences),
+            cached=dict(batch=batch, positions=context, total_s=cached_s, per_token_ms=per_token_ms),
+            full_recompute=dict(estimate=True, prefix_lengths=lengths, forward_s=forward_s, estimated_total_s=full_s),
+            speedup=full_s / cached_s,
+        )
+        write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as err:  # a bad setting or data file: one line, as the CLI prints it
+        print(f"benchmarks/sampling.py: error: {err}", file=sys.stderr)
+        sys.exit(2)
