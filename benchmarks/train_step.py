@@ -7,11 +7,14 @@ strided and fixed attention, same batch, on one device.
 A step is forward, backward, gradient clipping and a fused AdamW update, with bf16
 autocast on CUDA and the experiment's recomputation setting (on for the paper's
 models); `--compile` also runs each residual block through torch.compile
-(SparseTransformer.compile_blocks), timed after the compiling warmup steps. The model
-and hyperparameters come from params.yaml (`--set` overrides, as on the command line); only the pattern changes between rows: dense uses PyTorch's SDPA,
-strided and fixed the Triton kernels with the experiment's stride (fixed: its summary
-width, 32 where the experiment has none). Prints tokens per second, peak memory and the
-dense/sparse time ratios beside the paper's; `--json` keeps everything.
+(SparseTransformer.compile_blocks; `--compile-mode reduce-overhead` adds CUDA graphs),
+timed after the compiling warmup steps; `--profile DIR` writes one step's operator table
+per pattern and the share of the step the GPU was busy. The model and hyperparameters
+come from params.yaml (`--set` overrides, as on the command line); only the pattern
+changes between rows: dense uses PyTorch's SDPA, strided and fixed the Triton kernels
+with the experiment's stride (fixed: its summary width, 32 where the experiment has none).
+Prints tokens per second, peak memory and the dense/sparse time ratios beside the
+paper's; `--json` keeps everything.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ import argparse
 import dataclasses
 import sys
 import time
+from pathlib import Path
+from typing import Callable
 
 import torch
 
-from common import autocast, environment, write_json
+from common import autocast, environment, synchronize, write_json
 from sparse_transformer.config import PatternConfig, load_experiment
 from sparse_transformer.model import SparseTransformer
 from sparse_transformer.training import parameter_groups
@@ -44,10 +49,9 @@ def model_config(model, kind: str):
     return dataclasses.replace(model, pattern=PatternConfig(kind, pattern.stride, summary, integration), attention=attention)
 
 
-def time_steps(model: SparseTransformer, batch: torch.Tensor, steps: int, warmup: int, device: torch.device) -> float:
-    """Seconds per training step (median of `steps` after `warmup`)."""
-    cuda = device.type == "cuda"
-    optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=1e-4, fused=cuda)
+def training_step(model: SparseTransformer, batch: torch.Tensor, device: torch.device) -> Callable[[], None]:
+    """One training step on `batch` as a closure: forward, backward, clipping, fused AdamW."""
+    optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=1e-4, fused=device.type == "cuda")
     inputs, targets = model.inputs_and_targets(batch)
 
     def step():
@@ -58,6 +62,13 @@ def time_steps(model: SparseTransformer, batch: torch.Tensor, steps: int, warmup
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return step
+
+
+def time_steps(model: SparseTransformer, batch: torch.Tensor, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per training step (median of `steps` after `warmup`)."""
+    cuda = device.type == "cuda"
+    step = training_step(model, batch, device)
     for _ in range(warmup):
         step()
     times = []
@@ -76,6 +87,24 @@ def time_steps(model: SparseTransformer, batch: torch.Tensor, steps: int, warmup
     return sorted(times)[len(times) // 2]
 
 
+def profile_step(step: Callable[[], None], device: torch.device, path: Path) -> float | None:
+    """Run one (warm) step under torch.profiler, write its operator table to `path`, and
+    return the share of the step's wall time the GPU spent running kernels. A share well
+    under 1 means the step waits on the host (launches, Python), not on arithmetic; the
+    profiler's own cost lowers it a little."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        began = time.perf_counter()
+        step()
+        synchronize(device)
+        wall_s = time.perf_counter() - began
+    kernel_s = sum(e.device_time for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA) / 1e6
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prof.key_averages().table(sort_by="self_device_time_total", row_limit=40))
+    return kernel_s / wall_s if device.type == "cuda" else None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="params.yaml")
@@ -87,6 +116,10 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile each residual block")
+    parser.add_argument("--compile-mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
+                        help="torch.compile's mode with --compile (reduce-overhead: CUDA graphs)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="also profile one step per pattern: DIR/<pattern>.txt, and the GPU-busy share in the rows")
     parser.add_argument("--json", help="write the measurements here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -101,7 +134,7 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         model = SparseTransformer(config).to(device)
         if args.compile:
-            model.compile_blocks()
+            model.compile_blocks(mode=args.compile_mode)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         seconds = time_steps(model, batch.to(device), args.steps, args.warmup, device)
@@ -109,9 +142,14 @@ def main(argv=None) -> int:
                    params=model.num_params(), batch=args.batch, context=context, step_s=seconds,
                    tokens_per_s=args.batch * context / seconds,
                    peak_memory_gb=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None)
+        if args.profile:
+            step = training_step(model, batch.to(device), device)
+            step()  # a fresh optimizer: its first step allocates the AdamW state
+            row["gpu_busy_share"] = profile_step(step, device, args.profile / f"{kind}.txt")
         rows.append(row)
         print(f"{kind:<8} {row['describe']:<28} {seconds * 1000:9.1f} ms/step {row['tokens_per_s']:10.0f} tokens/s"
-              + (f"  peak {row['peak_memory_gb']:.1f} GiB" if row["peak_memory_gb"] is not None else ""), flush=True)
+              + (f"  peak {row['peak_memory_gb']:.1f} GiB" if row["peak_memory_gb"] is not None else "")
+              + (f"  GPU busy {100 * row['gpu_busy_share']:.0f}%" if row.get("gpu_busy_share") is not None else ""), flush=True)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -285,18 +285,18 @@ class DecodingCache:
         self.values = [torch.zeros(*shape, config.head_dim, device=device, dtype=dtype) for _ in model.blocks]
         self.pattern, self.heads, self.device = config.pattern.build(), config.heads, torch.device(device)
         self.position = 0
-        self._allowed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # parity -> key sets at _allowed_at
+        self._allowed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer class -> key sets at _allowed_at
         self._allowed_at = -1
 
     def allowed(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(index, valid), both (H, K): head h reads keys index[h, valid[h]] at the current position."""
         if self._allowed_at != self.position:
             self._allowed, self._allowed_at = {}, self.position
-        # Layers differ only by parity under the interleaved integration: one key set per parity and step.
-        parity = layer % 2 if self.pattern.integration == "interleaved" else 0
-        if parity not in self._allowed:
-            per_head = [allowed_keys(self.pattern, self.position, layer, h) for h in range(self.heads)]
+        # Layers of one class (Pattern.layer_class) read the same keys: one key set per class and step.
+        layer_class = self.pattern.layer_class(layer)
+        if layer_class not in self._allowed:
+            per_head = [allowed_keys(self.pattern, self.position, layer_class, h) for h in range(self.heads)]
             index = nn.utils.rnn.pad_sequence(per_head, batch_first=True)  # (H, K), padded with key 0
             valid = nn.utils.rnn.pad_sequence([torch.ones_like(k, dtype=torch.bool) for k in per_head], batch_first=True)
-            self._allowed[parity] = (index.to(self.device), valid.to(self.device))
-        return self._allowed[parity]
+            self._allowed[layer_class] = (index.to(self.device), valid.to(self.device))
+        return self._allowed[layer_class]
