@@ -213,10 +213,11 @@ def carried_data(args: argparse.Namespace, context: int, data: DataConfig, workd
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = device_or_exit(args.device)
     # The data is a byte stream of text: no image shape, whatever the experiment's data is.
     experiment = load_experiment(args.config, args.experiment, ("model.image_shape=null", *args.overrides))
     model, data = experiment.model, experiment.data
+    backends = {model_config(model, kind).attention for kind in args.patterns}
+    device = device_or_exit(args.device, "triton" if "triton" in backends else None)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
     with tempfile.TemporaryDirectory() as workdir:

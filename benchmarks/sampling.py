@@ -135,8 +135,8 @@ def full_recompute_seconds(lengths: list[int], seconds: list[float], context: in
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = device_or_exit(args.device)
     experiment = load_experiment(args.config, args.experiment, tuple(args.overrides))
+    device = device_or_exit(args.device, experiment.model.attention)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
     model = build_model(experiment.model, device, args.seed)
