@@ -57,11 +57,10 @@ from sparse_transformer.config import DataConfig, ModelConfig, TrainConfig, load
 from sparse_transformer.data.datamodule import ConsecutiveWindows, RandomWindows
 from sparse_transformer.data.hdf5 import read_attributes
 from sparse_transformer.data.prepare import prepare
-from sparse_transformer.errors import UserError
 from sparse_transformer.model import SparseTransformer
 from sparse_transformer.training import parameter_groups
 from train_step import model_config  # the Table 2 rows' pattern swap (benchmarks/ is on sys.path)
-from common import autocast, device_or_exit, environment, synchronize, write_json
+from common import autocast, device_or_exit, environment, run_benchmark, synchronize, write_json
 
 QUICKSTART_TEXT = "data/quickstart/text/tinyshakespeare.txt"
 PATTERNS = ("dense", "strided", "fixed")
@@ -245,8 +244,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as err:  # a bad setting or data file: one line, as the CLI prints it
-        print(f"benchmarks/bpd_vs_time.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_benchmark(main)

@@ -12,15 +12,26 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 import torch
+
+from sparse_transformer.errors import UserError
 
 
 def fail(message: str) -> NoReturn:
     """Stop the benchmark with one line and exit status 2 (a usage problem, not a crash)."""
     print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def run_benchmark(main: Callable[[], int]) -> NoReturn:
+    """sys.exit(main()), a bad setting or data file (UserError) reported in one line as the CLI does."""
+    try:
+        code = main()
+    except UserError as err:
+        fail(str(err))
+    sys.exit(code)
 
 
 def device_or_exit(name: str, attention: str | None = None) -> torch.device:

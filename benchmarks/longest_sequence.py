@@ -33,12 +33,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 
 # memory first: it configures the CUDA allocator before torch is imported.
 from memory import add_step_arguments, at_length, checked_step_arguments, count_params, doublings, measure_step, outcome
 
-from common import device_or_exit, environment, write_json
+from common import device_or_exit, environment, run_benchmark, write_json
 
 import torch
 from sparse_transformer.config import ModelConfig, load_experiment
@@ -118,4 +117,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_benchmark(main)

@@ -48,7 +48,7 @@ import torch  # noqa: E402
 
 from sparse_transformer.config import ModelConfig, load_experiment  # noqa: E402
 from sparse_transformer.model import SparseTransformer  # noqa: E402
-from common import device_memory_gib, device_or_exit, environment, write_json  # noqa: E402
+from common import device_memory_gib, device_or_exit, environment, run_benchmark, write_json  # noqa: E402
 from train_step import model_config, time_steps  # noqa: E402
 
 
@@ -240,4 +240,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_benchmark(main)

@@ -32,17 +32,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 
 import numpy as np
 import torch
 
 from sparse_transformer.config import ModelConfig, load_experiment
-from sparse_transformer.errors import UserError
 from sparse_transformer.model import DecodingCache, SparseTransformer
 from sparse_transformer.sampling import generate
-from common import autocast, device_or_exit, environment, synchronize, write_json
+from common import autocast, device_or_exit, environment, run_benchmark, synchronize, write_json
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -186,8 +184,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as err:  # a bad setting or data file: one line, as the CLI prints it
-        print(f"benchmarks/sampling.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_benchmark(main)

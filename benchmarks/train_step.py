@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from common import autocast, environment, synchronize, write_json
+from common import autocast, environment, run_benchmark, synchronize, write_json
 from sparse_transformer.config import PatternConfig, load_experiment
 from sparse_transformer.model import SparseTransformer
 from sparse_transformer.training import parameter_groups
@@ -168,4 +167,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_benchmark(main)
