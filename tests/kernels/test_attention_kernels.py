@@ -20,6 +20,7 @@ from sparse_kernels.ops import Blocks, KernelSpec
 from sparse_transformer import Pattern
 from sparse_transformer.triton_attention import kernel_spec, sparse_attention, sparse_attention_with_lse
 
+from .custom_ops import check_custom_ops
 from .oracle import oracle, rel_err
 
 pytestmark = pytest.mark.interpreter
@@ -186,12 +187,7 @@ def test_unknown_mode_is_refused():
 def test_custom_ops_pass_torch_library_checks():
     """Schema and fake (shape-only) implementations agree with the real kernels."""
     q, k, v, do = _inputs(1, 2, 24, 16, torch.float32, seed=2)
-    spec = kernel_spec(Pattern("fixed", 8, 2, "merged"))
-    params = (ops._flat_passes(spec), spec.stride, spec.summary, spec.summary_groups, spec.summary_head_div, 0.25, 16, 16)
-    torch.library.opcheck(ops.attention_forward_op, (q, k, v, *params), test_utils=("test_schema", "test_faketensor"))
-    out, lse = ops.attention_forward_op(q, k, v, *params)
-    torch.library.opcheck(ops.attention_backward_op, (do, q, k, v, out, lse, *params),
-                          test_utils=("test_schema", "test_faketensor"))
+    check_custom_ops(q, k, v, do, Pattern("fixed", 8, 2, "merged"), block=16)
 
 
 def test_works_under_torch_compile():

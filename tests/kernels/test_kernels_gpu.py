@@ -17,6 +17,7 @@ from sparse_kernels.ops import Blocks
 from sparse_transformer import Pattern
 from sparse_transformer.triton_attention import sparse_attention_with_lse
 
+from .custom_ops import check_custom_ops
 from .oracle import rel_err
 
 pytestmark = pytest.mark.gpu
@@ -151,18 +152,10 @@ def test_million_tokens_forward_and_backward():
 
 
 def test_custom_ops_on_gpu():
-    """The torch.library ops' schemas, fake (meta) kernels and autograd registration hold for CUDA tensors."""
-    from sparse_kernels import ops
-    from sparse_transformer.triton_attention import kernel_spec
-
+    """The torch.library ops' schemas and fake (meta) kernels hold for CUDA tensors."""
     gen = torch.Generator(device="cuda").manual_seed(3)
     q, k, v, do = (torch.randn(1, 2, 300, 64, device="cuda", generator=gen).bfloat16() for _ in range(4))
-    spec = kernel_spec(Pattern("fixed", 64, 16, "merged"))
-    params = (ops._flat_passes(spec), spec.stride, spec.summary, spec.summary_groups, spec.summary_head_div, 0.125, 64, 64)
-    torch.library.opcheck(ops.attention_forward_op, (q, k, v, *params), test_utils=("test_schema", "test_faketensor"))
-    out, lse = ops.attention_forward_op(q, k, v, *params)
-    torch.library.opcheck(ops.attention_backward_op, (do, q, k, v, out, lse, *params),
-                          test_utils=("test_schema", "test_faketensor"))
+    check_custom_ops(q, k, v, do, Pattern("fixed", 64, 16, "merged"), block=64)
 
 
 def test_inductor_full_graph_matches_eager():
