@@ -30,7 +30,9 @@ batches of data.batch_size random windows of the train split. Every pattern star
 the same initialization and sees the same batches. Every --eval-every seconds the valid
 bits per dim over a fixed set of --val-windows consecutive windows of the valid split is
 measured. The clock counts training only: validation, and one untimed forward and
-backward before the start (kernel compilation and autotuning), are left out.
+backward before the start (kernel compilation and autotuning; with --compile also the
+blocks' compilation), are left out. Reduce-overhead records its CUDA graphs over the
+next steps, inside the clock.
 
 Output: a line per evaluation, a summary (valid bits per dim of each pattern at the
 equal time), `--json` with the curves - rows of (wall_s, step, train_bpd, valid_bpd),
@@ -53,7 +55,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sparse_transformer.config import DataConfig, ModelConfig, TrainConfig, load_experiment
+from sparse_transformer.config import COMPILE_MODES, DataConfig, ModelConfig, TrainConfig, load_experiment
 from sparse_transformer.data.datamodule import ConsecutiveWindows, RandomWindows
 from sparse_transformer.data.hdf5 import read_attributes
 from sparse_transformer.data.prepare import prepare
@@ -80,6 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a file or folder of bytes to prepare, or a prepared stream file (.h5)")
     parser.add_argument("--seed", type=int, default=0, help="the initialization and dropout")
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu for a smoke run")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each residual block, as train.compile")
+    parser.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                        help="torch.compile's mode with --compile (reduce-overhead: CUDA graphs)")
     parser.add_argument("--json", help="write the curves here")
     parser.add_argument("--plot", help="write a PNG of valid bits per dim against seconds here")
     return parser.parse_args(argv)
@@ -112,6 +117,8 @@ def train_for(config: ModelConfig, train: TrainConfig, batches: RandomWindows, w
     """Train a fresh model for args.seconds of training time; its curve and throughput."""
     torch.manual_seed(args.seed)  # the same initialization and dropout masks for every pattern
     model = SparseTransformer(config).to(device).train()
+    if args.compile:
+        model.compile_blocks(mode=args.compile_mode)
     optimizer = torch.optim.AdamW(parameter_groups(model, train.weight_decay), lr=train.learning_rate,
                                   betas=train.betas, fused=device.type == "cuda")
     warmup = max(1, args.warmup_steps)
@@ -124,7 +131,7 @@ def train_for(config: ModelConfig, train: TrainConfig, batches: RandomWindows, w
         loss.backward()
         return loss
 
-    loss_of(0)  # untimed: compiles and autotunes the kernels for these shapes
+    loss_of(0)  # untimed: compiles and autotunes the kernels for these shapes (and the blocks with --compile)
     optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -73,5 +73,5 @@ def environment(device: torch.device) -> dict:
 def write_json(path: str, record: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
-        json.dump(record, fh, indent=1)
+        json.dump(record, fh, indent=1, default=str)  # paths among the arguments as strings
     print(f"wrote {path}")

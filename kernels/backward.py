@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .forward import LOG2E
-from .geometry import allowed, key_range, key_rows, query_range, query_rows
+from .geometry import key_bounds, key_range, key_rows, query_range, query_rows
 
 
 @triton.jit
@@ -72,9 +72,10 @@ def _dkdv_tile(
         q = tl.load(Q + q_base + row_q[:, None] * stride_qn + offs_qk[None, :], mask=valid_q[:, None], other=0.0)
         do = tl.load(DO + do_base + row_q[:, None] * stride_don + offs_v[None, :], mask=valid_q[:, None], other=0.0)
         lse, delta = _load_row_stats(LSE, DELTA, stat_base, row_q, valid_q)
+        first, end = key_bounds(u_q, pos_q, valid_q, L, G, C, col_lo, MODE, CONTINUE)  # (BLOCK_M,) each
         s_t = tl.dot(k, tl.trans(q)) * qk_scale  # (BLOCK_N, BLOCK_M): scores transposed
-        ok = allowed(pos_q[None, :], pos_k[:, None], u_q[None, :], u_k[:, None], L, G, MODE, CONTINUE)
-        p_t = tl.where(ok & valid_q[None, :], tl.math.exp2(s_t - lse[None, :]), 0.0)
+        ok_t = (u_k[:, None] >= first[None, :]) & (u_k[:, None] < end[None, :])
+        p_t = tl.where(ok_t, tl.math.exp2(s_t - lse[None, :]), 0.0)
         dv += tl.dot(p_t.to(do.dtype), do)
         dp_t = tl.dot(v, tl.trans(do))  # (BLOCK_N, BLOCK_M)
         ds_t = p_t * (dp_t - delta[None, :])
@@ -144,7 +145,12 @@ def _dq_tile(
     lse, delta = _load_row_stats(LSE, DELTA, stat_base, row_q, valid_q)
     dq = tl.zeros([BLOCK_M, QK_DIM], tl.float32)
 
+    first, end = key_bounds(u_q, pos_q, valid_q, L, G, C, col_lo, MODE, CONTINUE)  # (BLOCK_M,) each
     lo, hi = key_range(tile * BLOCK_M, n, L, G, C, col_lo, MODE, CONTINUE, BLOCK_M, BLOCK_N)
+    # Key tiles inside [max first, min end) are allowed for every row: no mask there (a
+    # tile with a missing row has an empty such range, since its end is its first).
+    full_lo = tl.max(first, 0)
+    full_hi = tl.min(end, 0)
     for start in range(lo, hi, BLOCK_N):
         u_k = start + tl.arange(0, BLOCK_N)
         pos_k, valid_k = key_rows(u_k, n, L, G, C, col_lo, MODE)
@@ -152,8 +158,10 @@ def _dq_tile(
         k = tl.load(K + k_base + row_k[:, None] * stride_kn + offs_qk[None, :], mask=valid_k[:, None], other=0.0)
         v = tl.load(V + v_base + row_k[:, None] * stride_vn + offs_v[None, :], mask=valid_k[:, None], other=0.0)
         s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N)
-        ok = allowed(pos_q[:, None], pos_k[None, :], u_q[:, None], u_k[None, :], L, G, MODE, CONTINUE)
-        p = tl.where(ok & valid_k[None, :], tl.math.exp2(s - lse[:, None]), 0.0)
+        p = tl.math.exp2(s - lse[:, None])
+        if (start < full_lo) | (start + BLOCK_N > full_hi):
+            ok = (u_k[None, :] >= first[:, None]) & (u_k[None, :] < end[:, None])
+            p = tl.where(ok, p, 0.0)
         dp = tl.dot(do, tl.trans(v))
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k)
@@ -175,7 +183,8 @@ def attention_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
 ):
     """Grid: (query tiles, batch * heads)."""
-    tile = tl.program_id(0)
+    # Later query tiles read more keys (causal): launching them first shortens the tail.
+    tile = tl.num_programs(0) - 1 - tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = bh % H

@@ -14,7 +14,7 @@ logsumexp -inf.
 import triton
 import triton.language as tl
 
-from .geometry import allowed, key_range, key_rows, query_rows
+from .geometry import key_bounds, key_range, key_rows, query_rows
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -44,7 +44,12 @@ def _forward_tile(
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, V_DIM], tl.float32)
 
+    first, end = key_bounds(u_q, pos_q, valid_q, L, G, C, col_lo, MODE, CONTINUE)  # (BLOCK_M,) each
     lo, hi = key_range(tile * BLOCK_M, n, L, G, C, col_lo, MODE, CONTINUE, BLOCK_M, BLOCK_N)
+    # Key tiles inside [max first, min end) are allowed for every row: no mask there (a
+    # tile with a missing row has an empty such range, since its end is its first).
+    full_lo = tl.max(first, 0)
+    full_hi = tl.min(end, 0)
     for start in range(lo, hi, BLOCK_N):
         u_k = start + tl.arange(0, BLOCK_N)  # (BLOCK_N,) virtual key rows
         pos_k, valid_k = key_rows(u_k, n, L, G, C, col_lo, MODE)
@@ -52,8 +57,9 @@ def _forward_tile(
         k = tl.load(K + k_base + row_k[:, None] * stride_kn + offs_qk[None, :], mask=valid_k[:, None], other=0.0)
         v = tl.load(V + v_base + row_k[:, None] * stride_vn + offs_v[None, :], mask=valid_k[:, None], other=0.0)
         s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
-        ok = allowed(pos_q[:, None], pos_k[None, :], u_q[:, None], u_k[None, :], L, G, MODE, CONTINUE)
-        s = tl.where(ok & valid_k[None, :], s, float("-inf"))
+        if (start < full_lo) | (start + BLOCK_N > full_hi):
+            ok = (u_k[None, :] >= first[:, None]) & (u_k[None, :] < end[:, None])
+            s = tl.where(ok, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing allowed yet
         p = tl.math.exp2(s - m_ref[:, None])
@@ -81,7 +87,8 @@ def attention_forward_kernel(
 ):
     """Grid: (query tiles, batch * heads). Even and odd heads may use different modes
     (the multi-head integration), so one launch serves every head."""
-    tile = tl.program_id(0)
+    # Later query tiles read more keys (causal): launching them first shortens the tail.
+    tile = tl.num_programs(0) - 1 - tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = bh % H

@@ -18,6 +18,9 @@ chunk) index keys and queries by position.
 A *continuation* pass (the second set of a merged head) skips the keys the first set
 already counted: STRIDED drops j = i, SUMMARY drops the summaries of the query's own
 chunk. So A1 then A2 covers A1 ∪ A2 exactly once.
+
+In these virtual orders the keys a query row may read are one contiguous range
+(`key_bounds`), which is what the kernels mask with.
 """
 
 import triton
@@ -62,26 +65,36 @@ def key_rows(u, n, L, G, C, col_lo, MODE: tl.constexpr):
 
 
 @triton.jit
-def allowed(pos_q, pos_k, u_q, u_k, L, G, MODE: tl.constexpr, CONTINUE: tl.constexpr):
-    """Elementwise (broadcasting) mask of allowed (query, key) pairs for one mode."""
+def key_bounds(u_q, pos_q, valid_q, L, G, C, col_lo, MODE: tl.constexpr, CONTINUE: tl.constexpr):
+    """[first, end) of the virtual keys each query row may read.
+
+    In virtual key order every mode's allowed set is one contiguous range, so a kernel
+    masks a tile with two comparisons per pair and no division in its inner loop. Keys in
+    a valid row's range always exist (position < n); rows that do not exist get an
+    empty range.
+    """
     if MODE == DENSE:
-        ok = pos_k <= pos_q
+        first = tl.zeros_like(u_q)
+        end = u_q + 1
     elif MODE == BAND:
-        ok = (pos_k <= pos_q) & (pos_q - pos_k < L)
+        first = tl.maximum(u_q - L + 1, 0)
+        end = u_q + 1
     elif MODE == CHUNK:
-        ok = (pos_k <= pos_q) & (pos_k // L == pos_q // L)
-    elif MODE == STRIDED:
-        same_group = (u_k // G) == (u_q // G)
+        first = u_q // L * L
+        end = u_q + 1
+    elif MODE == STRIDED:  # the earlier slots of the query's group (in position order too)
+        first = u_q // G * G
         if CONTINUE:
-            ok = same_group & (pos_k < pos_q)
+            end = u_q
         else:
-            ok = same_group & (pos_k <= pos_q)
-    else:  # SUMMARY
-        if CONTINUE:
-            ok = pos_k // L < pos_q // L
-        else:
-            ok = pos_k <= pos_q
-    return ok
+            end = u_q + 1
+    else:  # SUMMARY: all summaries of earlier chunks, then those of its own chunk up to itself
+        first = tl.zeros_like(u_q)
+        end = pos_q // L * C
+        if not CONTINUE:
+            end += tl.minimum(tl.maximum(pos_q % L + 1 - col_lo, 0), C)
+    end = tl.where(valid_q, end, first)
+    return first, end
 
 
 @triton.jit

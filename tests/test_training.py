@@ -179,3 +179,28 @@ def test_a_file_of_several_experiments_needs_one_named(tmp_path):
     assert cfg.data.input == "cifar.tar.gz" and cfg.train.max_steps == 5 and cfg.model.pattern.kind == "dense"
     with pytest.raises(ConfigError, match="write SECTION.FIELD=VALUE"):
         load_experiment(params, "cifar10", ("train.max_steps",))
+
+
+def test_compile_mode_is_checked_against_torch_compile_modes():
+    from sparse_transformer.config import TrainConfig
+
+    TrainConfig(compile=True, compile_mode="reduce-overhead").validate()
+    with pytest.raises(ConfigError, match="train.compile_mode: one of default, reduce-overhead.*got 'fast'"):
+        TrainConfig(compile=True, compile_mode="fast").validate()
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_under_lightning_with_the_eager_losses(tmp_path, text_h5):
+    """train.compile with CUDA graphs asked for (skipped on the CPU, the rest compiled):
+    the same per-step losses as the eager run, logged and checkpointed as usual."""
+    losses = {}
+    for compiled in (False, True):
+        cfg = experiment(tmp_path / str(compiled), text_h5, tracking={"enabled": False},
+                         train={"max_steps": 6, "val_every_steps": None, "compile": compiled,
+                                "compile_mode": "reduce-overhead"})
+        checkpoint = read_checkpoint(train(cfg))
+        assert checkpoint["global_step"] == 6
+        with open(cfg.train.curve_file) as curve:
+            losses[compiled] = [float(row.split(",")[1]) for row in curve.read().splitlines()[1:]]
+    assert len(losses[True]) == 6
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)

@@ -255,6 +255,7 @@ def load_data_config(section: dict, where: str = "data") -> DataConfig:
 #: Lightning precision settings the trainer accepts (None in the config: bf16-mixed on CUDA, 32-true elsewhere)
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 SPLITS = ("train", "valid", "test")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _positive(section: Any, where: str, *names: str, optional: bool = False) -> None:
@@ -295,6 +296,10 @@ class TrainConfig:
         DVC draws; null: MLflow only.
     compile: torch.compile each residual block (SparseTransformer.compile_blocks): fuses
         the elementwise work around the matrix products; the first steps pay for compiling.
+    compile_mode: torch.compile's mode with `compile`: "reduce-overhead" also replays
+        each block as a CUDA graph, which removes the launch cost that bounds a step of
+        the paper's models at batch 1-4 on a fast GPU (docs/benchmarks.md); "default"
+        fuses only. CUDA graphs are skipped on the CPU.
     """
 
     seed: int = 0
@@ -319,6 +324,7 @@ class TrainConfig:
     log_every_steps: int = 50
     curve_file: str | None = None
     compile: bool = False
+    compile_mode: str = "default"
 
     def validate(self, where: str = "train") -> None:
         if self.max_steps is None and self.max_epochs is None:
@@ -336,6 +342,8 @@ class TrainConfig:
         _precision(self.precision, where)
         if isinstance(self.devices, str) and self.devices != "auto":
             raise ConfigError(f"{where}.devices: a number of devices or 'auto', got {self.devices!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"{where}.compile_mode: one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
 
 
 @dataclass(frozen=True)

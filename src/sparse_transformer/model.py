@@ -181,6 +181,7 @@ class SparseTransformer(nn.Module):
         self.final_norm = nn.LayerNorm(d)
         self.out = nn.Linear(d, config.vocab_size, bias=False)  # W_out
         nn.init.zeros_(self.out.weight)
+        self._cuda_graphs = False  # compile_blocks(mode="reduce-overhead") turns this on
 
     @property
     def start_token(self) -> int:
@@ -194,6 +195,8 @@ class SparseTransformer(nn.Module):
             raise ValueError(f"sequence length {n} exceeds the model's context {self.config.context}")
         h = self.token_embedding(tokens.long()) + self.position_embedding(slice(0, n))  # (B, n, d)
         recompute = self.config.recompute and torch.is_grad_enabled()
+        if self._cuda_graphs:  # a forward pass starts a step: the graphs' earlier outputs are no longer read
+            torch.compiler.cudagraph_mark_step_begin()
         for block in self.blocks:
             h = h + self._block_update(block, h, recompute)
         return self.out(self.final_norm(h))  # (B, n, vocab)
@@ -209,6 +212,7 @@ class SparseTransformer(nn.Module):
         attention kernels stay opaque custom ops. Blocks share one compiled graph per layer
         class, so compiling costs about one block, not `layers` of them."""
         self._block_update = torch.compile(SparseTransformer._block_update, **options)
+        self._cuda_graphs = options.get("mode") in ("reduce-overhead", "max-autotune")
 
     def decode_step(self, tokens: torch.Tensor, cache: DecodingCache) -> torch.Tensor:
         """tokens (B,): the inputs at position cache.position -> logits (B, vocab) of the next byte.

@@ -83,7 +83,7 @@ class SparseTransformerModule(L.LightningModule):
         self.train_config: TrainConfig = from_dict(TrainConfig, train, "train")
         self.model = SparseTransformer(from_dict(ModelConfig, model, "model"))
         if self.train_config.compile:
-            self.model.compile_blocks()
+            self.model.compile_blocks(mode=self.train_config.compile_mode)
         self.mlflow_run_id: str | None = None
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
