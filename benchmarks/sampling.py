@@ -97,7 +97,8 @@ def time_cached(model: SparseTransformer, batch: int, device: torch.device, seed
     synchronize(device)
     start = time.perf_counter()
     with autocast(device):
-        generate(model, first, model.config.context, generator=draws, progress=False)
+        # The progress bar (stderr) shows the rate so far, even in a log of a run that is cut short.
+        generate(model, first, model.config.context, generator=draws, progress=True)
     synchronize(device)
     return time.perf_counter() - start
 
