@@ -55,14 +55,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sparse_transformer.config import COMPILE_MODES, DataConfig, ModelConfig, TrainConfig, load_experiment
+from sparse_transformer.config import DataConfig, ModelConfig, TrainConfig, load_experiment
 from sparse_transformer.data.datamodule import ConsecutiveWindows, RandomWindows
 from sparse_transformer.data.hdf5 import read_attributes
 from sparse_transformer.data.prepare import prepare
 from sparse_transformer.model import SparseTransformer
 from sparse_transformer.training import parameter_groups
 from train_step import model_config  # the Table 2 rows' pattern swap (benchmarks/ is on sys.path)
-from common import autocast, device_or_exit, environment, run_benchmark, synchronize, write_json
+from common import add_compile_arguments, autocast, compile_if_asked, device_or_exit, environment, run_benchmark, synchronize, write_json
 
 QUICKSTART_TEXT = "data/quickstart/text/tinyshakespeare.txt"
 PATTERNS = ("dense", "strided", "fixed")
@@ -82,9 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a file or folder of bytes to prepare, or a prepared stream file (.h5)")
     parser.add_argument("--seed", type=int, default=0, help="the initialization and dropout")
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu for a smoke run")
-    parser.add_argument("--compile", action="store_true", help="torch.compile each residual block, as train.compile")
-    parser.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
-                        help="torch.compile's mode with --compile (reduce-overhead: CUDA graphs)")
+    add_compile_arguments(parser)
     parser.add_argument("--json", help="write the curves here")
     parser.add_argument("--plot", help="write a PNG of valid bits per dim against seconds here")
     return parser.parse_args(argv)
@@ -117,8 +115,7 @@ def train_for(config: ModelConfig, train: TrainConfig, batches: RandomWindows, w
     """Train a fresh model for args.seconds of training time; its curve and throughput."""
     torch.manual_seed(args.seed)  # the same initialization and dropout masks for every pattern
     model = SparseTransformer(config).to(device).train()
-    if args.compile:
-        model.compile_blocks(mode=args.compile_mode)
+    compile_if_asked(model, args)
     optimizer = torch.optim.AdamW(parameter_groups(model, train.weight_decay), lr=train.learning_rate,
                                   betas=train.betas, fused=device.type == "cuda")
     warmup = max(1, args.warmup_steps)

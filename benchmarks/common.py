@@ -5,6 +5,7 @@ this folder is on sys.path and they `import common`.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -16,6 +17,7 @@ from typing import Callable, NoReturn
 
 import torch
 
+from sparse_transformer.config import COMPILE_MODES
 from sparse_transformer.errors import UserError
 
 
@@ -23,6 +25,19 @@ def fail(message: str) -> NoReturn:
     """Stop the benchmark with one line and exit status 2 (a usage problem, not a crash)."""
     print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
+    """--compile and --compile-mode, as train.compile and train.compile_mode."""
+    parser.add_argument("--compile", action="store_true", help="torch.compile each residual block")
+    parser.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                        help="torch.compile's mode with --compile (reduce-overhead: CUDA graphs)")
+
+
+def compile_if_asked(model, args: argparse.Namespace) -> None:
+    """SparseTransformer.compile_blocks with --compile-mode, when --compile is given."""
+    if args.compile:
+        model.compile_blocks(mode=args.compile_mode)
 
 
 def run_benchmark(main: Callable[[], int]) -> NoReturn:

@@ -27,8 +27,8 @@ from typing import Callable
 
 import torch
 
-from common import autocast, environment, run_benchmark, synchronize, write_json
-from sparse_transformer.config import COMPILE_MODES, PatternConfig, load_experiment
+from common import add_compile_arguments, autocast, compile_if_asked, environment, run_benchmark, synchronize, write_json
+from sparse_transformer.config import PatternConfig, load_experiment
 from sparse_transformer.model import SparseTransformer
 from sparse_transformer.training import parameter_groups
 
@@ -114,9 +114,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--compile", action="store_true", help="torch.compile each residual block")
-    parser.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
-                        help="torch.compile's mode with --compile (reduce-overhead: CUDA graphs)")
+    add_compile_arguments(parser)
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="also profile one step per pattern: DIR/<pattern>.txt, and the GPU-busy share in the rows")
     parser.add_argument("--json", help="write the measurements here")
@@ -132,12 +130,12 @@ def main(argv=None) -> int:
         config = model_config(experiment.model, kind)
         torch.manual_seed(0)
         model = SparseTransformer(config).to(device)
-        if args.compile:
-            model.compile_blocks(mode=args.compile_mode)
+        compile_if_asked(model, args)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         seconds = time_steps(model, batch.to(device), args.steps, args.warmup, device)
-        row = dict(pattern=kind, describe=config.pattern.build().describe(), attention=config.attention, compiled=args.compile, compile_mode=args.compile_mode if args.compile else None,
+        row = dict(pattern=kind, describe=config.pattern.build().describe(), attention=config.attention,
+                   compiled=args.compile, compile_mode=args.compile_mode if args.compile else None,
                    params=model.num_params(), batch=args.batch, context=context, step_s=seconds,
                    tokens_per_s=args.batch * context / seconds,
                    peak_memory_gb=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None)

@@ -3,6 +3,8 @@ schedule are as documented."""
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -201,6 +203,6 @@ def test_compiled_blocks_train_under_lightning_with_the_eager_losses(tmp_path, t
         checkpoint = read_checkpoint(train(cfg))
         assert checkpoint["global_step"] == 6
         with open(cfg.train.curve_file) as curve:
-            losses[compiled] = [float(row.split(",")[1]) for row in curve.read().splitlines()[1:]]
+            losses[compiled] = [float(row["train_bpd"]) for row in csv.DictReader(curve)]
     assert len(losses[True]) == 6
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
