@@ -4,8 +4,11 @@ at every step, for a batch of CIFAR-10 images (the `cifar10` experiment of param
 
     python benchmarks/sampling.py --experiment cifar10 --batch 16 --json out/sampling_cifar10.json
 
-Cached: `sampling.generate` (`SparseTransformer.decode_step` with a `DecodingCache`)
-samples the whole batch of images, all 3,072 positions, for real. Full recompute: each
+Cached: `sampling.generate` (`SparseTransformer.decode_step` with a `DecodingCache`,
+each step replayed as a CUDA graph) samples the whole batch of images, all 3,072
+positions, for real; the capture is part of the time. The same decoder without the graph
+(`--eager-positions`, default 64) is timed on the first positions only: it is bound by
+host time and would take minutes for a whole image. Full recompute: each
 step runs the model's forward pass over the whole prefix and keeps the last position's
 logits. Running that for every position is too slow, so its forward pass is timed at
 prefix lengths 1, 256, 512, ..., 3072 (`--prefix-step`) and the times are interpolated
@@ -49,6 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--experiment", default="cifar10")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     parser.add_argument("--batch", type=int, default=16, help="samples decoded together")
+    parser.add_argument("--eager-positions", type=int, default=64,
+                        help="positions decoded without the CUDA graph, to time that decoder (0: skip)")
     parser.add_argument("--prefix-step", type=int, default=256, help="time the full forward every so many positions")
     parser.add_argument("--repeats", type=int, default=3, help="timed forward passes per prefix length (median)")
     parser.add_argument("--check-length", type=int, default=64, help="prefix on which cached and full forward are compared")
@@ -87,8 +92,10 @@ def cached_matches_forward(model: SparseTransformer, inputs: torch.Tensor, bf16:
     return (torch.softmax(cached.float(), -1) - torch.softmax(full.float(), -1)).abs().max().item()
 
 
-def time_cached(model: SparseTransformer, batch: int, device: torch.device, seed: int) -> float:
-    """Seconds to sample `batch` whole examples (context positions each) with the cache."""
+def time_cached(model: SparseTransformer, batch: int, positions: int, device: torch.device, seed: int,
+                graph: bool = True) -> float:
+    """Seconds to sample the first `positions` bytes of `batch` examples with the cache,
+    each step replayed as a CUDA graph (on CUDA) when `graph`."""
     draws = torch.Generator(device).manual_seed(seed)
     if model.config.image_shape is not None:
         first = torch.full((batch,), model.start_token, device=device)
@@ -98,7 +105,7 @@ def time_cached(model: SparseTransformer, batch: int, device: torch.device, seed
     start = time.perf_counter()
     with autocast(device):
         # The progress bar (stderr) shows the rate so far, even in a log of a run that is cut short.
-        generate(model, first, model.config.context, generator=draws, progress=True)
+        generate(model, first, positions, generator=draws, progress=True, graph=graph)
     synchronize(device)
     return time.perf_counter() - start
 
@@ -155,8 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"check ({precision}): cached vs full-forward next-byte probabilities over a {check_length}-position "
               f"prefix: max abs diff {difference:.2e}", flush=True)
 
+    eager_positions = min(args.eager_positions, context)
+    eager_ms = None
+    if eager_positions:
+        print(f"cached decoding without a CUDA graph, {batch} x {eager_positions} positions ...", flush=True)
+        eager_ms = time_cached(model, batch, eager_positions, device, args.seed, graph=False) / eager_positions * 1000
     print(f"cached decoding of {batch} x {context} positions ...", flush=True)
-    cached_s = time_cached(model, batch, device, args.seed)
+    cached_s = time_cached(model, batch, context, device, args.seed)
 
     lengths = prefix_lengths(context, args.prefix_step)
     forward_s = []
@@ -166,9 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     full_s = full_recompute_seconds(lengths, forward_s, context)
 
     per_token_ms = cached_s / context * 1000
-    print(f"\n{'batch':>5}  {'cached total s':>14}  {'per-token ms':>12}  {'full-recompute est. s':>21}  {'speed-up':>8}")
-    print(f"{batch:>5}  {cached_s:>14.1f}  {per_token_ms:>12.2f}  {full_s:>21.1f}  {full_s / cached_s:>7.2f}x")
-    print("(per-token: one decoding step of the whole batch; full recompute: estimated from the timed prefix lengths)")
+    eager_text = f"{eager_ms:.2f}" if eager_ms is not None else "-"
+    print(f"\n{'batch':>5}  {'cached total s':>14}  {'per-token ms':>12}  {'eager per-token ms':>18}  "
+          f"{'full-recompute est. s':>21}  {'speed-up':>8}")
+    print(f"{batch:>5}  {cached_s:>14.1f}  {per_token_ms:>12.2f}  {eager_text:>18}  {full_s:>21.1f}  {full_s / cached_s:>7.2f}x")
+    print("(per-token: one decoding step of the whole batch; eager: the same decoder without the CUDA graph, "
+          f"over the first {eager_positions} positions; full recompute: estimated from the timed prefix lengths)")
 
     if args.json:
         result = dict(
@@ -176,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                       model=dataclasses.asdict(model.config), params=model.num_params(),
                       weights="random (time does not depend on the weights' values)"),
             check=dict(prefix=check_length, max_abs_probability_diff=differences),
-            cached=dict(batch=batch, positions=context, total_s=cached_s, per_token_ms=per_token_ms),
+            cached=dict(batch=batch, positions=context, total_s=cached_s, per_token_ms=per_token_ms, cuda_graph=device.type == "cuda"),
+            cached_without_graph=dict(positions=eager_positions, per_token_ms=eager_ms),
             full_recompute=dict(estimate=True, prefix_lengths=lengths, forward_s=forward_s, estimated_total_s=full_s),
             speedup=full_s / cached_s,
         )

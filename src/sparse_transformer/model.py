@@ -17,7 +17,8 @@ of n+1 bytes has no beginning to mark: input w[:-1], target w[1:].
 
 Decoding (`decode_step` with a `DecodingCache`): one position at a time, keeping every
 layer's keys and values; the new query reads only the cached keys its pattern allows
-(`allowed_keys`: about l + n/l of them, not n), and gives the same logits as `forward`.
+(`decoding_keys`: about l + n/l of them, not n), and gives the same logits as `forward`.
+A step never reads its position back to the host, so it can be replayed as a CUDA graph.
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ class PositionEmbedding(nn.Module):
         for table in self.tables:
             nn.init.normal_(table.weight, std=std)
 
-    def forward(self, positions: slice | int) -> torch.Tensor:
-        """(n, d_model) for a slice of positions (slice(0, n): positions 0 .. n-1); (d_model,) for one."""
+    def forward(self, positions: slice | torch.Tensor) -> torch.Tensor:
+        """(n, d_model) for a slice of positions (slice(0, n): positions 0 .. n-1) or for a (n,)
+        tensor of positions (read on the device: a 0-dim index would be read on the host)."""
         return sum(table(self.coords[axis, positions]) for axis, table in enumerate(self.tables))
 
 
@@ -116,10 +118,8 @@ class SparseAttention(nn.Module):
 
     def _decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: DecodingCache) -> torch.Tensor:
         """q, k, v (B, H, 1, dh) of position i = cache.position -> (B, H, 1, dv), reading only allowed keys."""
-        i = cache.position
-        cache.keys[self.layer][:, :, i] = k[:, :, 0]
-        cache.values[self.layer][:, :, i] = v[:, :, 0]
-        index, valid = cache.allowed(self.layer)  # (H, K) key positions, (H, K) False where padding
+        cache.store(self.layer, k, v)
+        index, valid = cache.allowed(self.layer)  # (H, K) key positions, (H, K) False where not read
         head = torch.arange(self.heads, device=q.device)[:, None]  # (H, 1)
         keys = cache.keys[self.layer][:, head, index]  # (B, H, K, dqk)
         values = cache.values[self.layer][:, head, index]  # (B, H, K, dv)
@@ -219,12 +219,11 @@ class SparseTransformer(nn.Module):
 
         Equal to forward(prefix)[:, -1] for the prefix of all tokens given so far; advances the cache.
         """
-        if cache.position >= self.config.context:
-            raise ValueError(f"the cache is full: the model's context is {self.config.context}")
-        h = self.token_embedding(tokens.long()[:, None]) + self.position_embedding(cache.position)  # (B, 1, d)
+        cache.check_room()
+        h = self.token_embedding(tokens.long()[:, None]) + self.position_embedding(cache.position.view(1))  # (B, 1, d)
         for block in self.blocks:
             h = h + block(h, cache)
-        cache.position += 1
+        cache.advance()
         return self.out(self.final_norm(h))[:, 0]  # (B, vocab)
 
     def inputs_and_targets(self, example: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,33 +250,45 @@ class SparseTransformer(nn.Module):
 
 
 # ---------------------------------------------------------------------- decoding
-def allowed_keys(pattern: Pattern, i: int, layer: int, head: int) -> torch.Tensor:
-    """The sorted key positions query i reads in (layer, head): Pattern.allowed decides.
+def decoding_keys(pattern: Pattern, heads: int, context: int, position: torch.Tensor,
+                  layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys query `position` (a 0-dim integer tensor) reads in `layer`: (index, valid), both (H, K).
 
-    Candidates are generated from the pattern's structure in O(l + n/l) - the last l
-    positions, the query's chunk, and its strided or summary columns in every earlier
-    chunk - so a decoding step never touches all i + 1 positions.
+    Head h reads keys index[h, valid[h]], which are exactly the row `Pattern.allowed` gives,
+    each once. K depends only on (pattern, context), never on the position, and nothing
+    here leaves the device, so a decoding step can be captured as a CUDA graph. The
+    candidates are built from the pattern's structure, in two disjoint groups:
+    the last l positions (the band; it holds the query's own chunk), and the strided or
+    summary columns before the band: K = l + n/l (strided) or l + c n/l (fixed), not n.
     """
+    device = position.device
     if pattern.kind == "dense":
-        return torch.arange(i + 1)
-    l = pattern.stride
-    candidates = [torch.arange(max(0, i - l + 1), i + 1), torch.arange(i // l * l, i + 1)]  # band, own chunk
-    if pattern.kind == "strided":
-        candidates.append(torch.arange(i % l, i + 1, l))
-    elif pattern.kind == "fixed":
-        lo, hi = pattern.summary_columns(head)
-        columns = torch.arange(0, i + 1, l)[:, None] + torch.arange(lo, hi)  # (chunks, c)
-        candidates.append(columns.flatten())
-    keys = torch.unique(torch.cat(candidates))  # sorted
-    keys = keys[keys <= i]
-    return keys[pattern.allowed(torch.tensor(i), keys, layer, head)]
+        keys = torch.arange(context, device=device).expand(heads, context)  # (H, n)
+    else:
+        l, chunks = pattern.stride, math.ceil(context / pattern.stride)
+        band = position - torch.arange(l, device=device)  # (l,): position, position - 1, ...
+        if pattern.kind == "local":
+            columns = band[:0]
+        elif pattern.kind == "strided":
+            columns = position - l * torch.arange(1, chunks, device=device)  # (chunks - 1,), all before the band
+        else:  # fixed: head h's summary columns [lo_h, hi_h) of every chunk but the last, those before the band
+            lo, _ = pattern.summary_columns(torch.arange(heads, device=device)[:, None])  # (H, 1)
+            starts = torch.arange(chunks - 1, device=device)[:, None] * l + torch.arange(pattern.summary, device=device)
+            columns = starts.flatten() + lo  # (H, (chunks - 1) * c)
+            columns = torch.where(columns <= position - l, columns, -1)
+        keys = torch.cat([band.expand(heads, l), columns.expand(heads, -1)], dim=1)  # (H, K)
+    head = torch.arange(heads, device=device)[:, None]  # (H, 1)
+    valid = (keys >= 0) & pattern.allowed(position, keys, layer, head)
+    return keys.clamp(min=0), valid
 
 
 class DecodingCache:
     """Every layer's keys and values of the positions decoded so far, for `decode_step`.
 
-    keys[layer]: (B, H, context, dqk), values[layer]: (B, H, context, dv); `position` is
-    the next position to decode.
+    keys[layer]: (B, H, context, dqk), values[layer]: (B, H, context, dv). The next
+    position to decode is kept twice: `position`, a 0-dim tensor on the device that the
+    step reads (a CUDA graph replays it), and `step`, the same count on the host, for
+    checks and for reusing one step's key sets across layers.
     """
 
     def __init__(self, model: SparseTransformer, batch: int, device: torch.device | str = "cpu",
@@ -287,20 +298,36 @@ class DecodingCache:
         shape = (batch, config.heads, config.context)
         self.keys = [torch.zeros(*shape, qk_width // config.heads, device=device, dtype=dtype) for _ in model.blocks]
         self.values = [torch.zeros(*shape, config.head_dim, device=device, dtype=dtype) for _ in model.blocks]
-        self.pattern, self.heads, self.device = config.pattern.build(), config.heads, torch.device(device)
-        self.position = 0
+        self.pattern, self.heads, self.context = config.pattern.build(), config.heads, config.context
+        self.position = torch.zeros((), dtype=torch.long, device=device)
+        self.step = 0
         self._allowed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer class -> key sets at _allowed_at
         self._allowed_at = -1
 
+    def check_room(self) -> None:
+        if self.step >= self.context:
+            raise ValueError(f"the cache is full: the model's context is {self.context}")
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write k (B, H, 1, dqk) and v (B, H, 1, dv) of the current position."""
+        self.keys[layer].index_copy_(2, self.position.view(1), k.to(self.keys[layer].dtype))
+        self.values[layer].index_copy_(2, self.position.view(1), v.to(self.values[layer].dtype))
+
+    def advance(self) -> None:
+        self.position += 1
+        self.step += 1
+
+    def rewind(self) -> None:
+        """Back to position 0 (what was stored is overwritten as decoding goes on)."""
+        self.position.zero_()
+        self.step, self._allowed, self._allowed_at = 0, {}, -1
+
     def allowed(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(index, valid), both (H, K): head h reads keys index[h, valid[h]] at the current position."""
-        if self._allowed_at != self.position:
-            self._allowed, self._allowed_at = {}, self.position
+        if self._allowed_at != self.step:
+            self._allowed, self._allowed_at = {}, self.step
         # Layers of one class (Pattern.layer_class) read the same keys: one key set per class and step.
         layer_class = self.pattern.layer_class(layer)
         if layer_class not in self._allowed:
-            per_head = [allowed_keys(self.pattern, self.position, layer_class, h) for h in range(self.heads)]
-            index = nn.utils.rnn.pad_sequence(per_head, batch_first=True)  # (H, K), padded with key 0
-            valid = nn.utils.rnn.pad_sequence([torch.ones_like(k, dtype=torch.bool) for k in per_head], batch_first=True)
-            self._allowed[layer_class] = (index.to(self.device), valid.to(self.device))
+            self._allowed[layer_class] = decoding_keys(self.pattern, self.heads, self.context, self.position, layer_class)
         return self._allowed[layer_class]

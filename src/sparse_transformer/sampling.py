@@ -3,7 +3,8 @@
 Decoding is incremental (`SparseTransformer.decode_step` with a `DecodingCache`): each
 new position computes its own keys and values and reads only the cached keys its pattern
 allows, so a step costs about l + n/l keys rather than n, and gives the same next-byte
-distribution as a full forward pass over the prefix. A whole batch decodes together.
+distribution as a full forward pass over the prefix. A whole batch decodes together,
+and on a GPU each step is replayed as one CUDA graph.
 
 Images start from the start symbol and are written as one PNG grid. Streams have no
 start symbol (training windows begin anywhere), so their first byte is drawn from the
@@ -34,21 +35,68 @@ GRID_FILE = "samples.png"
 GRID_MIN_WIDTH = 256  # pixels: small images (8x8 digits) are enlarged to be visible
 
 
+class CUDAGraphDecoder:
+    """`model.decode_step` captured once as a CUDA graph and replayed at every position.
+
+    A step of a deep model is thousands of small kernels (about 35 per layer); launched
+    one by one from Python they take far longer than they run, so eager decoding is
+    bound by host time. A replay launches them all at once: the same kernels in the same
+    order, so the logits are the eager step's. The step reads its position from the
+    cache's device tensor, which the graph advances; `decoding_keys` keeps every shape fixed.
+    """
+
+    def __init__(self, model: SparseTransformer, cache: DecodingCache, tokens: torch.Tensor):
+        """Capture with `tokens` (B,) as the example input; the caller's autocast is
+        captured too, with its cast cache off (a cast cached before capture is not
+        recorded in the graph, and its memory would be reused under it)."""
+        self.cache = cache
+        self.tokens = tokens.clone()  # (B,): the graph's input, written before each replay
+        autocast = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
+                                  enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False)
+        # One eager step first, on a side stream as capture requires: it initializes what
+        # cannot be captured (cuBLAS workspaces). It writes position 0, which the first
+        # replay writes again.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), autocast:
+            model.decode_step(self.tokens, cache)
+        torch.cuda.current_stream().wait_stream(side)
+        cache.rewind()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), autocast:
+            self.logits = model.decode_step(self.tokens, cache)  # (B, vocab), rewritten by each replay
+        cache.rewind()  # capture records the step without running it
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B,) at the cache's position -> logits (B, vocab), valid until the next call."""
+        self.cache.check_room()
+        self.tokens.copy_(tokens)
+        self.graph.replay()
+        self.cache.step += 1  # the graph advanced cache.position; the host count follows
+        return self.logits
+
+
 @torch.no_grad()
 def generate(model: SparseTransformer, first: torch.Tensor, length: int, temperature: float = 1.0,
-             generator: torch.Generator | None = None, progress: bool = True) -> torch.Tensor:
+             generator: torch.Generator | None = None, progress: bool = True, graph: bool = True) -> torch.Tensor:
     """Continue `first` (B,) tokens to (B, length) uint8 bytes by sampling at `temperature`.
 
     `first` is the start symbol (images: it is not part of the output) or a first byte
-    (streams: it is the output's first byte).
+    (streams: it is the output's first byte). On a CUDA device each step is replayed as
+    a CUDA graph (`CUDAGraphDecoder`) unless `graph` is False.
     """
     model.eval()
     cache = DecodingCache(model, len(first), first.device)
+    if graph and first.device.type == "cuda":
+        step = CUDAGraphDecoder(model, cache, first)
+    else:
+        def step(tokens: torch.Tensor) -> torch.Tensor:
+            return model.decode_step(tokens, cache)
     outputs = [] if model.config.image_shape is not None else [first]
     tokens = first
     with tqdm(total=length - len(outputs), desc="decoding", unit="byte", disable=not progress) as bar:
         while len(outputs) < length:
-            logits = model.decode_step(tokens, cache)  # (B, 256)
+            logits = step(tokens)  # (B, 256)
             probabilities = torch.softmax(logits.float() / temperature, dim=-1)
             tokens = torch.multinomial(probabilities, 1, generator=generator)[:, 0]  # (B,)
             outputs.append(tokens)
