@@ -37,7 +37,11 @@ next steps, inside the clock.
 Output: a line per evaluation, a summary (valid bits per dim of each pattern at the
 equal time), `--json` with the curves - rows of (wall_s, step, train_bpd, valid_bpd),
 train_bpd the mean since the row before - and `--plot` a PNG of valid bits per dim
-against seconds (needs matplotlib). A smoke run on CPU with a tiny model:
+against seconds (needs matplotlib). With `--append` the runs join those already in
+--json, which must come from the same settings and card (else it stops and names what
+differs); a pattern run again replaces its earlier run. So runs longer than one sitting
+allows can be made one pattern at a time (`--patterns strided --append`) and still be
+one comparison. A smoke run on CPU with a tiny model:
 
     python benchmarks/bpd_vs_time.py --device cpu --seconds 5 --eval-every 1 --set model.layers=2 \
         --set model.d_model=64 --set model.context=256 --set model.attention=reference --set data.batch_size=4
@@ -47,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import tempfile
 import time
@@ -62,7 +67,8 @@ from sparse_transformer.data.prepare import prepare
 from sparse_transformer.model import SparseTransformer
 from sparse_transformer.training import parameter_groups
 from train_step import model_config  # the Table 2 rows' pattern swap (benchmarks/ is on sys.path)
-from common import add_compile_arguments, autocast, compile_if_asked, device_or_exit, environment, run_benchmark, synchronize, write_json
+from common import (add_compile_arguments, autocast, compile_if_asked, device_or_exit, environment, fail, run_benchmark,
+                    synchronize, write_json)
 
 QUICKSTART_TEXT = "data/quickstart/text/tinyshakespeare.txt"
 PATTERNS = ("dense", "strided", "fixed")
@@ -84,6 +90,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu for a smoke run")
     add_compile_arguments(parser)
     parser.add_argument("--json", help="write the curves here")
+    parser.add_argument("--append", action="store_true",
+                        help="add to the runs already in --json (same settings) instead of replacing them")
     parser.add_argument("--plot", help="write a PNG of valid bits per dim against seconds here")
     return parser.parse_args(argv)
 
@@ -191,6 +199,32 @@ def write_plot(runs: list[dict], path: str, title: str) -> None:
     plt.close(figure)
 
 
+# What makes runs comparable: everything but which patterns run and where the output goes.
+NOT_COMPARED = ("patterns", "json", "plot", "append")
+
+
+def compared_settings(meta: dict) -> dict:
+    return {key: value for key, value in meta["args"].items() if key not in NOT_COMPARED} | {"device": meta["device"]}
+
+
+def earlier_runs(args: argparse.Namespace, meta: dict) -> list[dict]:
+    """With --append, the runs already in --json; stops if they were made differently."""
+    if not args.append:
+        return []
+    if not args.json:
+        fail("--append adds to the runs in --json: give --json")
+    if not Path(args.json).exists():
+        return []
+    with open(args.json) as fh:
+        record = json.load(fh)
+    before, now = compared_settings(record["meta"]), compared_settings(json.loads(json.dumps(meta, default=str)))
+    differ = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
+    if differ:
+        changes = "; ".join(f"{key}: {before.get(key)!r} there, {now.get(key)!r} here" for key in differ)
+        fail(f"--append: {args.json} was made with other settings ({changes}): use the same ones, or write to a new --json")
+    return record["runs"]
+
+
 def save(runs: list[dict], meta: dict, args: argparse.Namespace) -> None:
     """The curves so far to --json and --plot, where asked for."""
     if args.json:
@@ -232,13 +266,15 @@ def main(argv: list[str] | None = None) -> int:
                     title=f"{args.experiment}-sized model on {Path(args.data).name}, {args.seconds:g} s each",
                     data=f"{args.data} ({modality}, read as a byte stream)", model=dataclasses.asdict(model),
                     batch_size=data.batch_size, learning_rate=experiment.train.learning_rate)
-        runs = []
+        earlier = earlier_runs(args, meta)
+        runs = [run for run in earlier if run["pattern"] not in args.patterns]
         for kind in args.patterns:
             config = model_config(model, kind)
             describe = config.pattern.build().describe()
             print(f"{kind}: {describe}, attention {config.attention}", flush=True)
-            runs.append(dict(pattern=kind, describe=describe, attention=config.attention,
+            runs.append(dict(pattern=kind, describe=describe, attention=config.attention, date=meta["date"],
                              **train_for(config, experiment.train, batches, windows, args, device)))
+            runs.sort(key=lambda run: PATTERNS.index(run["pattern"]))
             # Written after every run, so that a run stopped at a time limit keeps the finished curves.
             save(runs, meta, args)
             if device.type == "cuda":

@@ -86,7 +86,10 @@ def environment(device: torch.device) -> dict:
 
 
 def write_json(path: str, record: dict) -> None:
+    """Write `record` to `path` whole or not at all: to a temporary name, then renamed."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
+    partial = f"{path}.partial"
+    with open(partial, "w") as fh:
         json.dump(record, fh, indent=1, default=str)  # paths among the arguments as strings
+    os.replace(partial, path)
     print(f"wrote {path}")
