@@ -14,8 +14,6 @@ built from `Pattern.allowed`, as a user would write it.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 
@@ -23,6 +21,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from common import environment, write_json
 from sparse_kernels.ops import tuned_tiles
 from sparse_transformer import Pattern
 from sparse_transformer.triton_attention import sparse_attention
@@ -155,11 +154,8 @@ def main(argv=None) -> int:
     results = run(args)
     print(table(results))
     if args.json:
-        meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                    python=platform.python_version(), date=time.strftime("%Y-%m-%d"), args=vars(args),
-                    tuned_tiles=tuned_tiles())
-        with open(args.json, "w") as fh:
-            json.dump({"meta": meta, "results": results}, fh, indent=1)
+        meta = dict(environment(torch.device("cuda")), args=vars(args), tuned_tiles=tuned_tiles())
+        write_json(args.json, {"meta": meta, "results": results})
     return 0
 
 

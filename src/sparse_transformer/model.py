@@ -120,9 +120,8 @@ class SparseAttention(nn.Module):
         """q, k, v (B, H, 1, dh) of position i = cache.position -> (B, H, 1, dv), reading only allowed keys."""
         cache.store(self.layer, k, v)
         index, valid = cache.allowed(self.layer)  # (H, K) key positions, (H, K) False where not read
-        head = torch.arange(self.heads, device=q.device)[:, None]  # (H, 1)
-        keys = cache.keys[self.layer][:, head, index]  # (B, H, K, dqk)
-        values = cache.values[self.layer][:, head, index]  # (B, H, K, dv)
+        keys = cache.keys[self.layer][:, cache.heads_column, index]  # (B, H, K, dqk)
+        values = cache.values[self.layer][:, cache.heads_column, index]  # (B, H, K, dv)
         # q.k in fp32, as SPEC 5.6 asks when sampling (and as the reference attention does).
         with torch.autocast(q.device.type, enabled=False):
             scores = torch.einsum("bhd,bhkd->bhk", q[:, :, 0].float(), keys.float()) / math.sqrt(q.shape[-1])
@@ -300,6 +299,7 @@ class DecodingCache:
         self.values = [torch.zeros(*shape, config.head_dim, device=device, dtype=dtype) for _ in model.blocks]
         self.pattern, self.heads, self.context = config.pattern.build(), config.heads, config.context
         self.position = torch.zeros((), dtype=torch.long, device=device)
+        self.heads_column = torch.arange(config.heads, device=device)[:, None]  # (H, 1): gathers a key set per head
         self.step = 0
         self._allowed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer class -> key sets at _allowed_at
         self._allowed_at = -1
