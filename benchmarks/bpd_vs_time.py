@@ -37,11 +37,16 @@ next steps, inside the clock.
 Output: a line per evaluation, a summary (valid bits per dim of each pattern at the
 equal time), `--json` with the curves - rows of (wall_s, step, train_bpd, valid_bpd),
 train_bpd the mean since the row before - and `--plot` a PNG of valid bits per dim
-against seconds (needs matplotlib). With `--append` the runs join those already in
+against seconds (needs matplotlib), both rewritten at every validation: a run stopped by a
+time limit keeps its curve so far, marked `finished: false`. With `--append` the runs join those already in
 --json, which must come from the same settings and card (else it stops and names what
 differs); a pattern run again replaces its earlier run. So runs longer than one sitting
 allows can be made one pattern at a time (`--patterns strided --append`) and still be
-one comparison. A smoke run on CPU with a tiny model:
+one comparison. Runs made at the same time on several GPUs of one host, a pattern each
+(CUDA_VISIBLE_DEVICES=N ... --patterns X --json out/X.json), are joined afterwards with
+`--merge out/dense.json out/strided.json out/fixed.json --json out/all.json --plot ...`,
+which trains nothing and refuses records made with other settings or on another card.
+A smoke run on CPU with a tiny model:
 
     python benchmarks/bpd_vs_time.py --device cpu --seconds 5 --eval-every 1 --set model.layers=2 \
         --set model.d_model=64 --set model.context=256 --set model.attention=reference --set data.batch_size=4
@@ -51,11 +56,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -93,6 +100,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--append", action="store_true",
                         help="add to the runs already in --json (same settings) instead of replacing them")
     parser.add_argument("--plot", help="write a PNG of valid bits per dim against seconds here")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="train nothing: join these records (same settings and card, a pattern in one "
+                             "of them only) into --json and --plot")
     return parser.parse_args(argv)
 
 
@@ -119,8 +129,9 @@ def valid_bpd(model: SparseTransformer, windows: torch.Tensor, batch_size: int) 
 
 
 def train_for(config: ModelConfig, train: TrainConfig, batches: RandomWindows, windows: torch.Tensor,
-              args: argparse.Namespace, device: torch.device) -> dict:
-    """Train a fresh model for args.seconds of training time; its curve and throughput."""
+              args: argparse.Namespace, device: torch.device, report: Callable[[dict], None]) -> dict:
+    """Train a fresh model for args.seconds of training time; its curve and throughput.
+    `report` gets the run so far (finished False) after every validation."""
     torch.manual_seed(args.seed)  # the same initialization and dropout masks for every pattern
     model = SparseTransformer(config).to(device).train()
     compile_if_asked(model, args)
@@ -143,6 +154,15 @@ def train_for(config: ModelConfig, train: TrainConfig, batches: RandomWindows, w
 
     curve = [dict(wall_s=0.0, step=0, train_bpd=None, valid_bpd=valid_bpd(model, windows, batches.batch_size))]
     clock, step, losses, next_eval = 0.0, 0, [], args.eval_every
+
+    def run_so_far(finished: bool) -> dict:
+        return dict(
+            params=model.num_params(), steps=step, train_s=clock, finished=finished,
+            tokens_per_s=step * batches.batch_size * config.context / max(clock, 1e-9),
+            peak_memory_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+            curve=list(curve),
+        )
+
     while clock < args.seconds:
         started = time.perf_counter()
         loss = loss_of(step)
@@ -160,21 +180,20 @@ def train_for(config: ModelConfig, train: TrainConfig, batches: RandomWindows, w
             print(f"  {clock:7.1f} s  step {step:6d}  train {curve[-1]['train_bpd']:.3f}  "
                   f"valid {curve[-1]['valid_bpd']:.3f} bits per byte", flush=True)
             losses, next_eval = [], (clock // args.eval_every + 1) * args.eval_every
-    return dict(
-        params=model.num_params(), steps=step, train_s=clock,
-        tokens_per_s=step * batches.batch_size * config.context / clock,
-        peak_memory_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-        curve=curve,
-    )
+            if clock < args.seconds:
+                report(run_so_far(finished=False))
+    return run_so_far(finished=True)
 
 
 def print_summary(runs: list[dict], seconds: float) -> None:
     """Valid bits per dim of each pattern at the equal time, best first."""
-    print(f"\nafter {seconds:g} s of training each (valid bits per byte):")
+    print(f"\nafter {seconds:g} s of training each (valid bits per byte; best: the lowest on the curve):")
     for run in sorted(runs, key=lambda r: r["curve"][-1]["valid_bpd"]):
-        last = run["curve"][-1]
+        last, best = run["curve"][-1], min(run["curve"], key=lambda row: row["valid_bpd"])
+        stopped = "" if run.get("finished", True) else "  (stopped before its time)"
         print(f"  {run['pattern']:<8} {run['describe']:<28} valid {last['valid_bpd']:.3f} at {last['wall_s']:.1f} s  "
-              f"{run['steps']:6d} steps  {run['tokens_per_s']:9.0f} tokens/s")
+              f"best {best['valid_bpd']:.3f} at {best['wall_s']:.1f} s  "
+              f"{run['steps']:6d} steps  {run['tokens_per_s']:9.0f} tokens/s{stopped}")
 
 
 def write_plot(runs: list[dict], path: str, title: str) -> None:
@@ -190,7 +209,7 @@ def write_plot(runs: list[dict], path: str, title: str) -> None:
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for run in runs:
         axes.plot([row["wall_s"] for row in run["curve"]], [row["valid_bpd"] for row in run["curve"]],
-                  marker=".", label=run["describe"])
+                  marker=".", label=run["describe"] + ("" if run.get("finished", True) else " (stopped early)"))
     axes.set(xlabel="training time (s)", ylabel="valid bits per byte", title=title)
     axes.grid(alpha=0.3)
     axes.legend()
@@ -200,11 +219,27 @@ def write_plot(runs: list[dict], path: str, title: str) -> None:
 
 
 # What makes runs comparable: everything but which patterns run and where the output goes.
-NOT_COMPARED = ("patterns", "json", "plot", "append")
+NOT_COMPARED = ("patterns", "json", "plot", "append", "merge")
 
 
 def compared_settings(meta: dict) -> dict:
     return {key: value for key, value in meta["args"].items() if key not in NOT_COMPARED} | {"device": meta["device"]}
+
+
+def settings_differences(there: dict, here: dict, names: tuple[str, str] = ("there", "here")) -> str:
+    """The comparable settings in which two records' meta differ, as `key: A there, B here; ...`
+    ("" when they match)."""
+    before, now = compared_settings(there), compared_settings(json.loads(json.dumps(here, default=str)))
+    differ = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
+    return "; ".join(f"{key}: {before.get(key)!r} {names[0]}, {now.get(key)!r} {names[1]}" for key in differ)
+
+
+def read_record(path: str) -> dict:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, json.JSONDecodeError) as err:
+        fail(f"cannot read the record {path}: {err}")
 
 
 def earlier_runs(args: argparse.Namespace, meta: dict) -> list[dict]:
@@ -215,14 +250,31 @@ def earlier_runs(args: argparse.Namespace, meta: dict) -> list[dict]:
         fail("--append adds to the runs in --json: give --json")
     if not Path(args.json).exists():
         return []
-    with open(args.json) as fh:
-        record = json.load(fh)
-    before, now = compared_settings(record["meta"]), compared_settings(json.loads(json.dumps(meta, default=str)))
-    differ = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
-    if differ:
-        changes = "; ".join(f"{key}: {before.get(key)!r} there, {now.get(key)!r} here" for key in differ)
+    record = read_record(args.json)
+    if changes := settings_differences(record["meta"], meta):
         fail(f"--append: {args.json} was made with other settings ({changes}): use the same ones, or write to a new --json")
     return record["runs"]
+
+
+def merge(args: argparse.Namespace) -> int:
+    """--merge: the runs of several records made with the same settings and card, as one record."""
+    if not args.json:
+        fail("--merge writes the joined record to --json: give --json")
+    records = {path: read_record(path) for path in args.merge}
+    first_path, first = next(iter(records.items()))
+    runs: list[dict] = []
+    for path, record in records.items():
+        if changes := settings_differences(first["meta"], record["meta"], (f"in {first_path}", f"in {path}")):
+            fail(f"--merge: {path} was made with other settings than {first_path} ({changes}): join only runs made alike")
+        for run in record["runs"]:
+            if any(earlier["pattern"] == run["pattern"] for earlier in runs):
+                fail(f"--merge: pattern {run['pattern']} is in more than one record (again in {path}): keep one")
+            runs.append(run)
+    runs.sort(key=lambda run: PATTERNS.index(run["pattern"]))
+    # The joined record keeps the first record's settings; each run keeps its own date.
+    save(runs, first["meta"], args)
+    print_summary(runs, first["meta"]["args"]["seconds"])
+    return 0
 
 
 def save(runs: list[dict], meta: dict, args: argparse.Namespace) -> None:
@@ -231,6 +283,11 @@ def save(runs: list[dict], meta: dict, args: argparse.Namespace) -> None:
         write_json(args.json, {"meta": meta, "runs": runs})
     if args.plot:
         write_plot(runs, args.plot, meta["title"])
+
+
+def save_along(runs: list[dict], about: dict, meta: dict, args: argparse.Namespace, run: dict) -> None:
+    """The finished runs and the one in progress (`about` | `run`), in pattern order."""
+    save(sorted([*runs, about | run], key=lambda r: PATTERNS.index(r["pattern"])), meta, args)
 
 
 def carried_data(args: argparse.Namespace, context: int, data: DataConfig, workdir: Path,
@@ -250,6 +307,8 @@ def carried_data(args: argparse.Namespace, context: int, data: DataConfig, workd
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        return merge(args)
     # The data is a byte stream of text: no image shape, whatever the experiment's data is.
     experiment = load_experiment(args.config, args.experiment, ("model.image_shape=null", *args.overrides))
     model, data = experiment.model, experiment.data
@@ -272,11 +331,13 @@ def main(argv: list[str] | None = None) -> int:
             config = model_config(model, kind)
             describe = config.pattern.build().describe()
             print(f"{kind}: {describe}, attention {config.attention}", flush=True)
-            runs.append(dict(pattern=kind, describe=describe, attention=config.attention, date=meta["date"],
-                             **train_for(config, experiment.train, batches, windows, args, device)))
-            runs.sort(key=lambda run: PATTERNS.index(run["pattern"]))
-            # Written after every run, so that a run stopped at a time limit keeps the finished curves.
-            save(runs, meta, args)
+            about = dict(pattern=kind, describe=describe, attention=config.attention, date=meta["date"])
+            # Saved at every validation, so that a run stopped at a time limit keeps its curve so
+            # far (finished: false) and the runs before it.
+            report = functools.partial(save_along, runs, about, meta, args)
+            run = about | train_for(config, experiment.train, batches, windows, args, device, report)
+            save_along(runs, about, meta, args, run)
+            runs.append(run)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     print_summary(runs, args.seconds)

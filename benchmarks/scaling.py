@@ -61,6 +61,7 @@ from sparse_transformer.config import ExperimentConfig, load_experiment
 from sparse_transformer.data.datamodule import data_module_from_config
 from sparse_transformer.data.prepare import prepare_config
 from sparse_transformer.training import SparseTransformerModule, build_trainer, check_data_fits_model
+from common import write_json  # benchmarks/ is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO / "data" / "quickstart" / "text" / "tinyshakespeare.txt"
@@ -223,8 +224,7 @@ def drive(args: argparse.Namespace) -> int:
         device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
         meta = dict(device=device, gpus_visible=torch.cuda.device_count(), torch=torch.__version__,
                     lightning=L.__version__, date=time.strftime("%Y-%m-%d"), args=vars(args), failed=failed)
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
+        write_json(args.json, {"meta": meta, "rows": rows})
     return 1 if failed else 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,9 +26,49 @@ def test_bpd_runs_made_one_pattern_at_a_time_join_one_record(tmp_path):
         assert done.returncode == 0, done.stderr
     runs = json.loads(record.read_text())["runs"]
     assert [run["pattern"] for run in runs] == ["dense", "strided"]
-    assert all(run["curve"][-1]["wall_s"] >= 1 and run["steps"] > 0 for run in runs)
+    assert all(run["curve"][-1]["wall_s"] >= 1 and run["steps"] > 0 and run["finished"] for run in runs)
 
     refused = bpd_vs_time("--seconds", "2", "--patterns", "fixed", "--append", "--json", str(record))
     assert refused.returncode == 2
     assert "seconds: 1.0 there, 2.0 here" in refused.stderr
     assert [run["pattern"] for run in json.loads(record.read_text())["runs"]] == ["dense", "strided"]  # untouched
+
+
+def test_bpd_runs_made_apart_are_merged_into_one_record(tmp_path):
+    # As on a host of several GPUs: one process per pattern, each with its own record.
+    for pattern in ("fixed", "dense"):
+        done = bpd_vs_time("--seconds", "1", "--patterns", pattern, "--json", str(tmp_path / f"{pattern}.json"))
+        assert done.returncode == 0, done.stderr
+    joined = tmp_path / "all.json"
+    merged = bpd_vs_time("--merge", str(tmp_path / "fixed.json"), str(tmp_path / "dense.json"), "--json", str(joined))
+    assert merged.returncode == 0, merged.stderr
+    record = json.loads(joined.read_text())
+    assert [run["pattern"] for run in record["runs"]] == ["dense", "fixed"]
+    assert record["runs"][0] == json.loads((tmp_path / "dense.json").read_text())["runs"][0]
+
+    twice = bpd_vs_time("--merge", str(tmp_path / "dense.json"), str(joined), "--json", str(tmp_path / "twice.json"))
+    assert twice.returncode == 2 and "pattern dense is in more than one record" in twice.stderr
+    other = tmp_path / "other.json"
+    done = bpd_vs_time("--seconds", "2", "--patterns", "strided", "--json", str(other))
+    assert done.returncode == 0, done.stderr
+    refused = bpd_vs_time("--merge", str(joined), str(other), "--json", str(tmp_path / "mixed.json"))
+    assert refused.returncode == 2 and "seconds: 1.0 in" in refused.stderr
+    assert not (tmp_path / "twice.json").exists() and not (tmp_path / "mixed.json").exists()
+
+
+def test_a_bpd_run_stopped_early_keeps_its_curve_so_far(tmp_path):
+    record = tmp_path / "bpd.json"
+    command = [sys.executable, "benchmarks/bpd_vs_time.py", *TINY, "--seconds", "600", "--patterns", "fixed",
+               "--json", str(record)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not record.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert record.exists(), process.stderr.read() if process.poll() is not None else "no record in 240 s"
+    finally:
+        process.kill()  # as a device call's time limit would
+        process.wait()
+    run = json.loads(record.read_text())["runs"][0]  # written whole (renamed into place), so readable now
+    assert run["pattern"] == "fixed" and run["finished"] is False
+    assert len(run["curve"]) >= 2 and run["curve"][-1]["step"] == run["steps"] > 0
