@@ -37,12 +37,12 @@ next steps, inside the clock.
 Output: a line per evaluation, a summary (valid bits per dim of each pattern at the
 equal time), `--json` with the curves - rows of (wall_s, step, train_bpd, valid_bpd),
 train_bpd the mean since the row before - and `--plot` a PNG of valid bits per dim
-against seconds (needs matplotlib), both rewritten at every validation: a run stopped by a
-time limit keeps its curve so far, marked `finished: false`. With `--append` the runs join those already in
---json, which must come from the same settings and card (else it stops and names what
-differs); a pattern run again replaces its earlier run. So runs longer than one sitting
-allows can be made one pattern at a time (`--patterns strided --append`) and still be
-one comparison. Runs made at the same time on several GPUs of one host, a pattern each
+against seconds (needs matplotlib), both rewritten at every validation: a run stopped by
+a time limit keeps its curve so far, marked `finished: false`. With `--append` the runs
+join those already in --json, which must come from the same settings and card (else it
+stops and names what differs); a pattern run again replaces its earlier run. So runs
+longer than one sitting allows can be made one pattern at a time (`--patterns strided
+--append`) and still be one comparison. Runs made at the same time on several GPUs of one host, a pattern each
 (CUDA_VISIBLE_DEVICES=N ... --patterns X --json out/X.json), are joined afterwards with
 `--merge out/dense.json out/strided.json out/fixed.json --json out/all.json --plot ...`,
 which trains nothing and refuses records made with other settings or on another card.
@@ -235,11 +235,15 @@ def settings_differences(there: dict, here: dict, names: tuple[str, str] = ("the
 
 
 def read_record(path: str) -> dict:
+    """A record this script wrote ({"meta", "runs"}); stops with the reason if it is not one."""
     try:
         with open(path) as fh:
-            return json.load(fh)
+            record = json.load(fh)
     except (OSError, json.JSONDecodeError) as err:
         fail(f"cannot read the record {path}: {err}")
+    if not isinstance(record, dict) or not {"meta", "runs"} <= record.keys():
+        fail(f"{path} is not a record of bpd_vs_time.py (no meta and runs): give one its --json wrote")
+    return record
 
 
 def earlier_runs(args: argparse.Namespace, meta: dict) -> list[dict]:
