@@ -73,6 +73,41 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# About 0.5 s of GPU time at H100/H200 clocks: longer than any enqueue loop here takes.
+BUSY_CYCLES = 1_000_000_000
+
+
+def enqueue_ms(fn: Callable[[], object], calls: int = 40) -> float:
+    """Host milliseconds to enqueue one call of fn (CUDA), measured while the GPU is kept
+    busy ahead of the calls (a sleep kernel), so that waiting for the GPU does not hide
+    the host's work: the host cost of a call. Keep calls * launches per call well under
+    the driver's queue (about 1,000 launches)."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(BUSY_CYCLES)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e3
+
+
+def graph_ms(fn: Callable[[], object]) -> float:
+    """GPU milliseconds of fn replayed as a CUDA graph: its device time with no host cost."""
+    import triton
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return triton.testing.do_bench(graph.replay, warmup=10, rep=50, return_mode="median")
+
+
 def device_memory_gib(device: torch.device) -> float | None:
     return torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
 

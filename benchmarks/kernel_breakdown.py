@@ -53,8 +53,8 @@ def main(argv=None) -> int:
             rows = launches(step)
             detail = ", ".join(f"{name.split('_kernel')[0].replace('attention_', '')} {us / 1000:.3f}" for name, us in rows)
             print(f"{pattern.describe():<28} tiles {tiles:>7}: fwd+bwd {total:.3f} ms | kernels (ms): {detail}", flush=True)
-    for name, tuned in (("forward", ops._tuned_forward), ("dkdv", ops._tuned_dkdv), ("dq", ops._tuned_dq)):
-        for key, config in tuned.cache.items():
+    for name, chosen in ops.tuned_tiles().items():
+        for key, config in chosen.items():
             print(f"autotuned {name}: key {key} -> {config}")
     return 0
 

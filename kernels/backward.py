@@ -1,11 +1,13 @@
 """Backward kernels: FlashAttention-2 style, the attention recomputed from the
 logsumexp, no atomics (so the result is deterministic).
 
-- `attention_delta_kernel`: delta_i = sum_d dO_id * O_id (fp32), once per call.
-- `attention_dkdv_kernel`: one program owns a key tile and walks the query tiles that
-  may read it (geometry.query_range), accumulating dK and dV in registers.
 - `attention_dq_kernel`: one program owns a query tile and walks the same key tiles as
-  the forward pass, accumulating dQ.
+  the forward pass, accumulating dQ. In the first pass it also computes
+  delta_i = sum_d dO_id * O_id (fp32) for its rows and stores it (every pass's query
+  tiles cover each row once), so no launch of its own is spent on delta.
+- `attention_dkdv_kernel`: one program owns a key tile and walks the query tiles that
+  may read it (geometry.query_range), accumulating dK and dV in registers. It runs
+  after the pass's dQ launch, whose delta it reads.
 
 Each pass of a merged head runs both kernels with the *final* logsumexp and delta; the
 probabilities P_ij = 2^(s_ij - lse_i) of the pass's keys are then exactly the merged
@@ -18,23 +20,6 @@ import triton.language as tl
 
 from .forward import LOG2E
 from .geometry import key_bounds, key_range, key_rows, query_range, query_rows
-
-
-@triton.jit
-def attention_delta_kernel(O, DO, DELTA, stride_ob, stride_oh, stride_on, stride_db, stride_dh, stride_dn,
-                           H, n, BLOCK_M: tl.constexpr, V_DIM: tl.constexpr):
-    tile = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = bh % H
-    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    valid = rows < n
-    offs_d = tl.arange(0, V_DIM)
-    rows64 = rows.to(tl.int64)
-    o = tl.load(O + b * stride_ob + h * stride_oh + rows64[:, None] * stride_on + offs_d[None, :], mask=valid[:, None], other=0.0)
-    do = tl.load(DO + b * stride_db + h * stride_dh + rows64[:, None] * stride_dn + offs_d[None, :], mask=valid[:, None], other=0.0)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(DELTA + bh.to(tl.int64) * n + rows64, delta, mask=valid)
 
 
 @triton.jit
@@ -129,10 +114,10 @@ def attention_dkdv_kernel(
 
 @triton.jit
 def _dq_tile(
-    Q, K, V, DO, LSE, DELTA, DQ, q_base, k_base, v_base, do_base, dq_base, stat_base,
-    stride_qn, stride_kn, stride_vn, stride_don, stride_dqn,
+    Q, K, V, O, DO, LSE, DELTA, DQ, q_base, k_base, v_base, o_base, do_base, dq_base, stat_base,
+    stride_qn, stride_kn, stride_vn, stride_on, stride_don, stride_dqn,
     n, L, G, C, col_lo, qk_scale, sm_scale, tile,
-    MODE: tl.constexpr, CONTINUE: tl.constexpr,
+    MODE: tl.constexpr, CONTINUE: tl.constexpr, WRITE_DELTA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
 ):
     u_q = tile * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -142,7 +127,14 @@ def _dq_tile(
     row_q = pos_q.to(tl.int64)
     q = tl.load(Q + q_base + row_q[:, None] * stride_qn + offs_qk[None, :], mask=valid_q[:, None], other=0.0)
     do = tl.load(DO + do_base + row_q[:, None] * stride_don + offs_v[None, :], mask=valid_q[:, None], other=0.0)
-    lse, delta = _load_row_stats(LSE, DELTA, stat_base, row_q, valid_q)
+    if WRITE_DELTA:  # the first pass: delta_i = dO_i . O_i, for this pass and the dK/dV launches after it
+        o = tl.load(O + o_base + row_q[:, None] * stride_on + offs_v[None, :], mask=valid_q[:, None], other=0.0)
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+        tl.store(DELTA + stat_base + row_q, delta, mask=valid_q)
+        lse = tl.load(LSE + stat_base + row_q, mask=valid_q, other=float("inf")) * LOG2E
+        lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    else:
+        lse, delta = _load_row_stats(LSE, DELTA, stat_base, row_q, valid_q)
     dq = tl.zeros([BLOCK_M, QK_DIM], tl.float32)
 
     first, end = key_bounds(u_q, pos_q, valid_q, L, G, C, col_lo, MODE, CONTINUE)  # (BLOCK_M,) each
@@ -175,11 +167,11 @@ def _dq_tile(
 
 @triton.jit
 def attention_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ,
+    Q, K, V, O, DO, LSE, DELTA, DQ,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
-    stride_dob, stride_doh, stride_don, stride_dqb, stride_dqh, stride_dqn,
+    stride_ob, stride_oh, stride_on, stride_dob, stride_doh, stride_don, stride_dqb, stride_dqh, stride_dqn,
     H, n, L, G, C, SUMMARY_GROUPS, SUMMARY_HEAD_DIV, qk_scale, sm_scale, N_BUCKET,
-    MODE_EVEN: tl.constexpr, MODE_ODD: tl.constexpr, CONTINUE: tl.constexpr,
+    MODE_EVEN: tl.constexpr, MODE_ODD: tl.constexpr, CONTINUE: tl.constexpr, WRITE_DELTA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
 ):
     """Grid: (query tiles, batch * heads)."""
@@ -191,19 +183,20 @@ def attention_dq_kernel(
     q_base = b * stride_qb + h * stride_qh
     k_base = b * stride_kb + h * stride_kh
     v_base = b * stride_vb + h * stride_vh
+    o_base = b * stride_ob + h * stride_oh
     do_base = b * stride_dob + h * stride_doh
     dq_base = b * stride_dqb + h * stride_dqh
     stat_base = bh.to(tl.int64) * n
     col_lo = L - ((h // SUMMARY_HEAD_DIV) % SUMMARY_GROUPS + 1) * C
     if MODE_EVEN == MODE_ODD:
-        _dq_tile(Q, K, V, DO, LSE, DELTA, DQ, q_base, k_base, v_base, do_base, dq_base, stat_base,
-                 stride_qn, stride_kn, stride_vn, stride_don, stride_dqn,
-                 n, L, G, C, col_lo, qk_scale, sm_scale, tile, MODE_EVEN, CONTINUE, BLOCK_M, BLOCK_N, QK_DIM, V_DIM)
+        _dq_tile(Q, K, V, O, DO, LSE, DELTA, DQ, q_base, k_base, v_base, o_base, do_base, dq_base, stat_base,
+                 stride_qn, stride_kn, stride_vn, stride_on, stride_don, stride_dqn, n, L, G, C, col_lo,
+                 qk_scale, sm_scale, tile, MODE_EVEN, CONTINUE, WRITE_DELTA, BLOCK_M, BLOCK_N, QK_DIM, V_DIM)
     elif h % 2 == 0:
-        _dq_tile(Q, K, V, DO, LSE, DELTA, DQ, q_base, k_base, v_base, do_base, dq_base, stat_base,
-                 stride_qn, stride_kn, stride_vn, stride_don, stride_dqn,
-                 n, L, G, C, col_lo, qk_scale, sm_scale, tile, MODE_EVEN, CONTINUE, BLOCK_M, BLOCK_N, QK_DIM, V_DIM)
+        _dq_tile(Q, K, V, O, DO, LSE, DELTA, DQ, q_base, k_base, v_base, o_base, do_base, dq_base, stat_base,
+                 stride_qn, stride_kn, stride_vn, stride_on, stride_don, stride_dqn, n, L, G, C, col_lo,
+                 qk_scale, sm_scale, tile, MODE_EVEN, CONTINUE, WRITE_DELTA, BLOCK_M, BLOCK_N, QK_DIM, V_DIM)
     else:
-        _dq_tile(Q, K, V, DO, LSE, DELTA, DQ, q_base, k_base, v_base, do_base, dq_base, stat_base,
-                 stride_qn, stride_kn, stride_vn, stride_don, stride_dqn,
-                 n, L, G, C, col_lo, qk_scale, sm_scale, tile, MODE_ODD, CONTINUE, BLOCK_M, BLOCK_N, QK_DIM, V_DIM)
+        _dq_tile(Q, K, V, O, DO, LSE, DELTA, DQ, q_base, k_base, v_base, o_base, do_base, dq_base, stat_base,
+                 stride_qn, stride_kn, stride_vn, stride_on, stride_don, stride_dqn, n, L, G, C, col_lo,
+                 qk_scale, sm_scale, tile, MODE_ODD, CONTINUE, WRITE_DELTA, BLOCK_M, BLOCK_N, QK_DIM, V_DIM)

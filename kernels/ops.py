@@ -18,15 +18,15 @@ about 3e-4 relative error), exactly in the interpreter.
 from __future__ import annotations
 
 import math
-import os
 from typing import NamedTuple
 
 import torch
 import triton
 
-from .backward import attention_delta_kernel, attention_dkdv_kernel, attention_dq_kernel
+from .backward import attention_dkdv_kernel, attention_dq_kernel
 from .forward import attention_forward_kernel
 from .geometry import MODES
+from .launch import Launcher, _interpreted
 
 HEAD_DIMS = (16, 32, 64, 128)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -56,14 +56,10 @@ class Blocks(NamedTuple):
     block_n: int | None = None
 
 
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-# ---------------------------------------------------------------------- autotuning
+# ---------------------------------------------------------------------- tiles
 def _configs(kind: str) -> list[triton.Config]:
     """Candidate tiles per kernel kind for the GPU; Triton benchmarks them on first use
-    for each key (modes, head dim, length bucket) and keeps the winner for the process."""
+    for each key (modes, head dim, length bucket) and keeps the winner (launch.Launcher)."""
     shapes = {
         "forward": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 32, 4, 4)],
         "dkdv": [(32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (16, 64, 4, 4), (64, 32, 4, 3)],
@@ -82,36 +78,27 @@ def _prune_for_head_dim(configs, named_args, **kwargs):
 
 
 _KEY = ["N_BUCKET", "QK_DIM", "V_DIM", "MODE_EVEN", "MODE_ODD", "CONTINUE"]
-
-
-def _autotuned(kernel, kind: str, restore: list[str]):
-    # cache_results: the winner is kept in Triton's cache directory (keyed by the kernel's
-    # source, the GPU and the key), so only the first process on a machine pays for tuning.
-    return triton.autotune(_configs(kind), key=_KEY, restore_value=restore, cache_results=True,
-                           prune_configs_by={"early_config_prune": _prune_for_head_dim})(kernel)
-
-
-_tuned_forward = _autotuned(attention_forward_kernel, "forward", ["O", "LSE"])
-_tuned_dkdv = _autotuned(attention_dkdv_kernel, "dkdv", ["DK", "DV"])
-_tuned_dq = _autotuned(attention_dq_kernel, "dq", ["DQ"])
+_FORWARD = Launcher(attention_forward_kernel, _configs("forward"), _KEY, ["O", "LSE"], _prune_for_head_dim)
+_DKDV = Launcher(attention_dkdv_kernel, _configs("dkdv"), _KEY, ["DK", "DV"], _prune_for_head_dim)
+_DQ = Launcher(attention_dq_kernel, _configs("dq"), _KEY, ["DQ"], _prune_for_head_dim)
 
 
 def tuned_tiles() -> dict[str, dict[str, str]]:
     """The tiles the autotuner chose in this process, per kernel and key (for benchmark records)."""
-    return {name: {str(key): str(config) for key, config in tuner.cache.items()}
-            for name, tuner in (("forward", _tuned_forward), ("dkdv", _tuned_dkdv), ("dq", _tuned_dq))}
+    return {name: launcher.chosen_tiles() for name, launcher in (("forward", _FORWARD), ("dkdv", _DKDV), ("dq", _DQ))}
+
 
 INTERPRETER_BLOCKS = Blocks(32, 32)
 
 
-def _launcher(raw, tuned, blocks: Blocks):
-    """The kernel to call and the tile constexprs to pass: fixed tiles when given (tests)
-    or under the interpreter, autotuned ones otherwise."""
+def _tiles(blocks: Blocks) -> dict | None:
+    """The tile constexprs to launch with: fixed when given (tests) or under the
+    interpreter, None to autotune."""
     if blocks.block_m is None and _interpreted():
         blocks = INTERPRETER_BLOCKS
     if blocks.block_m is None:
-        return tuned, {}
-    return raw, {"BLOCK_M": blocks.block_m, "BLOCK_N": blocks.block_n or blocks.block_m}
+        return None
+    return {"BLOCK_M": blocks.block_m, "BLOCK_N": blocks.block_n or blocks.block_m}
 
 
 # ---------------------------------------------------------------------- checks
@@ -186,49 +173,46 @@ def forward(q, k, v, spec: KernelSpec, sm_scale: float, blocks: Blocks = Blocks(
     batch, heads, n, _ = q.shape
     out = _like(v)
     lse = _row_stats(q)
-    kernel, tiles = _launcher(attention_forward_kernel, _tuned_forward, blocks)
+    tiles, common = _tiles(blocks), _common_args(spec, n, heads)
     for index, (even, odd) in enumerate(spec.passes):
         rows = _rows((even, odd), n, spec.stride)
-        grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads)  # noqa: E731
-        kernel[grid](
-            q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+        _FORWARD(
+            lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads),
+            q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], tiles=tiles,
             qk_scale=sm_scale * 1.4426950408889634, MODE_EVEN=MODES[even], MODE_ODD=MODES[odd], CONTINUE=index > 0,
-            QK_DIM=q.shape[-1], V_DIM=v.shape[-1], **_common_args(spec, n, heads), **tiles,
+            QK_DIM=q.shape[-1], V_DIM=v.shape[-1], **common,
         )
     return out, lse
 
 
 def backward(do, q, k, v, out, lse, spec: KernelSpec, sm_scale: float, blocks: Blocks = Blocks()):
-    """dq, dk, dv (layouts of q, k, v)."""
+    """dq, dk, dv (layouts of q, k, v). Per pass, the dQ launch first (the first one also
+    writes delta = rowsum(dO * O)), then the dK/dV launch that reads it."""
     batch, heads, n, _ = q.shape
     if do.stride(-1) != 1:
         do = do.contiguous()
     delta = _row_stats(q)
-    delta_block = 64
-    attention_delta_kernel[(triton.cdiv(n, delta_block), batch * heads)](
-        out, do, delta, *out.stride()[:3], *do.stride()[:3], heads, n, BLOCK_M=delta_block, V_DIM=v.shape[-1],
-    )
-    dq = _like(q)
+    dq, dk, dv = _like(q), _like(k), _like(v)
     # Keys no program owns stay zero: a first pass over summaries owns only summary columns.
-    first_reads_summaries = "summary" in spec.passes[0]
-    dk, dv = _like(k), _like(v)
-    if first_reads_summaries:
+    if "summary" in spec.passes[0]:
         dk.zero_()
         dv.zero_()
-    dkdv, dkdv_tiles = _launcher(attention_dkdv_kernel, _tuned_dkdv, blocks)
-    dq_kernel, dq_tiles = _launcher(attention_dq_kernel, _tuned_dq, blocks)
-    common = _common_args(spec, n, heads)
+    tiles, common = _tiles(blocks), _common_args(spec, n, heads)
+    scales = dict(qk_scale=sm_scale * 1.4426950408889634, sm_scale=sm_scale)
     for index, (even, odd) in enumerate(spec.passes):
         rows = _rows((even, odd), n, spec.stride)
-        flags = dict(MODE_EVEN=MODES[even], MODE_ODD=MODES[odd], CONTINUE=index > 0, QK_DIM=q.shape[-1], V_DIM=v.shape[-1])
-        scales = dict(qk_scale=sm_scale * 1.4426950408889634, sm_scale=sm_scale)
-        dkdv[lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]), batch * heads)](
-            q, k, v, do, lse, delta, dk, dv, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-            *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], **scales, **flags, **common, **dkdv_tiles,
+        flags = dict(MODE_EVEN=MODES[even], MODE_ODD=MODES[odd], CONTINUE=index > 0)
+        dims = dict(QK_DIM=q.shape[-1], V_DIM=v.shape[-1])
+        _DQ(
+            lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads),
+            q, k, v, out, do, lse, delta, dq, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+            *out.stride()[:3], *do.stride()[:3], *dq.stride()[:3], tiles=tiles,
+            **scales, **common, **flags, WRITE_DELTA=index == 0, **dims,
         )
-        dq_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads)](
-            q, k, v, do, lse, delta, dq, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-            *do.stride()[:3], *dq.stride()[:3], **scales, **flags, **common, **dq_tiles,
+        _DKDV(
+            lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]), batch * heads),
+            q, k, v, do, lse, delta, dk, dv, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+            *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], tiles=tiles, **scales, **common, **flags, **dims,
         )
     return dq, dk, dv
 
@@ -236,7 +220,8 @@ def backward(do, q, k, v, out, lse, spec: KernelSpec, sm_scale: float, blocks: B
 # ---------------------------------------------------------------------- custom ops
 # The launches are wrapped as torch.library custom ops with fake (shape-only)
 # implementations, so torch.compile and torch.export treat them as opaque operators
-# instead of breaking the graph; the autograd.Function below ties the two together.
+# instead of breaking the graph. Eager calls skip them (see `_eager`): a custom op's
+# dispatch costs more host time than the kernels of a short call need on the GPU.
 _MODE_NAMES = {value: name for name, value in MODES.items()}
 
 
@@ -278,22 +263,43 @@ def _(do, q, k, v, out, lse, passes, stride, summary, summary_groups, summary_he
     return _like(q), _like(k), _like(v)
 
 
+def _op_params(spec: KernelSpec, sm_scale: float, blocks: Blocks) -> tuple:
+    return (_flat_passes(spec), spec.stride, spec.summary, spec.summary_groups, spec.summary_head_div,
+            sm_scale, blocks.block_m or 0, blocks.block_n or 0)
+
+
+def _eager(t: torch.Tensor) -> bool:
+    """True for a plain eager call: no tracing (torch.compile, export, make_fx), no tensor
+    subclass (fake or functional tensors) and no dispatch mode, which must all see the
+    custom op rather than the launches inside it."""
+    return (type(t) is torch.Tensor and not torch.compiler.is_compiling()
+            and torch._C._len_torch_dispatch_stack() == 0)
+
+
 # ---------------------------------------------------------------------- autograd
 class SparseAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, spec: KernelSpec, sm_scale: float, blocks: Blocks):
-        params = (_flat_passes(spec), spec.stride, spec.summary, spec.summary_groups, spec.summary_head_div,
-                  sm_scale, blocks.block_m or 0, blocks.block_n or 0)
-        out, lse = attention_forward_op(q, k, v, *params)
+        if _eager(q):
+            out, lse = forward(q, k, v, spec, sm_scale, blocks)
+        else:
+            out, lse = attention_forward_op(q, k, v, *_op_params(spec, sm_scale, blocks))
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.params = params
+        ctx.args = (spec, sm_scale, blocks)
         ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)  # lse's gradient is never used: no zeros allocated and filled for it
         return out, lse
 
     @staticmethod
     def backward(ctx, do, _dlse):
+        if do is None:  # the output was not used
+            return None, None, None, None, None, None
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = attention_backward_op(do, q, k, v, out, lse, *ctx.params)
+        spec, sm_scale, blocks = ctx.args
+        if _eager(do):
+            dq, dk, dv = backward(do, q, k, v, out, lse, spec, sm_scale, blocks)
+        else:
+            dq, dk, dv = attention_backward_op(do, q, k, v, out, lse, *_op_params(spec, sm_scale, blocks))
         return dq, dk, dv, None, None, None
 
 

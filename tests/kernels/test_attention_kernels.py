@@ -207,6 +207,40 @@ def test_works_under_torch_compile():
         assert torch.equal(a, b)
 
 
+def _op_events(fn) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {event.name for event in prof.events() if event.name.startswith("sparse_kernels::")}
+
+
+def test_eager_calls_skip_the_custom_ops_that_compiled_calls_use():
+    """Eager calls launch the kernels directly (a custom op's dispatch costs host time);
+    torch.compile sees the custom ops, which it needs to keep the kernels opaque."""
+    pattern = Pattern("strided", 6, integration="merged")
+    q, k, v, do = _inputs(1, 2, 20, 16, torch.float32, seed=6)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+
+    def step(attend):
+        torch.autograd.grad(attend(*leaves), leaves, do)
+
+    assert _op_events(lambda: step(lambda q, k, v: sparse_attention(q, k, v, pattern))) == set()
+    compiled = torch.compile(lambda q, k, v: sparse_attention(q, k, v, pattern), backend="aot_eager", fullgraph=True)
+    assert _op_events(lambda: step(compiled)) == {"sparse_kernels::attention_forward", "sparse_kernels::attention_backward"}
+
+
+def test_launch_signature_tells_apart_what_triton_specializes_on():
+    """launch.Launcher reuses a compiled kernel only for calls with the same signature:
+    tensors of another dtype or 16-byte alignment, and any other value, get their own."""
+    from sparse_kernels.launch import _signature
+
+    base = torch.zeros(64)
+    same = (torch.zeros(64), 16, 1.0)
+    assert _signature((base, 16, 1.0), {"MODE": 1}) == _signature(same, {"MODE": 1})
+    for other in [(base[1:], 16, 1.0), (base.half(), 16, 1.0), (base, 17, 1.0), (base, 16, 2.0)]:
+        assert _signature(other, {"MODE": 1}) != _signature((base, 16, 1.0), {"MODE": 1})
+    assert _signature((base,), {"MODE": 2}) != _signature((base,), {"MODE": 1})
+
+
 def test_public_interface():
     """`from sparse_transformer import sparse_attention` is the kernels' entry point."""
     from sparse_transformer import sparse_attention as public

@@ -47,6 +47,8 @@ for kname, kernel in [("forward", attention_forward_kernel), ("dkdv", attention_
                             ("chunk", "summary", False), ("summary", "summary", True)]:
         constexprs = dict(MODE_EVEN=MODES[even], MODE_ODD=MODES[odd], CONTINUE=cont,
                           BLOCK_M=64, BLOCK_N=64, QK_DIM=64, V_DIM=128)
+        if "WRITE_DELTA" in kernel.arg_names:  # dq: the first pass computes delta
+            constexprs["WRITE_DELTA"] = not cont
         compiled = triton.compile(ASTSource(kernel, signature(kernel, constexprs), constexprs),
                                   target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=3))
         report[f"{kname} {even}/{odd} continue={cont}"] = dict(cubin=len(compiled.asm["cubin"]), shared=compiled.metadata.shared)

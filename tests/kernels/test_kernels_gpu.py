@@ -66,12 +66,13 @@ def chunked_oracle(q, k, v, do, pattern, layer, rows=512):
 
 
 def _run_and_compare(pattern, layer, batch, heads, n, head_dim, dtype=torch.bfloat16, tol=BF16_TOLERANCE, seed=0,
-                     blocks=TILES, v_dim=None):
+                     blocks=TILES, v_dim=None, layout=lambda t: t):
+    """`layout` maps each of q, k, v to the tensor passed in (same values, other memory)."""
     gen = torch.Generator(device="cuda").manual_seed(seed)
     dims = (head_dim, head_dim, v_dim or head_dim, v_dim or head_dim)  # q, k, v, dout
     q, k, v, do = (torch.randn(batch, heads, n, d, device="cuda", generator=gen).to(dtype) for d in dims)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    out, lse = sparse_attention_with_lse(*leaves, pattern, layer, blocks=blocks)
+    out, lse = sparse_attention_with_lse(*(layout(t) for t in leaves), pattern, layer, blocks=blocks)
     grads = torch.autograd.grad(out, leaves, do)
     ref_out, ref_lse, ref_grads = chunked_oracle(q, k, v, do, pattern, layer)
     empty = torch.isinf(ref_lse)
@@ -104,6 +105,26 @@ def test_bf16_matches_float64(pattern, n, layer):
 @pytest.mark.parametrize("pattern", [GPU_PATTERNS[2], GPU_PATTERNS[5]], ids=Pattern.describe)
 def test_head_dims(pattern, head_dim):
     _run_and_compare(pattern, 0, batch=1, heads=4, n=3000, head_dim=head_dim)
+
+
+def _one_element_later(t):
+    """The same values one element further into a buffer: a data pointer not 16-byte aligned."""
+    return torch.cat([t.new_zeros(1), t.flatten()])[1:].view(t.shape)
+
+
+def _heads_inner(t):
+    """The same values stored (batch, n, heads, head_dim), as the model's projections are."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+@pytest.mark.parametrize("blocks", [TILES, Blocks()], ids=["fixed tiles", "autotuned"])
+def test_reused_launches_follow_alignment_and_strides(blocks):
+    """launch.Launcher reuses a compiled kernel for calls of the same signature: calls
+    with unaligned or differently strided inputs after aligned contiguous ones (whose
+    kernels are then cached) must still get the oracle's results."""
+    pattern = Pattern("strided", 64, integration="merged")
+    for layout in (lambda t: t, _one_element_later, _heads_inner, lambda t: t):
+        _run_and_compare(pattern, 0, batch=1, heads=2, n=1000, head_dim=64, blocks=blocks, layout=layout)
 
 
 def test_half_size_query_key():
