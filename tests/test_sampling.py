@@ -106,6 +106,48 @@ def test_a_decoding_step_never_reads_a_tensor_on_the_host(pattern):
     assert reads.ops == []
 
 
+@pytest.mark.parametrize("image", [False, True], ids=["stream", "image"])
+@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p.build().describe())
+def test_a_prompt_read_in_one_pass_then_decoded_gives_the_full_forward_pass(pattern, image):
+    """prefill: the prompt's logits and the cache it leaves are those of decoding it step by step."""
+    model = model_for(pattern, image, half_qk=pattern.kind == "fixed")
+    tokens = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(2))
+    if image:
+        tokens[:, 0] = model.start_token
+    with torch.no_grad():
+        full = torch.softmax(model(tokens), dim=-1)
+        for prompt in (1, 7, 13):
+            cache = DecodingCache(model, batch=2)
+            read = torch.softmax(model.prefill(tokens[:, :prompt], cache), -1)
+            stepped = [torch.softmax(model.decode_step(tokens[:, i], cache), -1) for i in range(prompt, 24)]
+            torch.testing.assert_close(torch.cat([read, torch.stack(stepped, dim=1)], dim=1), full, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="empty cache"):
+        model.prefill(tokens[:, :3], cache)
+
+
+N, L, C = 1024, 32, 4
+
+
+@pytest.mark.parametrize("pattern, kept", [
+    (PatternConfig("fixed", L, C, integration="merged"), ((L + C * N / L) / N,) * 2),
+    (PatternConfig("fixed", L, C, integration="multihead", distinct_summaries=True), ((L + C * N / L) / N,) * 2),
+    (PatternConfig("local", L), (L / N,) * 2),
+    (PatternConfig("strided", L, integration="interleaved"), (L / N, 1.0)),  # A1 layers keep the band only
+    (PatternConfig("strided", L, integration="merged"), (1.0, 1.0)),
+    (PatternConfig("dense", L), (1.0, 1.0)),
+])
+def test_the_cache_keeps_only_what_later_queries_read(pattern, kept):
+    """Per layer, at most this fraction of a cache of every position: (l + c n / l) / n for
+    fixed, l / n for local; strided A2 and dense read every past position again."""
+    model = model_for(pattern, image=False, context=N, layers=2)
+    cache = DecodingCache(model, batch=1)
+    every_position = 2 * N * model.config.d_model * 4  # keys and values of all heads, fp32
+    for layer, fraction in enumerate(kept):
+        held = cache.keys[layer].nbytes + cache.values[layer].nbytes
+        assert held <= fraction * every_position, (layer, cache.layouts[layer])
+        assert held > 0.5 * fraction * every_position, (layer, cache.layouts[layer])  # and not less: it is the bound
+
+
 def test_generate_samples_from_the_models_distribution_at_the_temperature():
     model = model_for(PatternConfig("strided", 6), image=False)
     first = torch.tensor([65, 66])

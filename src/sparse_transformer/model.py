@@ -15,15 +15,19 @@ input is a learned start symbol (token 256, an extra row of the token embedding)
 followed by its first n-1 bytes, and its targets are all n bytes. A text or audio window
 of n+1 bytes has no beginning to mark: input w[:-1], target w[1:].
 
-Decoding (`decode_step` with a `DecodingCache`): one position at a time, keeping every
-layer's keys and values; the new query reads only the cached keys its pattern allows
-(`decoding_keys`: about l + n/l of them, not n), and gives the same logits as `forward`.
-A step never reads its position back to the host, so it can be replayed as a CUDA graph.
+Decoding (`decode_step` with a `DecodingCache`): one position at a time, keeping of each
+layer's keys and values only what a later query can still read (`CacheLayout`: the last
+l positions, plus the summary columns of closed chunks under fixed attention; everything
+under dense and strided attention); the new query reads only the cached keys its pattern
+allows (`decoding_keys`: about l + n/l of them, not n), and gives the same logits as
+`forward`. A step never reads its position back to the host, so it can be replayed as a
+CUDA graph. A prompt is read in one forward pass (`prefill`), which fills the cache.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -107,21 +111,25 @@ class SparseAttention(nn.Module):
         return x.view(b, n, self.heads, width // self.heads).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, cache: DecodingCache | None = None) -> torch.Tensor:
-        """x (B, n, d) -> (B, n, d); with a cache, x (B, 1, d) is position cache.position."""
+        """x (B, n, d) -> (B, n, d). With a cache: x (B, 1, d) is position cache.position
+        (a decoding step), or x (B, n, d) are positions 0 .. n-1 of a prompt, whose keys
+        and values fill the empty cache (prefill)."""
         b, n, d = x.shape  # (B, n, d)
         q, k, v = self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
-        if cache is None:
-            out = attend(q, k, v, self.pattern, self.layer_class, self.backend)  # (B, heads, n, d / heads)
-        else:
+        if cache is not None and n == 1:
             out = self._decode(q, k, v, cache)  # (B, heads, 1, d / heads)
+        else:
+            out = attend(q, k, v, self.pattern, self.layer_class, self.backend)  # (B, heads, n, d / heads)
+            if cache is not None:
+                cache.fill(self.layer, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
     def _decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: DecodingCache) -> torch.Tensor:
         """q, k, v (B, H, 1, dh) of position i = cache.position -> (B, H, 1, dv), reading only allowed keys."""
         cache.store(self.layer, k, v)
-        index, valid = cache.allowed(self.layer)  # (H, K) key positions, (H, K) False where not read
-        keys = cache.keys[self.layer][:, cache.heads_column, index]  # (B, H, K, dqk)
-        values = cache.values[self.layer][:, cache.heads_column, index]  # (B, H, K, dv)
+        slots, valid = cache.reads(self.layer)  # (H, K) cache slots, (H, K) False where not read
+        keys = cache.keys[self.layer][:, cache.heads_column, slots]  # (B, H, K, dqk)
+        values = cache.values[self.layer][:, cache.heads_column, slots]  # (B, H, K, dv)
         # q.k in fp32, as SPEC 5.6 asks when sampling (and as the reference attention does).
         with torch.autocast(q.device.type, enabled=False):
             scores = torch.einsum("bhd,bhkd->bhk", q[:, :, 0].float(), keys.float()) / math.sqrt(q.shape[-1])
@@ -225,6 +233,20 @@ class SparseTransformer(nn.Module):
         cache.advance()
         return self.out(self.final_norm(h))[:, 0]  # (B, vocab)
 
+    def prefill(self, tokens: torch.Tensor, cache: DecodingCache) -> torch.Tensor:
+        """tokens (B, n): a prompt, read in one forward pass through the attention backend
+        into an empty cache -> logits (B, n, vocab). Decoding continues at position n."""
+        if cache.step:
+            raise ValueError(f"prefill reads a prompt into an empty cache; this one holds {cache.step} positions")
+        n = tokens.shape[1]
+        if n > cache.context:
+            raise ValueError(f"a prompt of {n} positions exceeds the model's context {cache.context}")
+        h = self.token_embedding(tokens.long()) + self.position_embedding(slice(0, n))  # (B, n, d)
+        for block in self.blocks:
+            h = h + block(h, cache)
+        cache.advance(n)
+        return self.out(self.final_norm(h))  # (B, n, vocab)
+
     def inputs_and_targets(self, example: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch of examples -> (inputs, targets), both (B, n) int64.
 
@@ -281,28 +303,88 @@ def decoding_keys(pattern: Pattern, heads: int, context: int, position: torch.Te
     return keys.clamp(min=0), valid
 
 
-class DecodingCache:
-    """Every layer's keys and values of the positions decoded so far, for `decode_step`.
+class CacheLayout(NamedTuple):
+    """Which positions a layer's decoding cache keeps, and in which slot: the cache pruned
+    by the pattern, so it holds only what some later query can still read.
 
-    keys[layer]: (B, H, context, dqk), values[layer]: (B, H, context, dv). The next
-    position to decode is kept twice: `position`, a 0-dim tensor on the device that the
-    step reads (a CUDA graph replays it), and `step`, the same count on the host, for
-    checks and for reusing one step's key sets across layers.
+    whole      every position, slot = position: dense and strided A2 read every past
+               position again.
+    band       the last l positions, slot = position mod l (a ring): local, and the layers
+               whose heads all use A1 (interleaved even layers).
+    summaries  the band, then the c summary columns of each closed chunk: fixed with A2,
+               head h's column lo_h + s of chunk X in slot l + X c + s (its columns of the
+               last chunk are read only while they are in the band).
+    """
+
+    kind: str
+    stride: int
+    summary: int
+    size: int  # slots
+
+    @classmethod
+    def for_layer(cls, pattern: Pattern, heads: int, context: int, layer: int) -> CacheLayout:
+        l, chunks = pattern.stride, math.ceil(context / pattern.stride)
+        reads_a2 = any("A2" in pattern.sets(layer, head) for head in range(heads))
+        if pattern.kind == "fixed" and reads_a2:
+            layout = cls("summaries", l, pattern.summary, l + pattern.summary * (chunks - 1))
+        elif pattern.kind == "local" or (pattern.factorized and not reads_a2):
+            layout = cls("band", l, 0, l)
+        else:
+            layout = cls("whole", l, 0, context)
+        return layout if layout.size < context else cls("whole", l, 0, context)
+
+    def read_slots(self, keys: torch.Tensor, position: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+        """Key positions (H, K) of `decoding_keys` at `position` -> their slots (H, K); lo (H, 1):
+        each head's first summary column. Positions not read (masked) get some slot in range."""
+        if self.kind == "whole":
+            return keys
+        ring = keys % self.stride
+        if self.kind == "band":
+            return ring
+        column = keys % self.stride - lo
+        summary = self.stride + keys // self.stride * self.summary + column
+        return torch.where(keys > position - self.stride, ring, summary.clamp(0, self.size - 1))
+
+    def write_slots(self, position: torch.Tensor, lo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The slot of `position` in the band or whole cache (1,), and per head (H,) its summary
+        slot (summaries only: its band slot where it is no summary column of that head)."""
+        if self.kind == "whole":
+            return position.view(1), None
+        ring = (position % self.stride).view(1)
+        if self.kind == "band":
+            return ring, None
+        chunk, column = position // self.stride, position % self.stride - lo.view(-1)  # (), (H,)
+        kept = (column >= 0) & (column < self.summary) & (chunk < (self.size - self.stride) // self.summary)
+        return ring, torch.where(kept, self.stride + chunk * self.summary + column, ring)
+
+
+class DecodingCache:
+    """The keys and values of the positions decoded so far, for `decode_step`, each layer
+    pruned by its `CacheLayout`: keys[layer] (B, H, slots, dqk), values[layer]
+    (B, H, slots, dv). The next position to decode is kept twice: `position`, a 0-dim
+    tensor on the device that the step reads (a CUDA graph replays it), and `step`, the
+    same count on the host, for checks and for reusing one step's key sets across layers.
     """
 
     def __init__(self, model: SparseTransformer, batch: int, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32):
         config = model.config
         qk_width = config.d_model // 2 if config.half_qk else config.d_model
-        shape = (batch, config.heads, config.context)
-        self.keys = [torch.zeros(*shape, qk_width // config.heads, device=device, dtype=dtype) for _ in model.blocks]
-        self.values = [torch.zeros(*shape, config.head_dim, device=device, dtype=dtype) for _ in model.blocks]
         self.pattern, self.heads, self.context = config.pattern.build(), config.heads, config.context
+        self.layouts = [CacheLayout.for_layer(self.pattern, config.heads, config.context, layer)
+                        for layer in range(config.layers)]
+        self.keys = [torch.zeros(batch, config.heads, layout.size, qk_width // config.heads, device=device, dtype=dtype)
+                     for layout in self.layouts]
+        self.values = [torch.zeros(batch, config.heads, layout.size, config.head_dim, device=device, dtype=dtype)
+                       for layout in self.layouts]
+        heads = torch.arange(config.heads, device=device)[:, None]  # (H, 1)
+        self.heads_column = heads  # gathers a key set per head
+        # (H, 1): each head's first summary column (fixed; the same for all heads unless distinct)
+        self.lo = torch.zeros_like(heads) + (self.pattern.summary_columns(heads)[0] if self.pattern.kind == "fixed" else 0)
         self.position = torch.zeros((), dtype=torch.long, device=device)
-        self.heads_column = torch.arange(config.heads, device=device)[:, None]  # (H, 1): gathers a key set per head
         self.step = 0
-        self._allowed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer class -> key sets at _allowed_at
-        self._allowed_at = -1
+        self._reads: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer class -> reads at _reads_at
+        self._reads_at = -1
 
     def check_room(self) -> None:
         if self.step >= self.context:
@@ -310,24 +392,54 @@ class DecodingCache:
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Write k (B, H, 1, dqk) and v (B, H, 1, dv) of the current position."""
-        self.keys[layer].index_copy_(2, self.position.view(1), k.to(self.keys[layer].dtype))
-        self.values[layer].index_copy_(2, self.position.view(1), v.to(self.values[layer].dtype))
+        slot, summary = self.layouts[layer].write_slots(self.position, self.lo)
+        for cached, new in ((self.keys[layer], k), (self.values[layer], v)):
+            new = new.to(cached.dtype)
+            cached.index_copy_(2, slot, new)
+            if summary is not None:
+                cached.scatter_(2, summary.view(1, -1, 1, 1).expand(new.shape), new)
 
-    def advance(self) -> None:
-        self.position += 1
-        self.step += 1
+    def fill(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write k (B, H, n, dqk) and v (B, H, n, dv) of positions 0 .. n-1 (a prompt)."""
+        layout, n = self.layouts[layer], k.shape[2]
+        for cached, new in ((self.keys[layer], k), (self.values[layer], v)):
+            new = new.to(cached.dtype)
+            if layout.kind == "whole":
+                cached[:, :, :n] = new
+                continue
+            band = torch.arange(max(0, n - layout.stride), n, device=new.device)  # the last l positions
+            cached[:, :, band % layout.stride] = new[:, :, band]
+            if layout.kind == "summaries":
+                closed = (layout.size - layout.stride) // layout.summary  # chunks whose summaries are kept
+                chunk = torch.arange(closed, device=new.device)[:, None]
+                column = torch.arange(layout.summary, device=new.device)[None, :]
+                slots = (layout.stride + chunk * layout.summary + column).flatten()
+                for head in range(self.heads):
+                    positions = (chunk * layout.stride + self.lo[head] + column).flatten()
+                    kept = positions < n
+                    cached[:, head, slots[kept]] = new[:, head, positions[kept]]
+
+    def advance(self, positions: int = 1) -> None:
+        self.position += positions
+        self.step += positions
 
     def rewind(self) -> None:
         """Back to position 0 (what was stored is overwritten as decoding goes on)."""
         self.position.zero_()
-        self.step, self._allowed, self._allowed_at = 0, {}, -1
+        self.step, self._reads, self._reads_at = 0, {}, -1
 
-    def allowed(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(index, valid), both (H, K): head h reads keys index[h, valid[h]] at the current position."""
-        if self._allowed_at != self.step:
-            self._allowed, self._allowed_at = {}, self.step
+    def reads(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(slots, valid), both (H, K): head h reads the cached keys slots[h, valid[h]] at the current position."""
+        if self._reads_at != self.step:
+            self._reads, self._reads_at = {}, self.step
         # Layers of one class (Pattern.layer_class) read the same keys: one key set per class and step.
         layer_class = self.pattern.layer_class(layer)
-        if layer_class not in self._allowed:
-            self._allowed[layer_class] = decoding_keys(self.pattern, self.heads, self.context, self.position, layer_class)
-        return self._allowed[layer_class]
+        if layer_class not in self._reads:
+            keys, valid = decoding_keys(self.pattern, self.heads, self.context, self.position, layer_class)
+            slots = self.layouts[layer].read_slots(keys, self.position, self.lo)
+            self._reads[layer_class] = (slots, valid)
+        return self._reads[layer_class]
+
+    def nbytes(self) -> int:
+        """Memory the cache holds, keys and values of every layer."""
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
