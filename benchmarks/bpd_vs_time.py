@@ -14,12 +14,14 @@ summary width, 32 where it has none).
 
 Data: what can be carried to a GPU machine - the quickstart text by default
 (data/quickstart/text/tinyshakespeare.txt, 1.1 MB), or `--data` a file or folder read as
-one byte stream, or a stream file already prepared. Raw input is prepared by the
-package's `bytes` preparation (contiguous 90/5/5 splits) into a temporary folder. So
-the data is text in every case: the cifar10 model runs as a byte stream of 3,072-byte
-windows (image_shape null: position embeddings (i div l, i mod l) instead of row, column
-and channel), since CIFAR-10 cannot be carried, and its bits per dim are bits per byte
-of text, not of images.
+one byte stream, or any file `sparse-transformer prepare` wrote (.h5). Raw input is
+prepared by the package's `bytes` preparation (contiguous 90/5/5 splits) into a
+temporary folder. A stream (text, bytes, audio) trains the model as a byte stream
+(image_shape null: position embeddings (i div l, i mod l)), in windows of the model's
+context. Images train as images: the model takes the file's image shape (row, column
+and channel embeddings, the start symbol) and a context of one image, whatever the
+experiment says - for example 10,000 CIFAR-10-sized images prepared from a folder
+(`sparse-transformer prepare images`, 30 MB) with the cifar10 model.
 
 Training: a plain PyTorch loop. AdamW on `training.parameter_groups` (weight decay on
 weight matrices only) at train.learning_rate, linear warmup over --warmup-steps and then
@@ -68,7 +70,7 @@ import numpy as np
 import torch
 
 from sparse_transformer.config import DataConfig, ModelConfig, TrainConfig, load_experiment
-from sparse_transformer.data.datamodule import ConsecutiveWindows, RandomWindows
+from sparse_transformer.data.datamodule import ConsecutiveWindows, OrderedImages, RandomWindows, ShuffledImages
 from sparse_transformer.data.hdf5 import read_attributes
 from sparse_transformer.data.prepare import prepare
 from sparse_transformer.model import SparseTransformer
@@ -92,7 +94,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--val-windows", type=int, default=16, help="valid windows scored at each validation (at most)")
     parser.add_argument("--warmup-steps", type=int, default=50, help="linear learning-rate warmup, then constant")
     parser.add_argument("--data", default=QUICKSTART_TEXT,
-                        help="a file or folder of bytes to prepare, or a prepared stream file (.h5)")
+                        help="a file or folder of bytes to prepare, or a prepared file (.h5) of any dataset")
     parser.add_argument("--seed", type=int, default=0, help="the initialization and dropout")
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu for a smoke run")
     add_compile_arguments(parser)
@@ -106,8 +108,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prepared_stream(data: Path, workdir: Path) -> Path:
-    """The HDF5 stream file of `data`: itself when already prepared, else prepared into workdir."""
+def prepared_file(data: Path, workdir: Path) -> Path:
+    """The HDF5 file of `data`: itself when already prepared, else its bytes prepared into workdir."""
     if data.suffix == ".h5":
         return data
     output = workdir / "data.h5"
@@ -178,7 +180,7 @@ def train_for(config: ModelConfig, train: TrainConfig, batches: RandomWindows, w
             curve.append(dict(wall_s=clock, step=step, train_bpd=float(np.mean(losses)),
                               valid_bpd=valid_bpd(model, windows, batches.batch_size)))
             print(f"  {clock:7.1f} s  step {step:6d}  train {curve[-1]['train_bpd']:.3f}  "
-                  f"valid {curve[-1]['valid_bpd']:.3f} bits per byte", flush=True)
+                  f"valid {curve[-1]['valid_bpd']:.3f} bits per dim", flush=True)
             losses, next_eval = [], (clock // args.eval_every + 1) * args.eval_every
             if clock < args.seconds:
                 report(run_so_far(finished=False))
@@ -187,7 +189,7 @@ def train_for(config: ModelConfig, train: TrainConfig, batches: RandomWindows, w
 
 def print_summary(runs: list[dict], seconds: float) -> None:
     """Valid bits per dim of each pattern at the equal time, best first."""
-    print(f"\nafter {seconds:g} s of training each (valid bits per byte; best: the lowest on the curve):")
+    print(f"\nafter {seconds:g} s of training each (valid bits per dim; best: the lowest on the curve):")
     for run in sorted(runs, key=lambda r: r["curve"][-1]["valid_bpd"]):
         last, best = run["curve"][-1], min(run["curve"], key=lambda row: row["valid_bpd"])
         stopped = "" if run.get("finished", True) else "  (stopped before its time)"
@@ -210,7 +212,7 @@ def write_plot(runs: list[dict], path: str, title: str) -> None:
     for run in runs:
         axes.plot([row["wall_s"] for row in run["curve"]], [row["valid_bpd"] for row in run["curve"]],
                   marker=".", label=run["describe"] + ("" if run.get("finished", True) else " (stopped early)"))
-    axes.set(xlabel="training time (s)", ylabel="valid bits per byte", title=title)
+    axes.set(xlabel="training time (s)", ylabel="valid bits per dim", title=title)
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
@@ -294,40 +296,52 @@ def save_along(runs: list[dict], about: dict, meta: dict, args: argparse.Namespa
     save(sorted([*runs, about | run], key=lambda r: PATTERNS.index(r["pattern"])), meta, args)
 
 
-def carried_data(args: argparse.Namespace, context: int, data: DataConfig, workdir: Path,
-                 device: torch.device) -> tuple[RandomWindows, torch.Tensor, str]:
-    """The training batches, the fixed validation windows (on `device`) and the modality of --data."""
-    path = prepared_stream(Path(args.data), workdir)
-    modality = read_attributes(path)["modality"]
-    if modality == "image":
-        sys.exit(f"{args.data} holds images: give a byte stream (text, bytes or audio), e.g. {QUICKSTART_TEXT}")
-    window = context + 1
-    windows = ConsecutiveWindows(path, "valid", window, args.val_windows).batch(0)
-    if len(windows) == 0:
-        sys.exit(f"{args.data}: its valid split is shorter than one window of {window} bytes: give more data")
-    batches = RandomWindows(path, "train", window, data.batch_size, data.seed)
-    return batches, torch.from_numpy(windows).to(device), modality
+def data_overrides(attributes: dict) -> tuple[str, ...]:
+    """--set overrides that fit the experiment's model to the data (applied after the user's):
+    images give their shape and a context of one image; streams no image shape (windows of
+    the experiment's context)."""
+    if attributes["modality"] == "image":
+        shape = list(attributes["example_shape"])
+        return f"model.image_shape={shape}", f"model.context={int(np.prod(shape))}"
+    return ("model.image_shape=null",)
+
+
+def carried_data(args: argparse.Namespace, model: ModelConfig, data: DataConfig, path: Path,
+                 device: torch.device) -> tuple[ShuffledImages | RandomWindows, torch.Tensor]:
+    """The training batches and the fixed validation examples (on `device`) of the prepared --data."""
+    if model.image_shape is not None:
+        examples = OrderedImages(path, "valid", args.val_windows).batch(0)
+        batches = ShuffledImages(path, "train", data.batch_size, data.seed)
+    else:
+        window = model.context + 1
+        examples = ConsecutiveWindows(path, "valid", window, args.val_windows).batch(0)
+        batches = RandomWindows(path, "train", window, data.batch_size, data.seed)
+    if len(examples) == 0:
+        fail(f"{args.data}: its valid split holds no {'image' if model.image_shape else f'window of {model.context + 1} bytes'}: "
+             "give more data")
+    return batches, torch.from_numpy(examples).to(device)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.merge:
         return merge(args)
-    # The data is a byte stream of text: no image shape, whatever the experiment's data is.
-    experiment = load_experiment(args.config, args.experiment, ("model.image_shape=null", *args.overrides))
-    model, data = experiment.model, experiment.data
-    backends = {model_config(model, kind).attention for kind in args.patterns}
-    device = device_or_exit(args.device, "triton" if "triton" in backends else None)
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")
     with tempfile.TemporaryDirectory() as workdir:
-        batches, windows, modality = carried_data(args, model.context, data, Path(workdir), device)
-        print(f"{args.experiment} model on {args.data} ({modality}, read as a byte stream): "
-              f"context {model.context}, batch {data.batch_size}, {len(windows)} valid windows, "
-              f"{args.seconds:g} s per pattern, {device}", flush=True)
+        path = prepared_file(Path(args.data), Path(workdir))
+        attributes = read_attributes(path)
+        experiment = load_experiment(args.config, args.experiment, (*args.overrides, *data_overrides(attributes)))
+        model, data = experiment.model, experiment.data
+        backends = {model_config(model, kind).attention for kind in args.patterns}
+        device = device_or_exit(args.device, "triton" if "triton" in backends else None)
+        if device.type == "cuda":
+            torch.set_float32_matmul_precision("high")
+        batches, windows = carried_data(args, model, data, path, device)
+        shown = f"images {list(model.image_shape)}" if model.image_shape else f"{attributes['modality']}, a byte stream"
+        print(f"{args.experiment} model on {args.data} ({shown}): context {model.context}, batch {data.batch_size}, "
+              f"{len(windows)} valid examples, {args.seconds:g} s per pattern, {device}", flush=True)
         meta = dict(environment(device), args=vars(args),
                     title=f"{args.experiment}-sized model on {Path(args.data).name}, {args.seconds:g} s each",
-                    data=f"{args.data} ({modality}, read as a byte stream)", model=dataclasses.asdict(model),
+                    data=f"{args.data} ({shown})", model=dataclasses.asdict(model),
                     batch_size=data.batch_size, learning_rate=experiment.train.learning_rate)
         earlier = earlier_runs(args, meta)
         runs = [run for run in earlier if run["pattern"] not in args.patterns]

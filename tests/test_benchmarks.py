@@ -72,3 +72,19 @@ def test_a_bpd_run_stopped_early_keeps_its_curve_so_far(tmp_path):
     run = json.loads(record.read_text())["runs"][0]  # written whole (renamed into place), so readable now
     assert run["pattern"] == "fixed" and run["finished"] is False
     assert len(run["curve"]) >= 2 and run["curve"][-1]["step"] == run["steps"] > 0
+
+
+def test_bpd_runs_train_a_prepared_image_file_as_images(tmp_path):
+    """Any prepared file: images keep their shape and start symbol (the model takes the
+    file's image shape and a context of one image), streams are read as byte streams."""
+    from sparse_transformer.data import digits
+
+    images = tmp_path / "digits.h5"
+    digits.prepare(images)
+    record = tmp_path / "bpd.json"
+    done = bpd_vs_time("--seconds", "1", "--patterns", "strided", "--data", str(images), "--set", "model.context=16",
+                       "--json", str(record))
+    assert done.returncode == 0, done.stderr
+    meta = json.loads(record.read_text())["meta"]
+    assert meta["model"]["image_shape"] == [8, 8, 1] and meta["model"]["context"] == 64
+    assert "images [8, 8, 1]" in meta["data"]
