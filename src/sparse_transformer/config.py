@@ -11,16 +11,18 @@ what to change.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from .attention import BACKENDS as ATTENTION_BACKENDS
-from .errors import UserError
+from .errors import UserError, cut, shown
 from .patterns import Pattern, PatternError
 
 
@@ -84,7 +86,7 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             fail("dropout", f"must be in [0, 1), got {self.dropout}")
         if self.attention not in ATTENTION_BACKENDS:
-            fail("attention", f"unknown backend {self.attention!r}: choose one of {', '.join(ATTENTION_BACKENDS)}")
+            fail("attention", f"unknown backend {shown(self.attention)}: choose one of {', '.join(ATTENTION_BACKENDS)}")
         try:
             pattern = self.pattern.build()
         except PatternError as err:
@@ -129,23 +131,25 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {shown(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(v, args[0], f"{where}[{k}]") for k, v in enumerate(value))
         if len(args) != len(value):
-            raise ConfigError(f"{where}: expected a list of {len(args)} items, got {list(value)}")
+            raise ConfigError(f"{where}: expected a list of {len(args)} items, got {shown(list(value))}")
         return tuple(_convert(v, a, f"{where}[{k}]") for k, (v, a) in enumerate(zip(value, args)))
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {shown(value)}")
         return dict(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {value}")
     if tp is Any:
         return value
     if tp in (int, float, str, bool):
         if isinstance(value, bool) != (tp is bool) or not isinstance(value, tp):
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {shown(value)}")
         return value
     raise ConfigError(f"{where}: unsupported annotation {tp!r}")
 
@@ -155,12 +159,12 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of fields, got {data!r}")
+        raise ConfigError(f"{where}: expected a mapping of fields, got {shown(data)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
-    unknown = sorted(set(data) - set(names))
+    unknown = sorted(str(key) for key in set(data) - set(names))
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; the fields are {', '.join(names)}")
+        raise ConfigError(f"{where}: unknown field(s) {cut(', '.join(unknown))}; the fields are {', '.join(names)}")
     kwargs = {name: _convert(data[name], hints[name], f"{where}.{name}") for name in names if name in data}
     try:
         return cls(**kwargs)
@@ -168,12 +172,26 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {err}") from None
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's several-line error as one line: the problem and where it is."""
+    if isinstance(err, yaml.reader.ReaderError):
+        code = ord(err.character) if isinstance(err.character, str) else err.character
+        return f"the character {code:#04x} at position {err.position} is not allowed in YAML"
+    problem = getattr(err, "problem", None) or type(err).__name__
+    mark = getattr(err, "problem_mark", None)
+    return cut(problem, 200) + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark else "")
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    with path.open() as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not a text file (byte {err.start} is not UTF-8): give the YAML configuration") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML ({yaml_problem(err)}): correct it there") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return data
@@ -228,7 +246,7 @@ class DataConfig:
             raise ConfigError(f"{where}.{name}: {msg}")
 
         if self.dataset not in DATASETS:
-            fail("dataset", f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
+            fail("dataset", f"unknown dataset {shown(self.dataset)}: choose one of {', '.join(DATASETS)}")
         if self.input is None and self.dataset != "digits":
             fail("input", f"the {self.dataset} source needs the path of its raw file or folder")
         fractions = self.split_fractions
@@ -267,7 +285,18 @@ def _positive(section: Any, where: str, *names: str, optional: bool = False) -> 
 
 def _precision(value: str | None, where: str) -> None:
     if value is not None and value not in PRECISIONS:
-        raise ConfigError(f"{where}.precision: unknown precision {value!r}: choose one of {', '.join(PRECISIONS)} or null (per device)")
+        raise ConfigError(f"{where}.precision: unknown precision {shown(value)}: choose one of {', '.join(PRECISIONS)} or null (per device)")
+
+
+def _device(value: str, where: str) -> None:
+    """A device name torch knows ("auto", "cpu", "cuda", "cuda:1"); whether this machine
+    has it is checked where it is used (evaluation.resolve_device)."""
+    if value == "auto":
+        return
+    try:
+        torch.device(value)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"{where}.device: unknown device {shown(value)}: use auto, cpu, cuda or cuda:N") from None
 
 
 @dataclass(frozen=True)
@@ -333,17 +362,17 @@ class TrainConfig:
         _positive(self, where, "accumulate_grad_batches", "num_nodes", "checkpoint_every_steps", "log_every_steps")
         if self.warmup_steps < 0:
             raise ConfigError(f"{where}.warmup_steps: must be 0 or more, got {self.warmup_steps}")
-        if self.learning_rate <= 0:
+        if not self.learning_rate > 0:
             raise ConfigError(f"{where}.learning_rate: must be positive, got {self.learning_rate}")
         if not all(0 <= beta < 1 for beta in self.betas):
             raise ConfigError(f"{where}.betas: each must be in [0, 1), got {list(self.betas)}")
-        if self.weight_decay < 0 or self.gradient_clip <= 0:
+        if not (self.weight_decay >= 0 and self.gradient_clip > 0):
             raise ConfigError(f"{where}: weight_decay must be >= 0 and gradient_clip > 0, got {self.weight_decay}, {self.gradient_clip}")
         _precision(self.precision, where)
         if isinstance(self.devices, str) and self.devices != "auto":
-            raise ConfigError(f"{where}.devices: a number of devices or 'auto', got {self.devices!r}")
+            raise ConfigError(f"{where}.devices: a number of devices or 'auto', got {shown(self.devices)}")
         if self.compile_mode not in COMPILE_MODES:
-            raise ConfigError(f"{where}.compile_mode: one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+            raise ConfigError(f"{where}.compile_mode: one of {', '.join(COMPILE_MODES)}, got {shown(self.compile_mode)}")
 
 
 @dataclass(frozen=True)
@@ -370,11 +399,12 @@ class EvalConfig:
 
     def validate(self, where: str = "evaluate") -> None:
         if self.split not in SPLITS:
-            raise ConfigError(f"{where}.split: unknown split {self.split!r}: choose one of {', '.join(SPLITS)}")
+            raise ConfigError(f"{where}.split: unknown split {shown(self.split)}: choose one of {', '.join(SPLITS)}")
         _positive(self, where, "batch_size", optional=True)
         if self.min_context is not None and self.min_context < 0:
             raise ConfigError(f"{where}.min_context: must be 0 or more (or null: half the context), got {self.min_context}")
         _precision(self.precision, where)
+        _device(self.device, where)
 
 
 @dataclass(frozen=True)
@@ -402,6 +432,7 @@ class SampleConfig:
         _positive(self, where, "length", "batch_size", optional=True)
         if not self.temperature > 0:
             raise ConfigError(f"{where}.temperature: must be positive, got {self.temperature}")
+        _device(self.device, where)
 
 
 @dataclass(frozen=True)
@@ -420,7 +451,7 @@ class TrackingConfig:
     connect_timeout: float = 5.0
 
     def validate(self, where: str = "tracking") -> None:
-        if self.connect_timeout <= 0:
+        if not self.connect_timeout > 0:
             raise ConfigError(f"{where}.connect_timeout: must be positive seconds, got {self.connect_timeout}")
 
 
@@ -471,7 +502,7 @@ def load_experiment(path: str | Path, name: str | None = None, overrides: tuple[
     sections = [f.name for f in dataclasses.fields(ExperimentConfig)]
     if name is not None:
         if name not in data:
-            raise ConfigError(f"{path} has no experiment {name!r}; it has {', '.join(map(str, data))}")
+            raise ConfigError(f"{path} has no experiment {shown(name)}; it has {cut(', '.join(map(str, data)))}")
         data = data[name]
     elif not set(data) <= set(sections):
         raise ConfigError(f"{path} is not one experiment (sections {', '.join(sections)}): "
@@ -479,12 +510,16 @@ def load_experiment(path: str | Path, name: str | None = None, overrides: tuple[
     for override in overrides:
         keys, sep, value = override.partition("=")
         if not sep or not keys:
-            raise ConfigError(f"override {override!r}: write SECTION.FIELD=VALUE, e.g. train.max_steps=100")
+            raise ConfigError(f"override {shown(override)}: write SECTION.FIELD=VALUE, e.g. train.max_steps=100")
         *parents, last = keys.split(".")
         section = data
         for key in parents:
             section = section.setdefault(key, {})
             if not isinstance(section, dict):
-                raise ConfigError(f"override {override!r}: {key} is not a section")
-        section[last] = yaml.safe_load(value)
+                raise ConfigError(f"override {shown(override)}: {key} is not a section")
+        try:
+            section[last] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {shown(override)}: the value is not valid YAML ({yaml_problem(err)}); "
+                              "quote it on the command line, e.g. --set 'train.betas=[0.9, 0.95]'") from None
     return load_experiment_config(data, where)
