@@ -23,6 +23,8 @@ from .splits import DEFAULT_FRACTIONS, shuffled_split
 
 SAMPLE_RATE = 12_000
 EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff")
+OGG_EXTENSIONS = (".ogg", ".oga")
+_OGG_PAGE_MAX = 27 + 255 + 255 * 255  # header, segment table, payload
 _COPY_BLOCK = 1 << 26
 
 
@@ -34,6 +36,23 @@ def audio_files(folder: Path | None) -> list[Path]:
     return found
 
 
+def ogg_ends_whole(path: Path) -> bool:
+    """Whether an Ogg file ends with a whole page that closes its stream (the
+    end-of-stream flag). libsndfile decodes a cut file up to the cut without an error."""
+    with open(path, "rb") as fh:
+        size = fh.seek(0, 2)
+        fh.seek(max(0, size - _OGG_PAGE_MAX))
+        tail = fh.read()
+    start = tail.rfind(b"OggS")
+    while start >= 0:  # the last page that ends exactly where the file does
+        header = tail[start:start + 27]
+        table = tail[start + 27:start + 27 + header[26]] if len(header) == 27 else b""
+        if len(header) == 27 and len(table) == header[26] and start + 27 + len(table) + sum(table) == len(tail):
+            return bool(header[5] & 0x04)
+        start = tail.rfind(b"OggS", 0, start)
+    return False
+
+
 def load_mulaw(path: Path, sample_rate: int) -> np.ndarray:
     """One recording as mu-law bytes at `sample_rate`, mono (the mean of its channels)."""
     import soundfile
@@ -43,6 +62,8 @@ def load_mulaw(path: Path, sample_rate: int) -> np.ndarray:
         samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, OSError) as err:
         raise DataError(f"{path} cannot be decoded as audio ({err})") from None
+    if path.suffix.lower() in OGG_EXTENSIONS and not ogg_ends_whole(path):
+        raise DataError(f"{path} is truncated (its Ogg stream stops before its last page)")
     mono = samples.mean(axis=1)
     if rate != sample_rate and len(mono):
         mono = soxr.resample(mono, rate, sample_rate, quality="HQ")

@@ -26,6 +26,7 @@ Each DataLoader worker memory-maps the file itself (h5py objects cannot be pickl
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -183,6 +184,15 @@ class OrderedImages(_SplitBatches):
         return self.data[chosen].reshape(len(chosen), -1)
 
 
+def _leave_stops_to_main(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM and SIGINT, which reach a whole process group
+    (Ctrl-C, a cluster's time limit): the main process stops training after the batch in
+    hand with a checkpoint, and then ends its workers itself. A worker ended by the signal
+    would break that batch. (Workers draw nothing at random: no seeding is lost.)"""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class ResumableLoader(DataLoader):
     """A DataLoader over a `_SplitBatches` that starts each pass at batch `next_batch`
     (or at what `position()` reports, when it reports anything) and advances it by the
@@ -246,7 +256,7 @@ class _HDF5DataModule(L.LightningDataModule):
     def _loader(self, dataset: _SplitBatches, training: bool) -> ResumableLoader:
         return ResumableLoader(
             dataset, self._trained_batches if training else (lambda: 0),
-            num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+            num_workers=self.num_workers, pin_memory=torch.cuda.is_available(), worker_init_fn=_leave_stops_to_main,
         )
 
     def split_array(self, split: str) -> np.ndarray:
@@ -319,9 +329,15 @@ class ImageDataModule(_HDF5DataModule):
 
 
 def data_module_for(path: str | Path, batch_size: int, context: int | None = None,
-                    eval_batch_size: int | None = None, seed: int = 0, num_workers: int = 1) -> _HDF5DataModule:
-    """The DataModule for the file's modality; `context` is needed for streams only."""
-    modality = hdf5.read_attributes(Path(path))["modality"]
+                    eval_batch_size: int | None = None, seed: int = 0, num_workers: int = 1,
+                    dataset: str | None = None) -> _HDF5DataModule:
+    """The DataModule for the file's modality; `context` is needed for streams only.
+    `dataset` (data.dataset) must be the source the file was prepared from."""
+    attributes = hdf5.read_attributes(Path(path))
+    if dataset is not None and attributes["dataset"] != dataset:
+        raise DataError(f"data.dataset is {dataset!r} but {path} was prepared from {attributes['dataset']!r} data: "
+                        f"set data.dataset to {attributes['dataset']}, or prepare {path} again from this data section")
+    modality = attributes["modality"]
     if modality in ImageDataModule.modality:
         return ImageDataModule(path, batch_size, eval_batch_size, seed, num_workers)
     if context is None:
@@ -333,7 +349,7 @@ def data_module_from_config(cfg: DataConfig, model_context: int) -> _HDF5DataMod
     """The DataModule for a params.yaml data section; streams use `cfg.context` or else
     the model's, and images must have exactly `model_context` bytes."""
     module = data_module_for(cfg.hdf5, cfg.batch_size, cfg.context or model_context, cfg.eval_batch_size,
-                             cfg.seed, cfg.num_workers)
+                             cfg.seed, cfg.num_workers, dataset=cfg.dataset)
     if isinstance(module, ImageDataModule) and module.example_length != model_context:
         raise DataError(
             f"{cfg.hdf5} holds images of shape {list(module.example_shape)}, {module.example_length} bytes each, "

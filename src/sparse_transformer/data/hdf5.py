@@ -2,18 +2,21 @@
 
 Writing: `build(output, recipe, write)` runs `write(h5file)` on a temporary file in the
 output's directory and renames it over `output` only when complete, so a failed or
-interrupted run leaves no partial file (and no temporary one). A finished file whose
-recorded recipe (format version, dataset, parameters, input checksums) equals the new
-one is reused instead of rebuilt.
+interrupted run leaves no partial file (outputs.replacing). The sha256 of each split's
+bytes is recorded with it. A finished file whose recorded recipe (format version,
+dataset, parameters, input checksums) equals the new one, and whose splits still match
+their checksums, is reused instead of rebuilt.
 
 Reading: `open_split` memory-maps a split (`numpy.memmap` at the dataset's file offset),
-which works because every split is written contiguous and uncompressed.
+which works because every split is written contiguous and uncompressed; `check_intact`
+compares splits with their recorded checksums before they are trusted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,9 +24,14 @@ from typing import Callable
 import h5py
 import numpy as np
 
+from ..outputs import replacing
 from .errors import DataError
 
 FORMAT_VERSION = 1
+#: root attribute: JSON {dataset name: sha256 of its bytes} for the splits and their boundaries
+CHECKSUMS = "split_sha256"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_HASH_BLOCK = 1 << 26  # bytes hashed at a time
 SPLITS = ("train", "valid", "test")
 MODALITIES = ("text", "bytes", "image", "audio")
 VOCAB_SIZE = 256
@@ -64,7 +72,7 @@ class Recipe:
 def _same_recipe(path: Path, recipe: Recipe) -> bool:
     try:
         with h5py.File(path, "r") as fh:
-            stored = dict(fh.attrs)
+            stored = {key: value for key, value in fh.attrs.items() if key != CHECKSUMS}
             complete = all(name in fh for name in SPLITS)
     except (OSError, ValueError):
         return False  # unreadable: rebuild it
@@ -74,26 +82,82 @@ def _same_recipe(path: Path, recipe: Recipe) -> bool:
     return all(np.array_equal(np.asarray(stored[k]), np.asarray(v)) for k, v in wanted.items())
 
 
+def _checksummed(fh: h5py.File) -> list[str]:
+    """The datasets whose bytes are checksummed: the splits and their boundaries."""
+    return [name for split in SPLITS for name in (split, f"{split}_boundaries") if name in fh]
+
+
+def _sha256(array) -> str:
+    """sha256 of an array's bytes in C order (an h5py dataset or a memory map), a block of rows at a time."""
+    hasher = hashlib.sha256()
+    row_bytes = max(1, int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize)
+    rows = max(1, _HASH_BLOCK // row_bytes)
+    for start in range(0, array.shape[0], rows):
+        hasher.update(np.ascontiguousarray(array[start:start + rows]).data)
+    return hasher.hexdigest()
+
+
+def _checksums(fh: h5py.File) -> dict[str, str]:
+    return {name: _sha256(fh[name]) for name in _checksummed(fh)}
+
+
+def damaged_splits(path: Path, names: list[str] | None = None) -> list[str]:
+    """The datasets among `names` (default: all checksummed ones) whose bytes no longer
+    match the checksums recorded when the file was written. A file written before
+    checksums were recorded has its checksums recorded now (it cannot be checked)."""
+    with h5py.File(path, "r") as fh:
+        recorded = json.loads(fh.attrs[CHECKSUMS]) if CHECKSUMS in fh.attrs else None
+        present = _checksummed(fh)
+    if recorded is None:
+        try:
+            with h5py.File(path, "r+") as fh:
+                fh.attrs[CHECKSUMS] = json.dumps(_checksums(fh), sort_keys=True)
+        except OSError:
+            pass  # a read-only file stays unchecked
+        return []
+    wanted = present if names is None else [name for name in names if name in present]
+    return [name for name in wanted if name in recorded and _sha256(open_split(path, name)) != recorded[name]]
+
+
+def check_intact(path: Path, *splits: str) -> None:
+    """Raises DataError if a split (or its boundaries) differs from its recorded checksum."""
+    damaged = damaged_splits(Path(path), [name for split in splits for name in (split, f"{split}_boundaries")])
+    if damaged:
+        raise DataError(f"{path}: {', '.join(damaged)} no longer match(es) the checksum recorded when the file was "
+                        "written: the file is damaged; prepare it again (`sparse-transformer prepare ... --force`)")
+
+
+def is_prepared(path: Path) -> bool:
+    """Whether `path` is a prepared-data file (an output of `build`), from its header."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
+                return False
+        with h5py.File(path, "r") as fh:
+            return "format_version" in fh.attrs and "modality" in fh.attrs
+    except OSError:
+        return False
+
+
 def build(output: Path, recipe: Recipe, write: Callable[[h5py.File], None], force: bool = False) -> bool:
-    """Write `output` with `write(h5file)` unless an identical one exists; True if built."""
+    """Write `output` with `write(h5file)` unless an identical, intact one exists; True if built."""
     output = Path(output)
     if recipe.modality not in MODALITIES:
         raise ValueError(f"unknown modality {recipe.modality!r}")
     if not force and output.is_file() and _same_recipe(output, recipe):
-        return False
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    try:
+        damaged = damaged_splits(output)
+        if not damaged:
+            return False
+        print(f"{output}: {', '.join(damaged)} no longer match(es) the checksum recorded when it was written: "
+              "rebuilding it", file=sys.stderr)
+    with replacing(output) as temporary:
         with h5py.File(temporary, "w") as fh:
             write(fh)
             missing = [name for name in SPLITS if name not in fh]
             if missing:
                 raise RuntimeError(f"the writer for {recipe.dataset} did not write split(s) {missing}")
             fh.attrs.update(recipe.attributes())
-        os.replace(temporary, output)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+            fh.attrs[CHECKSUMS] = json.dumps(_checksums(fh), sort_keys=True)
     return True
 
 
@@ -137,6 +201,7 @@ def read_attributes(path: Path) -> dict:
     attrs["example_shape"] = tuple(int(v) for v in attrs["example_shape"])
     attrs["parameters"] = json.loads(attrs["parameters"])
     attrs["source_sha256"] = json.loads(attrs["source_sha256"])
+    attrs[CHECKSUMS] = json.loads(attrs[CHECKSUMS]) if CHECKSUMS in attrs else {}
     for key in ("dataset", "modality"):
         attrs[key] = str(attrs[key])
     for key in ("format_version", "vocab_size", "sample_rate"):

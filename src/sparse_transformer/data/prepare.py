@@ -17,6 +17,8 @@ from pathlib import Path
 from ..config import DATASETS, DataConfig, load_experiment
 
 DOWNLOADABLE = ("enwik8", "cifar10")
+#: the sources that read every file of their input folder
+WHOLE_FOLDER_SOURCES = ("bytes", "images", "audio")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -57,15 +59,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                "data.download: true) or stop saying where to put it; write no HDF5")
 
 
+def check_not_input(dataset: str, output: Path, input_path: Path | None) -> None:
+    """Refuses an output that is the input, or lies inside an input folder that is read
+    whole: it would replace the raw data, or be read as raw data by the next run."""
+    from .errors import DataError
+
+    if input_path is None:
+        return
+    raw, out = Path(input_path).resolve(), Path(output).resolve()
+    if out == raw:
+        raise DataError(f"the output {output} is the input itself: write the HDF5 file elsewhere, e.g. data/prepared/")
+    if dataset in WHOLE_FOLDER_SOURCES and raw in out.parents:
+        raise DataError(f"the output {output} lies inside the input folder {input_path}: write the HDF5 file "
+                        "elsewhere, e.g. data/prepared/ (inside, it would be read as raw data)")
+
+
 def prepare(dataset: str, input_path: Path | None, output: Path, *, download: bool = False,
             split_fractions=(0.9, 0.05, 0.05), seed: int = 0, sample_rate: int = 12_000,
             skip_undecodable: bool = False, skip_checksum: bool = False, force: bool = False) -> bool:
     """Prepare one dataset; True if the file was (re)built, False if it was up to date."""
+    from ..outputs import check_file
     from . import audio, cifar10, digits, enwik8, image_folder, imagenet64, raw_bytes
     from .errors import DataError
 
     if download and dataset not in DOWNLOADABLE:
         raise DataError(f"--download works for {', '.join(DOWNLOADABLE)} only; {dataset} needs its files in --input")
+    check_not_input(dataset, output, input_path)
+    check_file(output, "the output")
     if dataset == "enwik8":
         return enwik8.prepare(input_path, output, download=download, force=force)
     if dataset == "cifar10":

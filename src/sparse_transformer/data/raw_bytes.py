@@ -4,6 +4,7 @@ stream cut into contiguous train, valid and test parts by fractions (default 0.9
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,9 @@ _BLOCK = 1 << 26
 
 
 def list_files(input_path: Path | None, what: str) -> tuple[list[Path], Path]:
-    """The files under `input_path` (itself if a file), sorted by path, hidden ones
-    skipped; and the root their names are relative to."""
+    """The files under `input_path` (itself if a file), sorted by path; and the root their
+    names are relative to. Hidden files (temporaries among them) and prepared-data files
+    (this project's outputs, which must not become its inputs) are skipped."""
     if input_path is None:
         raise DataError(f"give --input: the {what} file or folder")
     path = Path(input_path)
@@ -26,11 +28,15 @@ def list_files(input_path: Path | None, what: str) -> tuple[list[Path], Path]:
         return [path], path.parent
     if not path.is_dir():
         raise DataError(f"{path} does not exist: give the {what} file or folder as --input")
-    files = sorted(
+    visible = sorted(
         p for p in path.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
     )
-    return files, path
+    prepared = {p for p in visible if hdf5.is_prepared(p)}
+    if prepared:
+        print(f"{path}: skipped {len(prepared)} prepared-data file(s), first {min(prepared)}: "
+              "they are outputs of `prepare`, not raw data", file=sys.stderr)
+    return [p for p in visible if p not in prepared], path
 
 
 def prepare(input_path: Path | None, output: Path, fractions=DEFAULT_FRACTIONS, force: bool = False) -> bool:
