@@ -224,4 +224,4 @@ def test_samples_are_written_as_png_wav_and_txt(tmp_path):
     files, _ = write_samples(samples, {"modality": "text"}, tmp_path / "txt")
     assert [f.read_bytes() for f in files] == [s.tobytes() for s in samples]
     files, _ = write_samples(samples[:2], {"modality": "text"}, tmp_path / "txt")
-    assert sorted(p.name for p in (tmp_path / "txt").iterdir()) == ["sample_000.txt", "sample_001.txt"]
+    assert sorted(p.name for p in (tmp_path / "txt").glob("[!.]*")) == ["sample_000.txt", "sample_001.txt"]

@@ -54,7 +54,9 @@ def test_a_run_records_config_metrics_test_results_and_samples(workdir, text_h5,
     assert params["model.d_model"] == "32" and params["train.learning_rate"] == "0.003"
     assert params["data.hdf5"] == str(text_h5) and params["model.pattern.kind"] == "strided"
     assert len(client.get_metric_history(run_id, "train/bpd")) == 40
-    assert [m.step for m in client.get_metric_history(run_id, "valid/bpd")] == [9, 19, 29, 39]
+    # step N: the N-th optimizer step, as curve.csv and the checkpoints count them
+    assert [m.step for m in client.get_metric_history(run_id, "valid/bpd")] == [10, 20, 30, 40]
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train/bpd")) == list(range(1, 41))
     for key in ("lr/decayed", "tokens_per_s"):
         assert len(client.get_metric_history(run_id, key)) >= 39, key
     assert any(key.startswith("system/") for key in run.data.metrics), sorted(run.data.metrics)

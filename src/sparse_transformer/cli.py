@@ -12,6 +12,8 @@ Each subcommand lives in its own module, which provides
 the table below maps names to modules (keep their top-level imports light: heavy
 libraries are imported inside `run`). Every error a user can cause derives from `UserError`
 (configuration, data, checkpoints): it is printed as one line and exits with status 2.
+A run stopped by a signal (`Stopped`: SIGTERM, Ctrl-C) prints one line saying how to
+resume and exits with 128 + the signal's number (143, 130), never 0.
 This is the only module that reads params.yaml from disk.
 """
 
@@ -21,7 +23,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import UserError
+from .errors import Stopped, UserError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -53,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"sparse-transformer {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Stopped as stop:
+        print(f"sparse-transformer {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_code
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ Streams (text, audio) are scored recording by recording, every byte after a reco
 first exactly once, in windows of `context` bytes that advance by context - min_context:
 the first window scores all its positions, every later one only its last
 context - min_context, so each byte is predicted from at least min_context bytes before
-it (Table 3 of the paper: more context, fewer bits). The result goes to a metrics JSON
-(for DVC) and to the training run in MLflow.
+it (Table 3 of the paper: more context, fewer bits). The split is first checked against
+the checksum recorded when it was prepared. The result goes to a metrics JSON (for DVC)
+and to the training run in MLflow; a non-finite result is refused, not written.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import groupby
-from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -24,10 +24,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import tracking
+from . import outputs, tracking
 from .config import ConfigError, ExperimentConfig
+from .data import hdf5
 from .data.datamodule import StreamDataModule, data_module_for
 from .data.errors import DataError
+from .errors import UserError, cut, memory_errors_explained
 from .model import SparseTransformer
 from .training import check_data_fits_model, model_from_checkpoint
 
@@ -113,30 +115,41 @@ def score_images(model: SparseTransformer, images: np.ndarray, batch_size: int, 
     return total, count
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, where: str) -> torch.device:
+    """The device of a stage's `device` setting ("auto": a GPU if there is one), after
+    checking that this machine has it; `where` names the section (evaluate, sample)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:  # no such GPU, or torch built without CUDA
+        reason = " ".join(str(err).split())
+        raise ConfigError(f"{where}.device: {name} is not available on this machine ({cut(reason)}): "
+                          "set auto or cpu") from None
+    return device
 
 
 def evaluate(cfg: ExperimentConfig, progress: bool = True) -> dict:
     """Score the configured split with the trained model; write the metrics JSON, log to MLflow."""
     ev = cfg.evaluate
+    path = outputs.check_file(ev.metrics_file, "evaluate.metrics_file")
     client = tracking.connect(cfg.tracking) if cfg.tracking.enabled else None  # fail before any work
+    device = resolve_device(ev.device, "evaluate")
     checkpoint_path = cfg.checkpoint(ev)
-    model, checkpoint = model_from_checkpoint(checkpoint_path, attention=cfg.model.attention)
-    device = resolve_device(ev.device)
+    model, checkpoint = model_from_checkpoint(checkpoint_path, attention=cfg.model.attention, expected=cfg.model)
     model.to(device)
     context = min(cfg.data.context or model.config.context, model.config.context)  # the training windows
-    datamodule = data_module_for(cfg.data.hdf5, batch_size=1, context=context)
+    datamodule = data_module_for(cfg.data.hdf5, batch_size=1, context=context, dataset=cfg.data.dataset)
     check_data_fits_model(datamodule, model.config, cfg.data.hdf5)
+    hdf5.check_intact(cfg.data.hdf5, ev.split)
     batch_size = ev.batch_size or cfg.data.eval_batch_size or cfg.data.batch_size
     min_context = context // 2 if ev.min_context is None else ev.min_context
     precision = ev.precision or ("bf16-mixed" if device.type == "cuda" else "32-true")
     is_stream = isinstance(datamodule, StreamDataModule)
     if is_stream and min_context >= context:
         raise ConfigError(f"evaluate.min_context: must be below the context {context} (data.context), got {min_context}")
-    with autocast(device, precision):
+    with memory_errors_explained("scoring a batch", "lower evaluate.batch_size"), autocast(device, precision):
         if is_stream:
             nats, count = score_stream(model, datamodule.split_array(ev.split), datamodule.split_boundaries(ev.split),
                                        context, min_context, batch_size, device, progress)
@@ -144,14 +157,15 @@ def evaluate(cfg: ExperimentConfig, progress: bool = True) -> dict:
             nats, count = score_images(model, datamodule.split_array(ev.split), batch_size, device, progress)
     if count == 0:
         raise DataError(f"{cfg.data.hdf5}: the {ev.split} split has nothing to score")
+    if not math.isfinite(nats):
+        raise UserError(f"the bits per dim of {checkpoint_path} on the {ev.split} split is not finite ({nats}): "
+                        f"the weights or the data are damaged; {path} is left as it was")
     metrics = {
         "split": ev.split, "bits_per_dim": nats / math.log(2) / count, "bytes": count,
         "context": context, "min_context": min_context if is_stream else None,
         "checkpoint": str(checkpoint_path), "step": checkpoint["global_step"], "precision": precision,
     }
-    path = Path(ev.metrics_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    outputs.write_text(path, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     if client is not None:
         run_id = tracking.stage_run(cfg, client, checkpoint.get("mlflow_run_id"))
         tracking.log_metrics(client, run_id, {f"eval/{ev.split}/bpd": metrics["bits_per_dim"]}, step=checkpoint["global_step"])

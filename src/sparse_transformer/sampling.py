@@ -10,11 +10,13 @@ Images start from the start symbol and are written as one PNG grid. Streams have
 start symbol (training windows begin anywhere), so their first byte is drawn from the
 byte frequencies of the training split; audio is written as WAV (mu-law decoded, at the
 data's sample rate), text as .txt. The files and the image grid go to the training run
-in MLflow.
+in MLflow. The sampler records the files it wrote (`.sampled.json` in the folder) and
+replaces only those the next time: other files in the folder are never touched.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -23,15 +25,17 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from . import tracking
+from . import outputs, tracking
 from .config import ExperimentConfig
 from .data import mulaw
 from .data.datamodule import data_module_for
+from .errors import memory_errors_explained
 from .evaluation import resolve_device
 from .model import DecodingCache, SparseTransformer
 from .training import check_data_fits_model, model_from_checkpoint
 
 GRID_FILE = "samples.png"
+WRITTEN = ".sampled.json"  # the names of the files the last run wrote
 GRID_MIN_WIDTH = 256  # pixels: small images (8x8 digits) are enlarged to be visible
 
 
@@ -124,38 +128,57 @@ def image_grid(images: np.ndarray) -> Image.Image:
     return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
 
 
-def write_samples(samples: np.ndarray, attributes: dict, output_dir: Path) -> tuple[list[Path], list[Image.Image]]:
-    """Samples (N, length) uint8 -> files in output_dir (replacing earlier samples) and the images to show."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for old in [*output_dir.glob("sample_*"), output_dir / GRID_FILE]:
-        old.unlink(missing_ok=True)
-    modality = attributes["modality"]
-    if modality == "image":
-        grid = image_grid(samples.reshape(len(samples), *attributes["example_shape"]))
-        grid.save(output_dir / GRID_FILE)
-        return [output_dir / GRID_FILE], [grid]
-    files = []
-    for k, sample in enumerate(samples):
-        if modality == "audio":
-            import soundfile  # here, not at the top: the GPU machines that only time decoding lack it
+def _written_before(output_dir: Path) -> list[str]:
+    """The files an earlier run wrote into output_dir, by its record (plain names only)."""
+    try:
+        names = json.loads((output_dir / WRITTEN).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [name for name in names if isinstance(name, str) and name == Path(name).name and not name.startswith(".")]
 
-            path = output_dir / f"sample_{k:03d}.wav"
-            soundfile.write(path, mulaw.decode(sample), attributes["sample_rate"])
-        else:  # text and raw bytes: the bytes as they are
-            path = output_dir / f"sample_{k:03d}.txt"
-            path.write_bytes(sample.tobytes())
-        files.append(path)
-    return files, []
+
+def _write_stream_sample(sample: np.ndarray, k: int, attributes: dict, output_dir: Path) -> Path:
+    """One stream sample as sample_NNN.wav (audio) or sample_NNN.txt (the bytes as they are)."""
+    if attributes["modality"] == "audio":
+        import soundfile  # here, not at the top: the GPU machines that only time decoding lack it
+
+        path = output_dir / f"sample_{k:03d}.wav"
+        with outputs.replacing(path) as temporary:
+            soundfile.write(temporary, mulaw.decode(sample), attributes["sample_rate"], format="WAV")
+    else:
+        path = output_dir / f"sample_{k:03d}.txt"
+        with outputs.replacing(path) as temporary:
+            temporary.write_bytes(sample.tobytes())
+    return path
+
+
+def write_samples(samples: np.ndarray, attributes: dict, output_dir: Path) -> tuple[list[Path], list[Image.Image]]:
+    """Samples (N, length) uint8 -> files in output_dir (each written whole, replacing the
+    files of the previous run and nothing else) and the images to show."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if attributes["modality"] == "image":
+        grid = image_grid(samples.reshape(len(samples), *attributes["example_shape"]))
+        with outputs.replacing(output_dir / GRID_FILE) as temporary:
+            grid.save(temporary, format="PNG")
+        files, images = [output_dir / GRID_FILE], [grid]
+    else:
+        files, images = [_write_stream_sample(sample, k, attributes, output_dir) for k, sample in enumerate(samples)], []
+    earlier = _written_before(output_dir)
+    outputs.write_text(output_dir / WRITTEN, json.dumps({"files": [path.name for path in files]}) + "\n")
+    for name in set(earlier) - {path.name for path in files}:
+        (output_dir / name).unlink(missing_ok=True)
+    return files, images
 
 
 def sample(cfg: ExperimentConfig, progress: bool = True) -> list[Path]:
     """Draw cfg.sample.count samples from the trained model; write them and log them to MLflow."""
     sc = cfg.sample
+    output_dir = outputs.check_folder(sc.output_dir, "sample.output_dir")
     client = tracking.connect(cfg.tracking) if cfg.tracking.enabled else None  # fail before any work
-    model, checkpoint = model_from_checkpoint(cfg.checkpoint(sc), attention=cfg.model.attention)
-    device = resolve_device(sc.device)
+    device = resolve_device(sc.device, "sample")
+    model, checkpoint = model_from_checkpoint(cfg.checkpoint(sc), attention=cfg.model.attention, expected=cfg.model)
     model.to(device)
-    datamodule = data_module_for(cfg.data.hdf5, batch_size=1, context=model.config.context)
+    datamodule = data_module_for(cfg.data.hdf5, batch_size=1, context=model.config.context, dataset=cfg.data.dataset)
     check_data_fits_model(datamodule, model.config, cfg.data.hdf5)
     generator = torch.Generator(device).manual_seed(sc.seed)
     is_image = model.config.image_shape is not None
@@ -169,8 +192,9 @@ def sample(cfg: ExperimentConfig, progress: bool = True) -> list[Path]:
             first = torch.full((size,), model.start_token, device=device)
         else:
             first = torch.multinomial(frequencies, size, replacement=True, generator=generator)
-        batches.append(generate(model, first, length, sc.temperature, generator, progress).cpu().numpy())
-    files, images = write_samples(np.concatenate(batches), datamodule.attributes, Path(sc.output_dir))
+        with memory_errors_explained("decoding a batch of samples", "lower sample.batch_size"):
+            batches.append(generate(model, first, length, sc.temperature, generator, progress).cpu().numpy())
+    files, images = write_samples(np.concatenate(batches), datamodule.attributes, output_dir)
     if client is not None:
         run_id = tracking.stage_run(cfg, client, checkpoint.get("mlflow_run_id"))
         tracking.log_samples(client, run_id, files, images, step=checkpoint["global_step"])

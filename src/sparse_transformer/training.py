@@ -14,7 +14,13 @@ Resuming: checkpoints every `checkpoint_every_steps` and last.ckpt; a run that f
 last.ckpt resumes from it with the optimizer, scheduler and loop state. The data order
 is a function of (data seed, batch index) in the data package, and the dropout masks
 here of (train seed, batch index, rank), so a killed and resumed run takes the same
-steps as one that never stopped.
+steps as one that never stopped. A checkpoint of other model, optimization or data
+settings is set aside instead, and one run at a time writes the folder (checkpoints.py);
+a SIGTERM or SIGINT stops training with a checkpoint and a non-zero exit, a non-finite
+loss before it is checkpointed (stopping.py).
+
+Steps: step N is the N-th optimizer step, in curve.csv, in checkpoints (global_step N:
+N steps done) and in MLflow alike.
 
 Multi-GPU and multi-node runs are launched as Lightning documents: `torchrun` (or SLURM)
 starts one process per device, each running this same command.
@@ -22,9 +28,12 @@ starts one process per device, each running this same command.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import math
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,19 +43,16 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from . import tracking
-from .config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, from_dict
+from . import checkpoints, outputs, tracking
+from .checkpoints import LAST_CHECKPOINT, CheckpointError, read_checkpoint
+from .config import ConfigError, DataConfig, ExperimentConfig, ModelConfig, TrainConfig, from_dict
 from .data.datamodule import ImageDataModule, data_module_from_config
-from .errors import UserError
+from .errors import Stopped, memory_errors_explained
 from .model import ResidualBlock, SparseTransformer
-
-LAST_CHECKPOINT = "last.ckpt"
-
-
-class CheckpointError(UserError):
-    """A checkpoint is missing or unreadable."""
+from .stopping import FiniteLoss, StopOnSignal
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -76,9 +82,10 @@ class SparseTransformerModule(L.LightningModule):
     everything needed to rebuild it.
     """
 
-    def __init__(self, model: dict, train: dict):
+    def __init__(self, model: dict, train: dict, data: dict | None = None):
         super().__init__()
         # Parameters go to MLflow from the whole config (tracking.MLflowRun), not from here.
+        # `data` (data_settings) tells a resumed run whether the checkpoint read the same data.
         self.save_hyperparameters(logger=False)
         self.train_config: TrainConfig = from_dict(TrainConfig, train, "train")
         self.model = SparseTransformer(from_dict(ModelConfig, model, "model"))
@@ -159,8 +166,11 @@ class FinalCheckpoint(Callback):
 
 class TrainingCurve(Callback):
     """Bits per dim per step as CSV (rank 0): step, train_bpd, valid_bpd - one row every
-    log_every_steps, valid_bpd filled on the rows of validation steps. A resumed run
-    keeps the rows before its checkpoint's step and continues the file."""
+    log_every_steps, valid_bpd filled on the rows of validation steps. Written with every
+    checkpoint (the last one at the end included) and after each validation, so the file
+    holds every row up to the checkpoint a run resumes from; the resumed run keeps those
+    rows, drops any past them, and continues the file. A damaged file loses its damaged
+    rows, with a warning, not the run."""
 
     FIELDS = ("step", "train_bpd", "valid_bpd")
 
@@ -170,20 +180,38 @@ class TrainingCurve(Callback):
         self._last_step = 0
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("w", newline="") as fh:
+        with outputs.replacing(self.path) as temporary, temporary.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=self.FIELDS)
             writer.writeheader()
             for step in sorted(self.rows):
                 writer.writerow({"step": step, **self.rows[step]})
 
+    def _read(self, until_step: int) -> dict[int, dict[str, float]]:
+        """The rows of an existing file up to `until_step`; damaged rows are skipped."""
+        rows, damaged = {}, 0
+        try:
+            with self.path.open(newline="") as fh:
+                for row in csv.DictReader(fh):
+                    try:
+                        step = int(row["step"])
+                        values = {key: float(row[key]) for key in self.FIELDS[1:] if row.get(key)}
+                    except (KeyError, TypeError, ValueError):
+                        damaged += 1
+                        continue
+                    if step <= until_step:
+                        rows[step] = values
+        except (OSError, UnicodeDecodeError, csv.Error) as err:
+            print(f"warning: {self.path} cannot be read ({err}): the curve restarts from this run's rows", file=sys.stderr)
+            return {}
+        if damaged:
+            print(f"warning: {self.path}: skipped {damaged} damaged row(s); the others are kept", file=sys.stderr)
+        return rows
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Not on_fit_start: Lightning restores global_step from the checkpoint after that hook.
         self._last_step = trainer.global_step
         if trainer.is_global_zero and self.path.is_file():
-            with self.path.open(newline="") as fh:
-                kept = [row for row in csv.DictReader(fh) if int(row["step"]) <= trainer.global_step]
-            self.rows = {int(r["step"]): {k: r[k] for k in self.FIELDS[1:] if r.get(k)} for r in kept}
+            self.rows = self._read(trainer.global_step)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
@@ -200,7 +228,7 @@ class TrainingCurve(Callback):
             self.rows.setdefault(trainer.global_step, {})["valid_bpd"] = float(value)
             self._write()
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if trainer.is_global_zero:
             self._write()
 
@@ -231,47 +259,51 @@ def strategy(cfg: TrainConfig) -> Any:
 
 
 def build_trainer(cfg: TrainConfig, logger: Any = False, callbacks: list[Callback] = ()) -> L.Trainer:
-    """The Trainer of a training config, with checkpointing, learning-rate and speed logging."""
-    checkpoints = ModelCheckpoint(
+    """The Trainer of a training config, with checkpointing, stopping (signals, non-finite
+    losses), learning-rate and speed logging."""
+    last = Path(cfg.checkpoint_dir) / LAST_CHECKPOINT
+    checkpoints_every = ModelCheckpoint(
         dirpath=cfg.checkpoint_dir, filename="{step}", every_n_train_steps=cfg.checkpoint_every_steps,
         save_last=True, save_top_k=1, monitor="step", mode="max",  # keep the newest interval checkpoint
     )
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
     validate = cfg.val_every_steps is not None
-    return L.Trainer(
-        accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=strategy(cfg),
-        precision=default_precision(cfg),
-        max_steps=cfg.max_steps or -1, max_epochs=cfg.max_epochs if cfg.max_epochs is not None else -1,
-        gradient_clip_val=cfg.gradient_clip, accumulate_grad_batches=cfg.accumulate_grad_batches,
-        # val_check_interval counts batches, not optimizer steps.
-        val_check_interval=(cfg.val_every_steps or 1) * cfg.accumulate_grad_batches, check_val_every_n_epoch=None,
-        limit_val_batches=(cfg.val_batches or 1.0) if validate else 0,
-        log_every_n_steps=cfg.log_every_steps,
-        callbacks=[
-            checkpoints, FinalCheckpoint(Path(cfg.checkpoint_dir) / LAST_CHECKPOINT), SpeedAndMemory(),
-            *([TrainingCurve(cfg.curve_file, cfg.log_every_steps)] if cfg.curve_file else []),
-            *([LearningRateMonitor("step")] if logger else []), *callbacks,
-        ],
-        logger=logger,
-    )
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist: train first (`sparse-transformer train`) or set its path")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: read what is used
-    except Exception as err:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({err}): train again or choose another") from None
+        return L.Trainer(
+            accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=strategy(cfg),
+            precision=default_precision(cfg), plugins=[checkpoints.AtomicCheckpointIO()],
+            max_steps=cfg.max_steps or -1, max_epochs=cfg.max_epochs if cfg.max_epochs is not None else -1,
+            gradient_clip_val=cfg.gradient_clip, accumulate_grad_batches=cfg.accumulate_grad_batches,
+            # val_check_interval counts batches, not optimizer steps.
+            val_check_interval=(cfg.val_every_steps or 1) * cfg.accumulate_grad_batches, check_val_every_n_epoch=None,
+            limit_val_batches=(cfg.val_batches or 1.0) if validate else 0,
+            log_every_n_steps=cfg.log_every_steps,
+            callbacks=[
+                checkpoints_every, FinalCheckpoint(last), StopOnSignal(last), SpeedAndMemory(),
+                FiniteLoss(cfg.log_every_steps, last),  # before the curve: no non-finite row is recorded
+                *([TrainingCurve(cfg.curve_file, cfg.log_every_steps)] if cfg.curve_file else []),
+                *([LearningRateMonitor("step")] if logger else []), *callbacks,
+            ],
+            logger=logger,
+        )
+    except MisconfigurationException as err:
+        raise ConfigError(f"train (accelerator, devices, strategy): {' '.join(str(err).split())}") from None
 
 
-def model_from_checkpoint(path: str | Path, attention: str | None = None) -> tuple[SparseTransformer, dict]:
+def model_from_checkpoint(path: str | Path, attention: str | None = None,
+                          expected: ModelConfig | None = None) -> tuple[SparseTransformer, dict]:
     """The trained model (eval mode) and the checkpoint it came from. `attention` replaces the
-    stored backend: the backend belongs to the machine, not to the weights."""
+    stored backend: the backend belongs to the machine, not to the weights. When the stored
+    model differs from `expected` (the experiment's model section), one line says so."""
     checkpoint = read_checkpoint(path)
+    checkpoints.check_finite_weights(checkpoint, path, "train again, or point to an earlier checkpoint")
     model_section = dict(checkpoint["hyper_parameters"]["model"])
+    if expected is not None:
+        differences = checkpoints.changed_settings({"model": model_section}, {"model": dataclasses.asdict(expected)})
+        if differences:
+            print(f"note: using the model stored in {path}, whose settings differ from the experiment's model "
+                  f"section ({'; '.join(differences)})", file=sys.stderr)
     if attention is not None:
         model_section["attention"] = attention
     model = SparseTransformer(from_dict(ModelConfig, model_section, "checkpoint.model"))
@@ -291,25 +323,89 @@ def check_data_fits_model(datamodule: Any, model_cfg: ModelConfig, data_path: st
         raise ConfigError(f"model.image_shape: {data_path} holds a byte stream, not images: set image_shape to null")
 
 
+def data_settings(cfg: DataConfig, attributes: dict) -> dict:
+    """What a run's batches are drawn from: the prepared file's recipe and the settings that
+    draw them. Checkpoints keep it, to tell whether a resumed run reads the same data."""
+    return {"dataset": attributes["dataset"], "parameters": attributes["parameters"],
+            "sources": attributes["source_sha256"], "batch_size": cfg.batch_size, "context": cfg.context,
+            "seed": cfg.seed}
+
+
+def checkpoint_to_resume(cfg: ExperimentConfig, data: dict, rank_zero: bool) -> dict | None:
+    """The contents of last.ckpt when this run continues it (train.resume, and the same
+    model, optimization and data settings). A checkpoint of other settings is set aside:
+    rank 0 renames the folder (and moves the curve into it), and training starts afresh."""
+    folder = Path(cfg.train.checkpoint_dir)
+    last = folder / LAST_CHECKPOINT
+    if not (cfg.train.resume and last.is_file()):
+        return None
+    advice = (f"rename {folder} to train afresh, or copy a good step=N.ckpt over it to resume from there "
+              "(train.resume: false ignores it)")
+    checkpoint = read_checkpoint(last, advice)
+    current = {"model": dataclasses.asdict(cfg.model), "train": dataclasses.asdict(cfg.train), "data": data}
+    changes = checkpoints.changed_settings(checkpoint.get("hyper_parameters", {}), current)
+    if changes:
+        if rank_zero:
+            aside = checkpoints.set_aside(folder, *([Path(cfg.train.curve_file)] if cfg.train.curve_file else []))
+            more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+            print(f"{last} was trained with other settings ({'; '.join(changes[:3])}{more}): set aside as {aside} "
+                  "(kept, not deleted); training starts afresh", file=sys.stderr)
+        return None
+    checkpoints.check_finite_weights(checkpoint, last, advice)
+    return checkpoint
+
+
 def train(cfg: ExperimentConfig) -> Path:
-    """Train (or resume) the experiment; returns the path of its last checkpoint."""
+    """Train (or resume) the experiment; returns the path of its last checkpoint. Raises
+    `Stopped` when a signal ended training before its last step."""
+    folder = outputs.check_folder(cfg.train.checkpoint_dir, "train.checkpoint_dir")
+    if cfg.train.curve_file:
+        outputs.check_file(cfg.train.curve_file, "train.curve_file")
+    rank_zero = rank_zero_only.rank == 0  # Lightning starts this command once per rank: rank 0 holds the lock
+    with checkpoints.checkpoint_lock(folder) if rank_zero else contextlib.nullcontext():
+        return _train(cfg, folder / LAST_CHECKPOINT, rank_zero)
+
+
+def _train(cfg: ExperimentConfig, last: Path, rank_zero: bool) -> Path:
     # Only rank 0 talks to the store (the other ranks' loggers stay idle), before any work.
-    client = tracking.connect(cfg.tracking) if cfg.tracking.enabled and rank_zero_only.rank == 0 else None
+    client = tracking.connect(cfg.tracking) if cfg.tracking.enabled and rank_zero else None
     datamodule = data_module_from_config(cfg.data, cfg.model.context)
     check_data_fits_model(datamodule, cfg.model, cfg.data.hdf5)
-    last = Path(cfg.train.checkpoint_dir) / LAST_CHECKPOINT
-    resume_from = last if cfg.train.resume and last.is_file() else None
+    data = data_settings(cfg.data, datamodule.attributes)
+    resumed = checkpoint_to_resume(cfg, data, rank_zero)
+    if rank_zero:
+        checkpoints.clear_finished(last.parent)
 
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)  # the initialization
-    module = SparseTransformerModule(dataclasses.asdict(cfg.model), dataclasses.asdict(cfg.train))
+    module = SparseTransformerModule(dataclasses.asdict(cfg.model), dataclasses.asdict(cfg.train), data)
     logger, callbacks = False, []
     if cfg.tracking.enabled:
-        run_id = read_checkpoint(resume_from).get("mlflow_run_id") if resume_from and client else None
-        logger = tracking.training_logger(cfg, client, run_id)
+        logger = tracking.training_logger(cfg, client, resumed.get("mlflow_run_id") if resumed and client else None)
         module.mlflow_run_id = logger.run_id  # None on ranks other than 0, which save no checkpoints
         callbacks.append(tracking.MLflowRun(cfg))
     trainer = build_trainer(cfg.train, logger, callbacks)
-    if resume_from is not None:
-        print(f"resuming from {resume_from}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    stop = next(callback for callback in trainer.callbacks if isinstance(callback, StopOnSignal))
+    if resumed is not None:
+        print(f"resuming from {last} (step {resumed['global_step']})")
+    try:
+        with memory_errors_explained("a training step", "lower data.batch_size or the context (data.context, "
+                                                        "model.context), or set model.recompute: true"):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=last if resumed else None, weights_only=True)
+    except SystemExit:
+        if stop.signal is None:
+            raise
+    finally:
+        if logger:
+            logger.report_unrecorded()
+    if stop.signal is not None:
+        name = signal.Signals(stop.signal).name
+        if stop.saved_step is None:
+            raise Stopped(f"stopped at once by a second {name}: what was trained since the last checkpoint in "
+                          f"{last.parent} is lost; run the same command to resume from it", stop.signal)
+        of = f" of {cfg.train.max_steps}" if cfg.train.max_steps else ""
+        raise Stopped(f"stopped by {name} at step {stop.saved_step}{of}: saved {last}; run the same command "
+                      "(or the workflow's stage) again to resume from it", stop.signal)
+    if rank_zero:
+        checkpoints.mark_finished(last.parent, {"step": trainer.global_step, "checkpoint": str(last),
+                                                "mlflow_run_id": module.mlflow_run_id})
     return last
