@@ -5,8 +5,9 @@ CLI, with params.yaml as the one source of settings. The end-to-end tests run th
 quickstart (shrunk to a tiny model and a few steps by editing params.yaml in a
 temporary clone of the working tree) through `dvc repro` and through `snakemake`, and
 check its outputs, the MLflow run, that nothing reruns when nothing changed, that a
-changed parameter reruns only what depends on it, and that a broken input stops the
-pipeline with the stage's own error, leaving the other outputs intact.
+changed parameter reruns only what depends on it, that a broken input stops the
+pipeline with the stage's own error, leaving the other outputs intact, and that a
+SIGTERM'd train stops the pipeline without being recorded as done, its rerun resuming.
 
 Checked with DVC 3.67 and Snakemake 9.27.
 """
@@ -18,8 +19,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,7 @@ from training_setup import experiment, text_h5  # noqa: F401 (fixture)
 
 from sparse_transformer import cli
 from sparse_transformer.config import load_experiment
+from sparse_transformer.training import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -160,6 +164,36 @@ def mlflow_runs(repo: Path, experiment: str) -> list:
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"no MLflow experiment {experiment!r} in {repo / 'mlflow.db'}"
     return client.search_runs([found.experiment_id])
+
+
+def stop_training(command: list[str], repo: Path) -> tuple[int, str]:
+    """Runs a workflow `command` and sends SIGTERM (a cluster's time limit) to its
+    `sparse-transformer train` once that has written a checkpoint; returns the workflow's
+    exit status and output."""
+    import psutil
+
+    log = repo / "workflow-output.txt"
+    with log.open("w") as out:
+        workflow = subprocess.Popen(command, cwd=repo, env=env(), stdout=out, stderr=subprocess.STDOUT)
+        checkpoint = repo / "runs" / TEXT / "checkpoints" / "last.ckpt"
+        while not checkpoint.is_file():
+            assert workflow.poll() is None, log.read_text()[-4000:]
+            time.sleep(0.05)
+        (train,) = [p for p in psutil.Process(workflow.pid).children(recursive=True)
+                    if "train" in p.cmdline() and any(part.endswith("sparse-transformer") for part in p.cmdline())]
+        train.send_signal(signal.SIGTERM)
+        status = workflow.wait(timeout=300)
+    return status, log.read_text()
+
+
+def resumed_step(output: str) -> int:
+    found = re.search(r"resuming from \S+last\.ckpt \(step (\d+)\)", output)
+    assert found, output[-4000:]
+    return int(found[1])
+
+
+# A text quickstart that trains until it is stopped
+ENDLESS_TEXT = {**TINY_TEXT, "train": {**TINY_TEXT["train"], "max_steps": 1_000_000}}
 
 
 def check_text_outputs(repo: Path) -> None:
@@ -390,6 +424,42 @@ def test_dvc_repro_runs_the_text_quickstart_end_to_end(tmp_path):
     assert ran_stages(broken.stdout) == {f"prepare@{TEXT}"}
     assert (repo / "runs/quickstart-text/checkpoints/last.ckpt").read_bytes() == checkpoint
     assert (repo / "runs/quickstart-text/metrics.json").is_file()
+
+
+@pytest.mark.slow
+@needs_dvc
+def test_dvc_does_not_record_a_stopped_train_and_its_rerun_resumes(tmp_path):
+    repo = clone(tmp_path / "repo", {TEXT: ENDLESS_TEXT})
+    status, output = stop_training([DVC, "repro", f"evaluate@{TEXT}"], repo)
+    assert status != 0 and "stopped by SIGTERM at step" in output
+    assert not (repo / "runs/quickstart-text/metrics.json").exists()  # evaluate did not run
+    stopped_at = read_checkpoint(repo / "runs/quickstart-text/checkpoints/last.ckpt")["global_step"]
+    assert f"stopped by SIGTERM at step {stopped_at} of 1000000" in output
+    assert f"train@{TEXT}" in run([DVC, "status", f"train@{TEXT}"], repo).stdout  # not recorded as done
+
+    # running on: the checkpoint survived (persist), and a longer or shorter run only paces it
+    edit_params(repo, {TEXT: {"train": {"max_steps": stopped_at + 2}}})
+    rerun = run([DVC, "repro", f"train@{TEXT}"], repo)
+    assert resumed_step(rerun.stdout + rerun.stderr) == stopped_at
+    assert read_checkpoint(repo / "runs/quickstart-text/checkpoints/last.ckpt")["global_step"] == stopped_at + 2
+    assert "changed" not in run([DVC, "status", f"train@{TEXT}"], repo).stdout
+
+
+@pytest.mark.slow
+@needs_snakemake
+def test_snakemake_does_not_take_a_stopped_train_for_done_and_its_rerun_resumes(tmp_path):
+    repo = clone(tmp_path / "repo", {TEXT: ENDLESS_TEXT})
+    status, output = stop_training([SNAKEMAKE, "--cores", "1", "runs/quickstart-text/metrics.json"], repo)
+    assert status != 0 and "stopped by SIGTERM at step" in output
+    assert not (repo / "runs/quickstart-text/metrics.json").exists()
+    assert not (repo / "runs/quickstart-text/checkpoints/finished.json").exists()
+    stopped_at = read_checkpoint(repo / "runs/quickstart-text/checkpoints/last.ckpt")["global_step"]
+
+    edit_params(repo, {TEXT: {"train": {"max_steps": stopped_at + 2}}})
+    rerun = run([SNAKEMAKE, "--cores", "1", "runs/quickstart-text/checkpoints/finished.json"], repo)
+    assert resumed_step(rerun.stdout + rerun.stderr) == stopped_at
+    finished = json.loads((repo / "runs/quickstart-text/checkpoints/finished.json").read_text())
+    assert finished["step"] == stopped_at + 2
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ rule evaluate:
     output: "runs/{exp}/metrics.json"
     input:
         data="data/prepared/{exp}.h5",
-        checkpoints="runs/{exp}/checkpoints",
+        trained="runs/{exp}/checkpoints/finished.json",  # training ended: last.ckpt is final
     params: evaluate=section("evaluate")
     resources: gpu=gpus
     log: "runs/{exp}/logs/evaluate.log"

@@ -4,7 +4,7 @@ rule sample:
     output: directory("runs/{exp}/samples")
     input:
         data="data/prepared/{exp}.h5",
-        checkpoints="runs/{exp}/checkpoints",
+        trained="runs/{exp}/checkpoints/finished.json",  # training ended: last.ckpt is final
     params: sample=section("sample")
     resources: gpu=gpus
     log: "runs/{exp}/logs/sample.log"

@@ -1,9 +1,14 @@
 # train: data/prepared/NAME.h5 -> runs/NAME/checkpoints/ (+ curve.csv, the MLflow run)
+#
+# The declared output is runs/NAME/checkpoints/finished.json, which `train` writes only
+# when training reaches its end. The checkpoints themselves and curve.csv are not
+# declared: Snakemake deletes a job's declared outputs before running it and after it
+# fails, and a stopped run (SIGTERM or Ctrl-C: exit 143 or 130) must resume from its
+# last.ckpt when the job runs again. A checkpoint of other settings is set aside by
+# `train` itself, not resumed.
 
 rule train:
-    output:
-        checkpoints=directory("runs/{exp}/checkpoints"),
-        curve="runs/{exp}/curve.csv",
+    output: "runs/{exp}/checkpoints/finished.json"
     input: "data/prepared/{exp}.h5"
     params:
         data=section("data"),
