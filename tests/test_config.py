@@ -83,3 +83,64 @@ def test_load_yaml_reads_sections(tmp_path):
     assert load_model_config(load_yaml(path)["cifar10"]["model"]) == load(VALID)
     with pytest.raises(ConfigError, match="does not exist"):
         load_yaml(tmp_path / "missing.yaml")
+
+
+# ---------------------------------------------------------------------- the params file and --set: one line each
+@pytest.fixture
+def train_main(monkeypatch):
+    """The CLI with only `train` (whose run stops at the configuration here)."""
+    from sparse_transformer import cli
+
+    monkeypatch.setattr(cli, "COMMANDS", {"train": cli.COMMANDS["train"]})
+    return cli.main
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("sparse-transformer train: error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ("train:\n\tmax_steps: 2\n", "found character '\\t' that cannot start any token at line 2, column 1"),
+    ("train: {max_steps: [1,\n", "is not valid YAML (expected the node content"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "is not a text file (byte 0 is not UTF-8)"),
+    ("train: {max_steps: 2}\x00\n", "the character 0x00 at position 22 is not allowed in YAML"),
+    ("train: !!python/object/apply:os.system [echo hi]\n",
+     "could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'"),
+])
+def test_a_broken_params_file_is_one_line(tmp_path, train_main, capsys, content, problem):
+    params = tmp_path / "params.yaml"
+    (params.write_bytes if isinstance(content, bytes) else params.write_text)(content)
+    assert train_main(["train", "--config", str(params)]) == 2
+    assert problem in one_line_error(capsys)
+
+
+@pytest.mark.parametrize(("override", "problem"), [
+    ("train.max_steps=[1,", "override 'train.max_steps=[1,': the value is not valid YAML (expected the node content"),
+    ("train.learning_rate=.nan", "train.learning_rate: expected a finite number, got nan"),
+    ("train.gradient_clip=.inf", "train.gradient_clip: expected a finite number, got inf"),
+    ("model.layers=[" + ",".join(["7"] * 20_000) + "]", "model.layers: expected int, got [7, 7, 7"),
+])
+def test_a_bad_override_is_one_short_line(tmp_path, train_main, capsys, override, problem):
+    params = tmp_path / "params.yaml"
+    params.write_text("{}\n")
+    assert train_main(["train", "--config", str(params), "--set", override]) == 2
+    err = one_line_error(capsys)
+    assert problem in err and len(err) < 400  # the long list is cut
+
+
+def test_validation_refuses_nan_in_dataclasses_built_in_code():
+    from sparse_transformer.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="train.learning_rate: must be positive, got nan"):
+        TrainConfig(learning_rate=float("nan")).validate()
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "tpu:0"], ids=["named-gpu", "cuda-x", "tpu"])
+def test_unknown_device_names_are_refused(device):
+    from sparse_transformer.config import EvalConfig, SampleConfig
+
+    for section, where in ((EvalConfig(device=device), "evaluate"), (SampleConfig(device=device), "sample")):
+        with pytest.raises(ConfigError, match=f"{where}.device: unknown device '{device}': use auto, cpu, cuda or cuda:N"):
+            section.validate(where)

@@ -12,7 +12,9 @@ import pytest
 import torch
 from training_setup import experiment, text_h5  # noqa: F401 (fixtures)
 
-from sparse_transformer.config import ModelConfig, PatternConfig
+from sparse_transformer.config import ConfigError, ModelConfig, PatternConfig
+from sparse_transformer.data.errors import DataError
+from sparse_transformer.errors import UserError
 from sparse_transformer.evaluation import evaluate, score_images, score_stream, stream_windows
 from sparse_transformer.model import SparseTransformer
 from sparse_transformer.training import read_checkpoint, train
@@ -95,3 +97,73 @@ def test_more_context_scores_the_same_bytes(tmp_path, text_h5):
     assert results[0]["step"] == read_checkpoint(tmp_path / "checkpoints/last.ckpt")["global_step"] == 30
     assert 3.0 < results[48]["bits_per_dim"] < 6.5 and math.isfinite(results[0]["bits_per_dim"])
     assert results[48]["bits_per_dim"] != results[0]["bits_per_dim"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, text_h5):
+    """A tiny model trained 2 steps, on a copy of the data that a test may damage."""
+    import shutil
+
+    workdir = tmp_path_factory.mktemp("trained")
+    shutil.copy(text_h5, workdir / "text.h5")
+    cfg = experiment(workdir, workdir / "text.h5", tracking={"enabled": False},
+                     train={"max_steps": 2, "val_every_steps": None}, evaluate={"split": "valid"})
+    train(cfg)
+    return cfg
+
+
+def test_a_damaged_split_is_refused_not_scored(trained, tmp_path):
+    import shutil
+
+    import h5py
+
+    damaged = tmp_path / "text.h5"
+    shutil.copy(trained.data.hdf5, damaged)
+    with h5py.File(damaged, "r") as fh:
+        offset = fh["valid"].id.get_offset()
+    with open(damaged, "r+b") as fh:
+        fh.seek(offset + 1000)
+        fh.write(bytes(20_000))  # 20 kB of garbage in the valid split
+    cfg = dataclasses.replace(trained, data=dataclasses.replace(trained.data, hdf5=str(damaged)),
+                              evaluate=dataclasses.replace(trained.evaluate, metrics_file=str(tmp_path / "m.json")))
+    with pytest.raises(DataError, match="valid no longer match.* the file is damaged; prepare it again"):
+        evaluate(cfg, progress=False)
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_a_non_finite_result_is_refused_not_written(trained, tmp_path):
+    checkpoint = torch.load(last_checkpoint(trained), weights_only=True)
+    checkpoint["state_dict"]["model.out.weight"].fill_(3e38)  # finite weights whose logits overflow
+    torch.save(checkpoint, tmp_path / "overflow.ckpt")
+    cfg = dataclasses.replace(trained, evaluate=dataclasses.replace(
+        trained.evaluate, checkpoint=str(tmp_path / "overflow.ckpt"), metrics_file=str(tmp_path / "m.json")))
+    with pytest.raises(UserError, match=r"overflow.ckpt on the valid split is not finite \(nan\): .* left as it was"):
+        evaluate(cfg, progress=False)
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_a_checkpoint_of_another_model_is_evaluated_with_a_note(trained, tmp_path, capsys):
+    cfg = dataclasses.replace(trained, model=dataclasses.replace(trained.model, layers=3, d_model=64),
+                              evaluate=dataclasses.replace(trained.evaluate, metrics_file=str(tmp_path / "m.json")))
+    assert evaluate(cfg, progress=False)["step"] == 2
+    note = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in note if line.startswith("note:")] == [
+        f"note: using the model stored in {last_checkpoint(trained)}, whose settings differ from the "
+        "experiment's model section (model.d_model 32 -> 64; model.layers 2 -> 3)"]
+
+
+def test_outputs_and_devices_are_checked_before_any_work(trained, tmp_path):
+    from sparse_transformer.outputs import OutputError
+
+    (tmp_path / "metrics.json").mkdir()
+    cfg = dataclasses.replace(trained, evaluate=dataclasses.replace(trained.evaluate, metrics_file=str(tmp_path / "metrics.json")))
+    with pytest.raises(OutputError, match="evaluate.metrics_file: .*metrics.json is a folder; give the path of a file"):
+        evaluate(cfg, progress=False)
+    if not torch.cuda.is_available():
+        cfg = dataclasses.replace(trained, evaluate=dataclasses.replace(trained.evaluate, device="cuda"))
+        with pytest.raises(ConfigError, match="evaluate.device: cuda is not available on this machine .*: set auto or cpu"):
+            evaluate(cfg, progress=False)
+
+
+def last_checkpoint(cfg) -> str:
+    return f"{cfg.train.checkpoint_dir}/last.ckpt"

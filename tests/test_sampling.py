@@ -225,3 +225,22 @@ def test_samples_are_written_as_png_wav_and_txt(tmp_path):
     assert [f.read_bytes() for f in files] == [s.tobytes() for s in samples]
     files, _ = write_samples(samples[:2], {"modality": "text"}, tmp_path / "txt")
     assert sorted(p.name for p in (tmp_path / "txt").glob("[!.]*")) == ["sample_000.txt", "sample_001.txt"]
+
+
+def test_a_new_run_replaces_the_samples_it_wrote_and_nothing_else(tmp_path):
+    samples = np.random.default_rng(0).integers(0, 256, (3, 8), dtype=np.uint8)
+    (tmp_path / "sample_data.csv").write_text("a user's file, named like a sample")
+    write_samples(samples, {"modality": "text"}, tmp_path)
+    write_samples(samples[:1], {"modality": "text"}, tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("[!.]*")) == ["sample_000.txt", "sample_data.csv"]
+    assert (tmp_path / "sample_data.csv").read_text() == "a user's file, named like a sample"
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path):
+    from sparse_transformer.config import ExperimentConfig, SampleConfig
+    from sparse_transformer.outputs import OutputError
+    from sparse_transformer.sampling import sample
+
+    (tmp_path / "samples").write_text("not a folder")
+    with pytest.raises(OutputError, match="sample.output_dir: .*samples is a file; give the path of a folder"):
+        sample(ExperimentConfig(sample=SampleConfig(output_dir=str(tmp_path / "samples"))))

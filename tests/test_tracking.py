@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 
 import pytest
@@ -101,3 +102,78 @@ def test_a_resumed_run_keeps_its_parameters(workdir, text_h5):
     longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=99))
     log_config(client, run_id, longer)  # MLflow refuses to change a parameter; this must not fail
     assert client.get_run(run_id).data.params["train.max_steps"] == "20"
+
+
+def not_a_database(workdir) -> str:
+    (workdir / "notes.db").write_text("notes, not a database")
+    return f"sqlite:///{workdir / 'notes.db'}"
+
+
+def damaged_database(workdir) -> str:
+    MlflowClient(f"sqlite:///{workdir / 'cut.db'}").search_experiments()  # created and migrated
+    (workdir / "cut.db").write_bytes((workdir / "cut.db").read_bytes()[:20_000])
+    return f"sqlite:///{workdir / 'cut.db'}"
+
+
+def read_only_store(workdir) -> str:
+    """A store MLflow reads but cannot write (SQLite's read-only mode: root ignores file modes)."""
+    MlflowClient(f"sqlite:///{workdir / 'ro.db'}").search_experiments()
+    return f"sqlite:///file:{workdir / 'ro.db'}?mode=ro&uri=true"
+
+
+@pytest.mark.parametrize(("store", "problem"), [
+    (not_a_database, r"does not answer \(.*file is not a database"),
+    (damaged_database, r"does not answer \("),
+    (read_only_store, r"cannot be written \(.*readonly database.*\): make it writable"),
+])
+def test_a_store_that_cannot_be_used_is_refused_before_training_in_one_line(workdir, text_h5, capsys, store, problem):
+    cfg = experiment(workdir, text_h5, tracking={"tracking_uri": store(workdir)})
+    (workdir / "params.yaml").write_text(json.dumps(dataclasses.asdict(cfg)))
+    assert cli.main(["train", "--config", "params.yaml"]) == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith("sparse-transformer train: error: the MLflow tracking store sqlite:///")
+    assert re.search(problem, error), error
+    assert not (workdir / "checkpoints").exists()
+
+
+def test_a_store_that_fails_while_training_does_not_stop_it(workdir, text_h5, monkeypatch, capsys):
+    from mlflow.exceptions import MlflowException
+
+    calls = {"count": 0}
+    log_batch = MlflowClient.log_batch
+
+    def fails_after_five_batches(self, *args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] > 5:
+            raise MlflowException("database is locked")
+        return log_batch(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", fails_after_five_batches)
+    cfg = experiment(workdir, text_h5, train={"max_steps": 12, "val_every_steps": 6, "checkpoint_every_steps": 6})
+    assert read_checkpoint(train(cfg))["global_step"] == 12  # trained and checkpointed to the end
+    err = capsys.readouterr().err
+    assert err.count("warning: the MLflow store") == 1
+    assert re.search(r"failed \(at step \d: database is locked\); training goes on without it", err), err
+    assert "warning: MLflow did not record epoch, lr/decayed, lr/not_decayed, tokens_per_s, train/bpd, valid/bpd after its store failed (at step" in err
+    assert len((workdir / "curve.csv").read_text().splitlines()) == 13
+
+
+def test_a_resumed_run_does_not_log_a_step_twice(workdir, text_h5, monkeypatch):
+    """Steps between the checkpoint and a kill are trained again on resume; the store keeps one value each."""
+    from sparse_transformer.training import SparseTransformerModule
+
+    cfg = experiment(workdir, text_h5, train={"max_steps": 8, "checkpoint_every_steps": 4, "val_every_steps": None})
+    step = SparseTransformerModule.training_step
+
+    def killed_in_step_7(self, batch, batch_idx):
+        if self.global_step == 6:
+            raise RuntimeError("killed")
+        return step(self, batch, batch_idx)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SparseTransformerModule, "training_step", killed_in_step_7)
+        with pytest.raises(RuntimeError, match="killed"):
+            train(cfg)
+    run_id = read_checkpoint(train(cfg))["mlflow_run_id"]
+    steps = [m.step for m in MlflowClient(cfg.tracking.tracking_uri).get_metric_history(run_id, "train/bpd")]
+    assert sorted(steps) == list(range(1, 9))  # 5 and 6 were trained twice, logged once

@@ -57,25 +57,26 @@ def test_loss_falls_on_shakespeare_and_the_last_checkpoint_is_the_last_step(tmp_
 @pytest.mark.slow
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_a_killed_run_resumes_with_the_same_losses(tmp_path, text_h5, monkeypatch, accumulate):
-    """Train N steps with checkpoints, die, resume to 2N: every step's loss equals the
-    uninterrupted run's, each step logged once, in the same MLflow run and training
-    curve (dropout on)."""
+    """Train N + 2 steps with a checkpoint at N, die, resume to 2N: every step's loss equals
+    the uninterrupted run's, each step logged once (N + 1 and N + 2 are trained twice), in
+    the same MLflow run and training curve, which keeps its rows up to N although no
+    validation wrote it (dropout on)."""
     n = 6
     settings = dict(model={"dropout": 0.1}, train={"max_steps": 2 * n, "checkpoint_every_steps": n,
-                                                   "val_every_steps": n, "accumulate_grad_batches": accumulate})
+                                                   "val_every_steps": 2 * n, "accumulate_grad_batches": accumulate})
     whole = experiment(tmp_path / "whole", text_h5, **settings)
     whole_run = read_checkpoint(train(whole))["mlflow_run_id"]
 
     killed = experiment(tmp_path / "killed", text_h5, **settings)
     step = SparseTransformerModule.training_step
 
-    def dies_after_n_steps(self, batch, batch_idx):
-        if self.global_step == n:
+    def dies_after_n_plus_2_steps(self, batch, batch_idx):
+        if self.global_step == n + 2:
             raise RuntimeError("killed")
         return step(self, batch, batch_idx)
 
     with monkeypatch.context() as patch:
-        patch.setattr(SparseTransformerModule, "training_step", dies_after_n_steps)
+        patch.setattr(SparseTransformerModule, "training_step", dies_after_n_plus_2_steps)
         with pytest.raises(RuntimeError, match="killed"):
             train(killed)
     assert read_checkpoint(tmp_path / "killed/checkpoints/last.ckpt")["global_step"] == n
@@ -206,3 +207,29 @@ def test_compiled_blocks_train_under_lightning_with_the_eager_losses(tmp_path, t
             losses[compiled] = [float(row["train_bpd"]) for row in csv.DictReader(curve)]
     assert len(losses[True]) == 6
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_a_damaged_curve_does_not_stop_a_resume(tmp_path, text_h5, capsys):
+    sections = dict(tracking={"enabled": False}, train={"max_steps": 3, "val_every_steps": None})
+    train(experiment(tmp_path, text_h5, **sections))
+    curve = tmp_path / "curve.csv"
+    header, one, _, three = curve.read_text().splitlines()
+    curve.write_text("\n".join([header, one, "two,7.9,", three, "\x00garbage,,"]) + "\n")  # two rows damaged
+    sections["train"]["max_steps"] = 4
+    assert read_checkpoint(train(experiment(tmp_path, text_h5, **sections)))["global_step"] == 4
+    assert f"warning: {curve}: skipped 2 damaged row(s); the others are kept" in capsys.readouterr().err
+    with curve.open() as fh:
+        assert [row["step"] for row in csv.DictReader(fh)] == ["1", "3", "4"]
+
+
+def test_a_step_that_cannot_be_allocated_is_one_line_saying_what_it_asked_for(tmp_path, text_h5, monkeypatch):
+    from sparse_transformer.errors import UserError
+
+    def enormous_forward(self, tokens):
+        return torch.empty(2**50, dtype=torch.uint8)  # a real allocation failure, of 1 PiB
+
+    monkeypatch.setattr(SparseTransformer, "forward", enormous_forward)
+    cfg = experiment(tmp_path, text_h5, tracking={"enabled": False}, train={"max_steps": 2})
+    with pytest.raises(UserError, match=r"a training step needs more memory than the device has \(one allocation of "
+                                        r"1,048,576.0 GiB\): lower data.batch_size or the context"):
+        train(cfg)

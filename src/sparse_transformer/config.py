@@ -176,7 +176,7 @@ def yaml_problem(err: yaml.YAMLError) -> str:
     """PyYAML's several-line error as one line: the problem and where it is."""
     if isinstance(err, yaml.reader.ReaderError):
         code = ord(err.character) if isinstance(err.character, str) else err.character
-        return f"the character {code:#04x} at position {err.position} is not allowed in YAML"
+        return f"the character {code:#04x} at position {err.position + 1} is not allowed in YAML"
     problem = getattr(err, "problem", None) or type(err).__name__
     mark = getattr(err, "problem_mark", None)
     return cut(problem, 200) + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark else "")

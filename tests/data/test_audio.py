@@ -92,3 +92,15 @@ def test_empty_folder(tmp_path):
     with pytest.raises(DataError, match="holds no audio files"):
         audio.prepare(tmp_path / "in", tmp_path / "a.h5")
     assert leftovers(tmp_path) == []
+
+
+def test_a_truncated_ogg_is_named_not_prepared_as_half_a_recording(tmp_path, recordings):
+    folder, _ = recordings
+    whole = (folder / "c.ogg").read_bytes()
+    assert audio.ogg_ends_whole(folder / "c.ogg")
+    (folder / "cut.ogg").write_bytes(whole[:int(len(whole) * 0.9)])  # decodes without an error, shorter
+    with pytest.raises(DataError, match="cut.ogg is truncated .*: remove it or pass --skip-undecodable"):
+        audio.prepare(folder, tmp_path / "audio.h5")
+    assert audio.prepare(folder, tmp_path / "audio.h5", skip_undecodable=True)
+    with h5py.File(tmp_path / "audio.h5") as fh:
+        assert "cut.ogg" not in {name.decode() for split in hdf5.SPLITS for name in fh[f"{split}_files"][:]}

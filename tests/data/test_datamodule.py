@@ -220,3 +220,13 @@ def test_from_config(text_h5, digits_h5):
     assert isinstance(images, ImageDataModule)
     with pytest.raises(DataError, match=r"images of shape \[8, 8, 1\], 64 bytes each, but the model's context is 100"):
         data_module_from_config(DataConfig(dataset="digits", hdf5=str(digits_h5)), model_context=100)
+
+
+def test_the_dataset_setting_must_be_what_the_file_was_prepared_from(text_h5, audio_h5):
+    from sparse_transformer.config import DataConfig
+    from sparse_transformer.data.datamodule import data_module_from_config
+
+    with pytest.raises(DataError, match="data.dataset is 'bytes' but .*a.h5 was prepared from 'audio' data: set "
+                                        "data.dataset to audio, or prepare .* again"):
+        data_module_from_config(DataConfig(dataset="bytes", hdf5=str(audio_h5)), model_context=8)
+    assert data_module_for(audio_h5, batch_size=2, context=8, dataset="audio").sample_rate == 12000

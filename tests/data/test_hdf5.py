@@ -104,3 +104,44 @@ def test_compressed_split_is_refused(tmp_path):
         fh.create_dataset("train", data=np.zeros(100, np.uint8), compression="gzip")
     with pytest.raises(DataError, match="cannot be memory-mapped"):
         hdf5.open_split(out, "train")
+
+
+def test_each_split_is_checksummed_and_damage_is_rebuilt(tmp_path, capsys):
+    import hashlib
+
+    out = tmp_path / "d.h5"
+    hdf5.build(out, recipe(), write_three)
+    recorded = hdf5.read_attributes(out)[hdf5.CHECKSUMS]
+    assert recorded == {name: hashlib.sha256(np.arange(10, dtype=np.uint8).tobytes()).hexdigest() for name in hdf5.SPLITS}
+    hdf5.check_intact(out, "test")
+
+    offset = h5py.File(out, "r")["test"].id.get_offset()
+    with open(out, "r+b") as fh:  # garbage over the test split
+        fh.seek(offset)
+        fh.write(b"\xff" * 4)
+    assert hdf5.damaged_splits(out) == ["test"]
+    with pytest.raises(DataError, match="test no longer match.* the file is damaged; prepare it again"):
+        hdf5.check_intact(out, "test")
+    assert hdf5.build(out, recipe(), write_three)  # not "up to date": rebuilt
+    assert "test no longer match(es) the checksum" in capsys.readouterr().err
+    hdf5.check_intact(out, "test")
+
+
+def test_a_file_written_before_checksums_is_checksummed_on_reuse_not_refused(tmp_path):
+    out = tmp_path / "d.h5"
+    hdf5.build(out, recipe(), write_three)
+    with h5py.File(out, "a") as fh:
+        del fh.attrs[hdf5.CHECKSUMS]  # as an older release wrote it
+    assert not hdf5.build(out, recipe(), write_three)  # reused
+    assert set(hdf5.read_attributes(out)[hdf5.CHECKSUMS]) == set(hdf5.SPLITS)
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_build(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    ended = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    (tmp_path / f".d.h5.{socket.gethostname()}-{ended}.tmp").write_bytes(b"half an HDF5 file")
+    hdf5.build(tmp_path / "d.h5", recipe(), write_three)
+    assert leftovers(tmp_path) == ["d.h5"]

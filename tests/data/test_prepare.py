@@ -78,3 +78,26 @@ def test_a_data_config_drives_prepare(tmp_path):
     assert prepare_config(cfg)
     assert not prepare_config(cfg)
     assert hdf5.read_attributes(tmp_path / "d.h5")["parameters"] == {"seed": 4, "split_fractions": [0.5, 0.25, 0.25]}
+
+
+def test_an_output_that_is_the_input_is_refused(tmp_path, main, capsys):
+    raw = tmp_path / "t.txt"
+    raw.write_bytes(b"hello world " * 100)
+    assert main(["prepare", "bytes", "--input", str(raw), "--output", str(raw)]) == 2
+    assert f"the output {raw} is the input itself" in capsys.readouterr().err
+    assert raw.read_bytes() == b"hello world " * 100
+
+
+def test_an_output_inside_an_input_folder_is_refused_and_prepared_files_are_not_inputs(tmp_path, main, capsys):
+    folder = tmp_path / "text"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"x" * 5000)
+    assert main(["prepare", "bytes", "--input", str(folder), "--output", str(folder / "t.h5")]) == 2
+    assert "lies inside the input folder" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["a.txt"]
+
+    # a file prepared there before (by hand, or by an older release) is not read as raw data
+    assert main(["prepare", "bytes", "--input", str(folder / "a.txt"), "--output", str(folder / "old.h5")]) == 0
+    assert main(["prepare", "bytes", "--input", str(folder), "--output", str(tmp_path / "t.h5")]) == 0
+    assert "skipped 1 prepared-data file(s)" in capsys.readouterr().err
+    assert sum(len(hdf5.open_split(tmp_path / "t.h5", s)) for s in hdf5.SPLITS) == 5000
