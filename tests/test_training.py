@@ -233,3 +233,12 @@ def test_a_step_that_cannot_be_allocated_is_one_line_saying_what_it_asked_for(tm
     with pytest.raises(UserError, match=r"a training step needs more memory than the device has \(one allocation of "
                                         r"1,048,576.0 GiB\): lower data.batch_size or the context"):
         train(cfg)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the setting is valid here")
+def test_a_gpu_accelerator_without_one_is_a_config_error(tmp_path):
+    from sparse_transformer.config import TrainConfig
+    from sparse_transformer.training import build_trainer
+
+    with pytest.raises(ConfigError, match="train .accelerator, devices, strategy.: `CUDAAccelerator` can not run on your system"):
+        build_trainer(TrainConfig(accelerator="cuda", checkpoint_dir=str(tmp_path)))

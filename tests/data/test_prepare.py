@@ -101,3 +101,15 @@ def test_an_output_inside_an_input_folder_is_refused_and_prepared_files_are_not_
     assert main(["prepare", "bytes", "--input", str(folder), "--output", str(tmp_path / "t.h5")]) == 0
     assert "skipped 1 prepared-data file(s)" in capsys.readouterr().err
     assert sum(len(hdf5.open_split(tmp_path / "t.h5", s)) for s in hdf5.SPLITS) == 5000
+
+
+@pytest.mark.parametrize(("output", "problem"), [
+    ("/proc/digits.h5", "the output: cannot write in /proc ("),
+    ("{tmp}/a-file/digits.h5", "the output: {tmp}/a-file is a file, not a folder"),
+    ("{tmp}", "the output: {tmp} is a folder; give the path of a file"),
+])
+def test_an_output_that_cannot_be_written_is_one_line(tmp_path, main, capsys, output, problem):
+    (tmp_path / "a-file").write_text("x")
+    assert main(["prepare", "digits", "--output", output.format(tmp=tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and problem.format(tmp=tmp_path) in err
