@@ -157,23 +157,3 @@ def test_a_store_that_fails_while_training_does_not_stop_it(workdir, text_h5, mo
     assert "warning: MLflow did not record epoch, lr/decayed, lr/not_decayed, tokens_per_s, train/bpd, valid/bpd after its store failed (at step" in err
     assert len((workdir / "curve.csv").read_text().splitlines()) == 13
 
-
-def test_a_resumed_run_does_not_log_a_step_twice(workdir, text_h5, monkeypatch):
-    """Steps between the checkpoint and a kill are trained again on resume; the store keeps one value each."""
-    from sparse_transformer.training import SparseTransformerModule
-
-    cfg = experiment(workdir, text_h5, train={"max_steps": 8, "checkpoint_every_steps": 4, "val_every_steps": None})
-    step = SparseTransformerModule.training_step
-
-    def killed_in_step_7(self, batch, batch_idx):
-        if self.global_step == 6:
-            raise RuntimeError("killed")
-        return step(self, batch, batch_idx)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(SparseTransformerModule, "training_step", killed_in_step_7)
-        with pytest.raises(RuntimeError, match="killed"):
-            train(cfg)
-    run_id = read_checkpoint(train(cfg))["mlflow_run_id"]
-    steps = [m.step for m in MlflowClient(cfg.tracking.tracking_uri).get_metric_history(run_id, "train/bpd")]
-    assert sorted(steps) == list(range(1, 9))  # 5 and 6 were trained twice, logged once

@@ -31,6 +31,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from . import outputs
+from .config import flatten
 from .errors import UserError, cut, shown
 
 LAST_CHECKPOINT = "last.ckpt"
@@ -115,15 +116,8 @@ def checkpoint_lock(folder: str | Path) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------- whose checkpoint
-def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """{"pattern": {"kind": "fixed"}} -> {"pattern.kind": "fixed"}; tuples as lists (as YAML gives them)."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return flat
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value  # a tuple of the config, a list of YAML or JSON
 
 
 def changed_settings(stored: dict, current: dict) -> list[str]:
@@ -135,9 +129,9 @@ def changed_settings(stored: dict, current: dict) -> list[str]:
     for section, settings in current.items():
         if not isinstance(stored.get(section), dict):
             continue
-        old, new = _flat(stored[section]), _flat(settings)
+        old, new = flatten(stored[section]), flatten(settings)
         for key in sorted(old.keys() | new.keys()):
-            if key.split(".")[0] not in ignored.get(section, ()) and old.get(key) != new.get(key):
+            if key.split(".")[0] not in ignored.get(section, ()) and _plain(old.get(key)) != _plain(new.get(key)):
                 changes.append(f"{section}.{key} {shown(old.get(key))} -> {shown(new.get(key))}")
     return changes
 

@@ -488,6 +488,17 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
 
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"model": {"pattern": {"kind": "fixed"}}} -> {"model.pattern.kind": "fixed"}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def load_experiment_config(section: dict, where: str = "experiment") -> ExperimentConfig:
     cfg = from_dict(ExperimentConfig, section, where)
     cfg.validate(where)

@@ -32,7 +32,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from .config import ExperimentConfig, TrackingConfig
+from .config import ExperimentConfig, TrackingConfig, flatten
 from .errors import UserError, cut
 
 if TYPE_CHECKING:
@@ -209,17 +209,6 @@ def stage_run(cfg: ExperimentConfig, client: MlflowClient, run_id: str | None) -
     run = client.create_run(experiment_id, run_name=cfg.tracking.run_name)
     log_config(client, run.info.run_id, cfg)
     return run.info.run_id
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """{"model": {"pattern": {"kind": "fixed"}}} -> {"model.pattern.kind": "fixed"}."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def log_config(client: MlflowClient, run_id: str, cfg: ExperimentConfig) -> None:
