@@ -68,7 +68,7 @@ def leftovers(folder: Path) -> list[str]:
 
 class RangeServer(http.server.ThreadingHTTPServer):
     """Serves `payload` at any path on 127.0.0.1, honouring `Range: bytes=N-` unless told
-    not to; records what it sent."""
+    not to; records the ranges asked for and the body bytes it sent."""
 
     def __init__(self, payload: bytes, honour_range: bool = True):
         self.payload, self.honour_range, self.sent, self.ranges = payload, honour_range, 0, []
@@ -105,8 +105,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self.server.payload[start:]
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        # Counted before writing: the client may read the whole body, finish and check
+        # `sent` before this thread runs again.
         self.server.sent += len(body)
+        self.wfile.write(body)
 
     def log_message(self, *args):
         pass
