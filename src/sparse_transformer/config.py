@@ -19,7 +19,6 @@ from typing import Any
 
 import yaml
 
-from .attention import BACKENDS as ATTENTION_BACKENDS
 from .errors import UserError
 from .patterns import Pattern, PatternError
 
@@ -70,6 +69,8 @@ class ModelConfig:
     vocab_size: int = 256
 
     def validate(self, where: str = "model") -> None:
+        from .attention import BACKENDS as ATTENTION_BACKENDS  # here: attention.py loads torch, help does not
+
         def fail(name: str, msg: str) -> None:
             raise ConfigError(f"{where}.{name}: {msg}")
 
