@@ -33,6 +33,7 @@ from .training import check_data_fits_model, model_from_checkpoint
 
 GRID_FILE = "samples.png"
 GRID_MIN_WIDTH = 256  # pixels: small images (8x8 digits) are enlarged to be visible
+GRID_GUTTER = 128  # mid-grey between the images: apart from black backgrounds (digits) and white strokes alike
 
 
 class CUDAGraphDecoder:
@@ -110,12 +111,15 @@ def byte_frequencies(data: np.ndarray) -> torch.Tensor:
 
 
 def image_grid(images: np.ndarray) -> Image.Image:
-    """(N, H, W, C) uint8 -> one image, ceil(sqrt(N)) per row, 1-pixel black gaps, enlarged if tiny."""
+    """(N, H, W, C) uint8 -> one image, ceil(sqrt(N)) per row, 1-pixel mid-grey gutters
+    (and empty cells), enlarged if tiny."""
     count, height, width, channels = images.shape
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
     columns = math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
-    grid = np.zeros((rows * (height + 1) - 1, columns * (width + 1) - 1, channels), dtype=np.uint8)
+    grid = np.full((rows * (height + 1) - 1, columns * (width + 1) - 1, channels), GRID_GUTTER, dtype=np.uint8)
+    if mode == "RGBA":
+        grid[..., 3] = 255  # opaque gutters
     for k, image in enumerate(images):
         top, left = k // columns * (height + 1), k % columns * (width + 1)
         grid[top:top + height, left:left + width] = image
@@ -124,8 +128,9 @@ def image_grid(images: np.ndarray) -> Image.Image:
     return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
 
 
-def write_samples(samples: np.ndarray, attributes: dict, output_dir: Path) -> tuple[list[Path], list[Image.Image]]:
-    """Samples (N, length) uint8 -> files in output_dir (replacing earlier samples) and the images to show."""
+def write_samples(samples: np.ndarray, attributes: dict, output_dir: Path) -> tuple[list[Path], dict[Path, Image.Image]]:
+    """Samples (N, length) uint8 -> files in output_dir (replacing earlier samples), and the
+    image written to each image file (to be shown as an image, not as a file)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     for old in [*output_dir.glob("sample_*"), output_dir / GRID_FILE]:
         old.unlink(missing_ok=True)
@@ -133,7 +138,7 @@ def write_samples(samples: np.ndarray, attributes: dict, output_dir: Path) -> tu
     if modality == "image":
         grid = image_grid(samples.reshape(len(samples), *attributes["example_shape"]))
         grid.save(output_dir / GRID_FILE)
-        return [output_dir / GRID_FILE], [grid]
+        return [output_dir / GRID_FILE], {output_dir / GRID_FILE: grid}
     files = []
     for k, sample in enumerate(samples):
         if modality == "audio":
@@ -145,7 +150,7 @@ def write_samples(samples: np.ndarray, attributes: dict, output_dir: Path) -> tu
             path = output_dir / f"sample_{k:03d}.txt"
             path.write_bytes(sample.tobytes())
         files.append(path)
-    return files, []
+    return files, {}
 
 
 def sample(cfg: ExperimentConfig, progress: bool = True) -> list[Path]:
