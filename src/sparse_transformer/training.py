@@ -16,8 +16,9 @@ is a function of (data seed, batch index) in the data package, and the dropout m
 here of (train seed, batch index, rank), so a killed and resumed run takes the same
 steps as one that never stopped.
 
-Multi-GPU and multi-node runs are launched as Lightning documents: `torchrun` (or SLURM)
-starts one process per device, each running this same command.
+Several GPUs of one machine (train.devices, train.strategy): Lightning starts one process
+per device, running this same command again for each. Several nodes: torchrun or SLURM
+starts the command on each node, as Lightning documents.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
@@ -205,6 +206,38 @@ class TrainingCurve(Callback):
             self._write()
 
 
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, counting optimizer steps of max_steps when training is bounded
+    by steps alone: Lightning's own bars count the batches of each epoch and show
+    "Epoch 1/-2" then (the epochs are not bounded). Bounded by epochs, it is Lightning's bar."""
+
+    @staticmethod
+    def _by_steps(trainer: L.Trainer) -> bool:
+        return trainer.max_epochs == -1 and trainer.max_steps > 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self._by_steps(trainer):
+            bar = self.train_progress_bar
+            bar.reset(total=trainer.max_steps)
+            bar.initial = bar.n = trainer.global_step  # a resumed run starts where it stopped
+            bar.unit = "step"
+            bar.set_description("Training")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if not self._by_steps(trainer):
+            super().on_train_epoch_start(trainer, *args)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if not self._by_steps(trainer):
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        bar, step = self.train_progress_bar, trainer.global_step
+        if self.is_enabled and step != bar.n and (step % self.refresh_rate == 0 or step == bar.total):
+            bar.update(step - bar.n)
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+
 def default_precision(cfg: TrainConfig) -> str:
     on_gpu = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
     return cfg.precision or ("bf16-mixed" if on_gpu else "32-true")
@@ -249,7 +282,7 @@ def build_trainer(cfg: TrainConfig, logger: Any = False, callbacks: list[Callbac
         limit_val_batches=(cfg.val_batches or 1.0) if validate else 0,
         log_every_n_steps=cfg.log_every_steps,
         callbacks=[
-            checkpoints, FinalCheckpoint(Path(cfg.checkpoint_dir) / LAST_CHECKPOINT), SpeedAndMemory(),
+            checkpoints, FinalCheckpoint(Path(cfg.checkpoint_dir) / LAST_CHECKPOINT), SpeedAndMemory(), StepProgressBar(),
             *([TrainingCurve(cfg.curve_file, cfg.log_every_steps)] if cfg.curve_file else []),
             *([LearningRateMonitor("step")] if logger else []), *callbacks,
         ],
@@ -278,6 +311,25 @@ def model_from_checkpoint(path: str | Path, attention: str | None = None) -> tup
     prefix = "model."
     model.load_state_dict({k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
     return model.eval(), checkpoint
+
+
+def finished_run(cfg: TrainConfig) -> str | None:
+    """What to tell the user when the last checkpoint has already reached the end of
+    training (resuming would stop at once), else None."""
+    last = Path(cfg.checkpoint_dir) / LAST_CHECKPOINT
+    if not (cfg.resume and last.is_file()):
+        return None
+    checkpoint = read_checkpoint(last)
+    step, epoch = checkpoint["global_step"], checkpoint["epoch"]  # epoch: the epochs completed
+    if cfg.max_steps is not None and step >= cfg.max_steps:
+        reached = f"step {step:,}, and train.max_steps is {cfg.max_steps:,}"
+    elif cfg.max_epochs is not None and epoch >= cfg.max_epochs:
+        reached = f"epoch {epoch:,}, and train.max_epochs is {cfg.max_epochs:,}"
+    else:
+        return None
+    return (f"the run is already complete: {last} is at {reached}. Nothing to train. To train longer, raise "
+            f"that limit; to start afresh, delete {cfg.checkpoint_dir} or add --set train.resume=false "
+            "(which overwrites its checkpoints).")
 
 
 def check_data_fits_model(datamodule: Any, model_cfg: ModelConfig, data_path: str) -> None:

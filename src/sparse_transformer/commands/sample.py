@@ -13,7 +13,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "at sample.temperature, written to sample.output_dir: images as samples.png (a grid), audio as "
         "sample_NNN.wav, text as sample_NNN.txt; logged as artifacts to the training run in MLflow."
     )
-    add_config_arguments(parser)
+    add_config_arguments(parser, example="sample.count=4")
 
 
 def run(args: argparse.Namespace) -> int:
