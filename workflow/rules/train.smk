@@ -1,9 +1,10 @@
-# train: data/prepared/NAME.h5 -> runs/NAME/checkpoints/ (+ curve.csv, the MLflow run)
+# train: data/prepared/NAME.h5 -> runs/NAME/checkpoints/ (+ curve.csv and its figure curve.png, the MLflow run)
 
 rule train:
     output:
         checkpoints=directory("runs/{exp}/checkpoints"),
         curve="runs/{exp}/curve.csv",
+        figure="runs/{exp}/curve.png",
     input: "data/prepared/{exp}.h5"
     params:
         data=section("data"),
