@@ -191,9 +191,9 @@ def test_a_file_of_several_experiments_needs_one_named(tmp_path):
     from sparse_transformer.config import load_experiment
 
     params = tmp_path / "params.yaml"
-    params.write_text("enwik8: {data: {input: enwik8.zip}}\ncifar10: {data: {input: cifar.tar.gz}}\n")
-    with pytest.raises(ConfigError, match="--experiment enwik8"):
-        load_experiment(params)
+    params.write_text("workflow: {paper: [enwik8]}\nenwik8: {data: {input: enwik8.zip}}\ncifar10: {data: {input: cifar.tar.gz}}\n")
+    with pytest.raises(ConfigError, match="choose one of its experiments with --experiment: enwik8, cifar10$"):
+        load_experiment(params)  # workflow is not an experiment
     cfg = load_experiment(params, "cifar10", ("train.max_steps=5", "model.pattern.kind=dense"))
     assert cfg.data.input == "cifar.tar.gz" and cfg.train.max_steps == 5 and cfg.model.pattern.kind == "dense"
     with pytest.raises(ConfigError, match="write SECTION.FIELD=VALUE"):

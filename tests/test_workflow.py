@@ -233,19 +233,23 @@ def prepare_main(monkeypatch):
     return cli.main
 
 
-def test_prepare_reads_its_data_section(tmp_path, prepare_main, capsys):
-    params = tmp_path / "p.yaml"
+def test_prepare_reads_its_data_section(tmp_path, prepare_main, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"digits": {"data": {"dataset": "digits", "hdf5": str(tmp_path / "d.h5"), "seed": 3}}}))
     assert prepare_main(["prepare", "--config", str(params), "--experiment", "digits", "--set", "data.seed=5"]) == 0
     from sparse_transformer.data import hdf5
 
     assert hdf5.read_attributes(tmp_path / "d.h5")["parameters"]["seed"] == 5
-    assert prepare_main(["prepare", "--config", str(params), "--experiment", "digits", "--set", "data.seed=5"]) == 0
+    # --config defaults to params.yaml, as for train, evaluate and sample
+    assert prepare_main(["prepare", "--experiment", "digits", "--set", "data.seed=5"]) == 0
     assert "is up to date" in capsys.readouterr().out
     assert prepare_main(["prepare", "bytes", "--config", str(params), "--experiment", "digits"]) == 2
-    assert "DATASET: with --config the data section sets these" in capsys.readouterr().err
+    assert f"DATASET: the data section of {params} sets these" in capsys.readouterr().err
     assert prepare_main(["prepare", "--output", str(tmp_path / "x.h5")]) == 2
-    assert "give DATASET and --output FILE.h5, or --config" in capsys.readouterr().err
+    assert "--output: the data section of params.yaml sets these" in capsys.readouterr().err
+    assert prepare_main(["prepare", "bytes", "--input", str(params)]) == 2
+    assert "give DATASET and --output FILE.h5, or no DATASET" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name, message", [

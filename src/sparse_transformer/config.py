@@ -475,8 +475,10 @@ def load_experiment(path: str | Path, name: str | None = None, overrides: tuple[
             raise ConfigError(f"{path} has no experiment {name!r}; it has {', '.join(map(str, data))}")
         data = data[name]
     elif not set(data) <= set(sections):
-        raise ConfigError(f"{path} is not one experiment (sections {', '.join(sections)}): "
-                          f"choose one of its top-level entries with --experiment, e.g. --experiment {next(iter(data))}")
+        experiments = [key for key, value in data.items() if isinstance(value, dict) and set(value) <= set(sections)]
+        raise ConfigError(f"{path} is not one experiment (sections {', '.join(sections)}): choose one of its "
+                          + (f"experiments with --experiment: {', '.join(map(str, experiments))}" if experiments
+                             else "top-level entries with --experiment"))
     for override in overrides:
         keys, sep, value = override.partition("=")
         if not sep or not keys:
