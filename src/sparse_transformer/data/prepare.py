@@ -28,7 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="the raw input: enwik8.zip / cifar-10-python.tar.gz or the folder that holds it; "
                              "the ImageNet64 folder; a folder of recordings (audio) or images (images); "
                              "any file or folder (bytes)")
-    parser.add_argument("--output", type=Path, metavar="FILE.h5", help="the HDF5 file to write (required without --config)")
+    parser.add_argument("--output", type=Path, metavar="FILE.h5", help="the HDF5 file to write (required with DATASET)")
     parser.add_argument("--download", action="store_true",
                         help=f"fetch the archive into --input if it is missing ({', '.join(DOWNLOADABLE)})")
     parser.add_argument("--split-fractions", type=float, nargs=3, default=(0.9, 0.05, 0.05),
@@ -47,7 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "take the source, input, output and options from the data section of one experiment; "
         "the flags above other than --skip-checksum and --force are then refused",
     )
-    workflow.add_argument("--config", type=Path, metavar="FILE.yaml",
+    workflow.add_argument("--config", type=Path, metavar="FILE.yaml", default=argparse.SUPPRESS,  # absent: None
                           help="the YAML configuration (default: params.yaml, when no DATASET is given)")
     workflow.add_argument("--experiment", metavar="NAME",
                           help="the top-level section of the file to use (none given: the whole file is one experiment)")
@@ -164,8 +164,9 @@ def run_config(args: argparse.Namespace, config: Path) -> int:
 def run(args: argparse.Namespace) -> int:
     from ..config import ConfigError
 
-    if args.dataset is None or args.config is not None:
-        return run_config(args, args.config or Path("params.yaml"))
+    config = getattr(args, "config", None)
+    if args.dataset is None or config is not None:
+        return run_config(args, config or Path("params.yaml"))
     if args.experiment is not None or args.overrides or args.fetch_only:
         raise ConfigError("--experiment, --set and --fetch-only take the data section of a configuration "
                           "(--config, default params.yaml), not DATASET")
