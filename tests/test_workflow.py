@@ -171,6 +171,7 @@ def check_text_outputs(repo: Path) -> None:
     assert [int(r["step"]) for r in rows] == list(range(1, 7))
     assert all(float(r["train_bpd"]) > 0 for r in rows)
     assert [int(r["step"]) for r in rows if r["valid_bpd"]] == [3, 6]
+    assert (repo / "runs/quickstart-text/curve.png").read_bytes().startswith(b"\x89PNG")  # drawn by train
     metrics = json.loads((repo / "runs/quickstart-text/metrics.json").read_text())
     assert metrics["split"] == "test" and 0 < metrics["bits_per_dim"] < 9 and metrics["step"] == 6
     samples = sorted((repo / "runs/quickstart-text/samples").glob("sample_*"))  # Snakemake adds a hidden timestamp
@@ -366,6 +367,17 @@ def test_dvc_repro_runs_the_text_quickstart_end_to_end(tmp_path):
     shown = json.loads(run([DVC, "metrics", "show", "--json"], repo).stdout)
     metrics = shown[""]["data"]["runs/quickstart-text/metrics.json"]["data"]
     assert metrics["bits_per_dim"] > 0
+    # README's commands, scoped to the quickstart: quiet
+    quiet = [run([DVC, "metrics", "show", "runs/quickstart-text/metrics.json"], repo),
+             run([DVC, "plots", "show", "runs/quickstart-text/curve.csv", "runs/quickstart-text/curve.png"], repo),
+             run([DVC, "status", "dvc.yaml"], repo)]
+    assert not any(result.stderr.strip() for result in quiet), [result.stderr for result in quiet]
+    assert quiet[2].stdout.strip() == "Data and pipelines are up to date."
+    # the plots page needs no network: Vega inline (workflow/plots/page.html), the PNG beside it
+    page = (repo / "dvc_plots/index.html").read_text()
+    assert "vegaEmbed('#runs_quickstart-text_curve_csv', spec)" in page and "bi.vegaLite" in page
+    assert not re.search(r"<script[^>]*\bsrc=", page) and "cdn.jsdelivr" not in page
+    assert '<img src="static/workspace_runs_quickstart-text_curve.png">' in page
 
     # nothing changed: nothing runs
     again = run([DVC, "repro", *targets], repo)
