@@ -7,9 +7,9 @@ import http.server
 import json
 import os
 import subprocess
-import threading
 
 import pytest
+from local_server import LocalServer
 from mlflow import MlflowClient
 from training_setup import SHAKESPEARE, digits_h5, experiment, text_h5  # noqa: F401 (fixtures)
 
@@ -129,20 +129,12 @@ def test_an_unreachable_tracking_server_fails_fast_before_training(workdir, text
     assert "sparse-transformer train: error: the MLflow tracking store http://127.0.0.1:9" in capsys.readouterr().err
 
 
-class UnavailableServer(http.server.ThreadingHTTPServer):
+class UnavailableServer(LocalServer):
     """A tracking server on 127.0.0.1 that answers every request with 503 and counts them."""
 
     def __init__(self):
         self.requests = 0
-        super().__init__(("127.0.0.1", 0), _Unavailable)
-
-    def __enter__(self):
-        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.shutdown()
-        self.server_close()
+        super().__init__(_Unavailable)
 
 
 class _Unavailable(http.server.BaseHTTPRequestHandler):
@@ -162,7 +154,7 @@ def test_the_store_check_asks_once(workdir, text_h5):
     """Fast without a clock: MLflow's client retries a failing server for minutes by
     default; the check before training asks it once."""
     with UnavailableServer() as server:
-        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        uri = server.address
         with pytest.raises(TrackingError, match=f"{uri} does not answer"):
             train(experiment(workdir, text_h5, tracking={"tracking_uri": uri}))
     assert server.requests == 1
