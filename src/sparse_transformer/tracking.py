@@ -6,8 +6,8 @@ the store answers (`connect`), so a run against an unreachable server stops befo
 work with a message that says what to do.
 
 Runs: one experiment per dataset (`tracking.experiment`, else the stem of the HDF5
-file: enwik8.h5 -> "enwik8"), marked as model training (the `mlflow.experimentKind`
-tag), not as a GenAI one. Training creates the run through Lightning's MLFlowLogger
+file: enwik8.h5 -> "enwik8"), tagged as model training (`mlflow.experimentKind`), not
+GenAI (MLflow 3.17's UI follows its own GenAI / Model training switch instead). Training creates the run through Lightning's MLFlowLogger
 and records its id in every checkpoint; a resumed run, `evaluate` and `sample` log into
 that same run. Per run: a description and tags that tell runs apart (dataset, pattern,
 model, parameters, git commit), the whole configuration as parameters, training and
@@ -155,8 +155,8 @@ def compact_count(count: int) -> str:
 
 
 def run_tags(cfg: ExperimentConfig, parameters: int | None = None) -> dict[str, str]:
-    """Tags that tell runs apart in the runs table: the data, the pattern, the model's
-    size, and the git commit of the working directory (MLflow's own tag, which the UI
+    """Tags that tell runs apart at a glance (on the run's page, or as columns of the runs
+    table): the data, the pattern, the model's size, and the git commit of the working directory (MLflow's own tag, which the UI
     shows as the run's version)."""
     from mlflow.utils.git_utils import get_git_commit
 
@@ -175,7 +175,7 @@ def run_tags(cfg: ExperimentConfig, parameters: int | None = None) -> dict[str, 
 
 
 def run_description(cfg: ExperimentConfig, tags: dict[str, str]) -> str:
-    """The run's description (Markdown), shown on its page and in the runs table."""
+    """The run's description, shown on its page in the UI."""
     data, train = cfg.data, cfg.train
     source = f"{data.dataset} from {data.input}" if data.input else data.dataset
     length = f"{train.max_steps:,} steps" if train.max_steps else f"{train.max_epochs} epochs"
