@@ -13,6 +13,13 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# No time limit per example (Hypothesis' default is 200 ms): on a loaded 2-core machine a
+# descheduled process overruns it, and Hypothesis then reports a flaky failure of a test
+# whose property holds. Slow code is the benchmarks' business, not the property tests'.
+settings.register_profile("no_deadline", deadline=None)
+settings.load_profile("no_deadline")
 
 
 def pytest_collection_modifyitems(config, items):

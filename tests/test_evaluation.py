@@ -12,9 +12,11 @@ import pytest
 import torch
 from training_setup import experiment, text_h5  # noqa: F401 (fixtures)
 
+from sparse_transformer import evaluation
 from sparse_transformer.config import ConfigError, ModelConfig, PatternConfig
 from sparse_transformer.data.errors import DataError
 from sparse_transformer.errors import UserError
+from sparse_transformer.evaluation import _nats as nats_of
 from sparse_transformer.evaluation import evaluate, score_images, score_stream, stream_windows
 from sparse_transformer.model import SparseTransformer
 from sparse_transformer.training import read_checkpoint, train
@@ -66,9 +68,13 @@ def test_stream_score_is_the_sum_of_log_probabilities_of_its_windows():
     assert nats == pytest.approx(expected, rel=1e-6)
 
 
-def test_image_score_covers_every_byte_from_the_start_symbol():
+def test_image_score_covers_every_byte_from_the_start_symbol(monkeypatch):
     model = random_model(context=12, image_shape=(2, 2, 3))
     images = np.random.default_rng(1).integers(0, 256, (5, 2, 2, 3), dtype=np.uint8)
+    images.flags.writeable = False  # as a split of the HDF5 file arrives (memory-mapped)
+    given_to_torch = []  # torch.from_numpy warns (once a process) about read-only arrays
+    monkeypatch.setattr(evaluation, "_nats", lambda model, examples, device: given_to_torch.append(
+        examples.flags.writeable) or nats_of(model, examples, device))
     expected = 0.0
     with torch.no_grad():
         for image in images:
@@ -79,6 +85,7 @@ def test_image_score_covers_every_byte_from_the_start_symbol():
     nats, scored = score_images(model, images, batch_size=2, device=CPU, progress=False)
     assert scored == 5 * 12
     assert nats == pytest.approx(expected, rel=1e-6)
+    assert given_to_torch == [True] * 3  # copies, not views of the read-only split
 
 
 def test_more_context_scores_the_same_bytes(tmp_path, text_h5):

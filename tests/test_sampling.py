@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from sparse_transformer.config import ModelConfig, PatternConfig
 from sparse_transformer.data import mulaw
 from sparse_transformer.model import DecodingCache, SparseTransformer, decoding_keys
-from sparse_transformer.sampling import CUDAGraphDecoder, generate, image_grid, write_samples
+from sparse_transformer.sampling import GRID_GUTTER, CUDAGraphDecoder, generate, image_grid, write_samples
 
 PATTERNS = [
     PatternConfig("dense", 6),
@@ -206,6 +206,9 @@ def test_image_grid_places_each_image(tmp_path):
     small = grid[::scale, ::scale]
     assert small.shape == (2 * 3 - 1, 3 * 4 - 1, 3)
     assert np.array_equal(small[3:5, 4:7], images[4])  # the fifth image: second row, second column
+    # mid-grey gutters (and the empty sixth cell), which black or white images do not hide in
+    assert (small[2] == GRID_GUTTER).all() and (small[:, [3, 7]] == GRID_GUTTER).all()
+    assert (small[3:5, 8:11] == GRID_GUTTER).all()
 
 
 def test_samples_are_written_as_png_wav_and_txt(tmp_path):
@@ -213,12 +216,12 @@ def test_samples_are_written_as_png_wav_and_txt(tmp_path):
 
     samples = np.random.default_rng(0).integers(0, 256, (4, 64), dtype=np.uint8)
     files, images = write_samples(samples, {"modality": "image", "example_shape": (8, 8, 1)}, tmp_path / "img")
-    assert [f.name for f in files] == ["samples.png"] and len(images) == 1
+    assert [f.name for f in files] == ["samples.png"] and list(images) == files
     assert Image.open(files[0]).mode == "L"
 
     files, images = write_samples(samples, {"modality": "audio", "sample_rate": 12_000}, tmp_path / "wav")
     audio, rate = soundfile.read(files[1], dtype="float32")
-    assert rate == 12_000 and images == []
+    assert rate == 12_000 and images == {}
     np.testing.assert_allclose(audio, mulaw.decode(samples[1]), atol=1e-4)  # 16-bit PCM
 
     files, _ = write_samples(samples, {"modality": "text"}, tmp_path / "txt")

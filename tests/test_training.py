@@ -8,6 +8,7 @@ import csv
 import pytest
 import torch
 from mlflow import MlflowClient
+from PIL import Image
 from training_setup import digits_h5, experiment, text_h5  # noqa: F401 (fixtures)
 
 from sparse_transformer.config import ConfigError, ModelConfig, PatternConfig
@@ -105,6 +106,15 @@ def test_images_train_on_every_byte_from_the_start_symbol(tmp_path, digits_h5):
     assert not torch.allclose(trained[256], initial[256])  # the start symbol, input of every image's first byte, learns
 
 
+def test_the_progress_bar_counts_steps_of_max_steps(tmp_path, digits_h5, capsys):
+    # 3 batches an epoch: Lightning's own bar would count them, epoch by epoch ("Epoch 1/-2")
+    cfg = experiment(tmp_path, digits_h5, data={"batch_size": 512}, train={"max_steps": 6, "val_every_steps": None},
+                     tracking={"enabled": False})
+    train(cfg)
+    shown = capsys.readouterr().out
+    assert "Training: 100%" in shown and "6/6" in shown and "step/s" in shown and "Epoch" not in shown
+
+
 def test_stream_data_with_an_image_model_is_refused(tmp_path, text_h5):
     cfg = experiment(tmp_path, text_h5, model={"image_shape": [8, 8, 1]}, tracking={"enabled": False})
     with pytest.raises(ConfigError, match="model.image_shape: .* set image_shape to null"):
@@ -148,6 +158,13 @@ def test_the_command_line_trains_evaluates_and_samples_an_experiment_of_params_y
     common = ["--config", str(params), "--experiment", "shakespeare", "--set", "train.max_steps=3"]
     assert cli.main(["train", *common]) == 0
     assert read_checkpoint(tmp_path / "checkpoints/last.ckpt")["global_step"] == 3
+    assert Image.open(tmp_path / "curve.png").size == (640, 400)  # the curve, drawn beside curve.csv
+    capsys.readouterr()
+    assert cli.main(["train", *common, "--set", "train.max_steps=2"]) == 0  # nothing failed: nothing to do
+    said = capsys.readouterr().out
+    assert f"the run is already complete: {tmp_path}/checkpoints/last.ckpt is at step 3, and train.max_steps is 2" in said
+    assert "--set train.resume=false" in said and "resuming" not in said
+    assert read_checkpoint(tmp_path / "checkpoints/last.ckpt")["global_step"] == 3
     assert cli.main(["evaluate", *common, "--set", "evaluate.split=valid"]) == 0
     assert json.loads((tmp_path / "metrics.json").read_text())["split"] == "valid"
     assert cli.main(["sample", *common, "--set", "sample.count=2", "--set", "sample.length=16"]) == 0
@@ -175,9 +192,9 @@ def test_a_file_of_several_experiments_needs_one_named(tmp_path):
     from sparse_transformer.config import load_experiment
 
     params = tmp_path / "params.yaml"
-    params.write_text("enwik8: {data: {input: enwik8.zip}}\ncifar10: {data: {input: cifar.tar.gz}}\n")
-    with pytest.raises(ConfigError, match="--experiment enwik8"):
-        load_experiment(params)
+    params.write_text("workflow: {paper: [enwik8]}\nenwik8: {data: {input: enwik8.zip}}\ncifar10: {data: {input: cifar.tar.gz}}\n")
+    with pytest.raises(ConfigError, match="choose one of its experiments with --experiment: enwik8, cifar10$"):
+        load_experiment(params)  # workflow is not an experiment
     cfg = load_experiment(params, "cifar10", ("train.max_steps=5", "model.pattern.kind=dense"))
     assert cfg.data.input == "cifar.tar.gz" and cfg.train.max_steps == 5 and cfg.model.pattern.kind == "dense"
     with pytest.raises(ConfigError, match="write SECTION.FIELD=VALUE"):

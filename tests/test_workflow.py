@@ -205,6 +205,7 @@ def check_text_outputs(repo: Path) -> None:
     assert [int(r["step"]) for r in rows] == list(range(1, 7))
     assert all(float(r["train_bpd"]) > 0 for r in rows)
     assert [int(r["step"]) for r in rows if r["valid_bpd"]] == [3, 6]
+    assert (repo / "runs/quickstart-text/curve.png").read_bytes().startswith(b"\x89PNG")  # drawn by train
     metrics = json.loads((repo / "runs/quickstart-text/metrics.json").read_text())
     assert metrics["split"] == "test" and 0 < metrics["bits_per_dim"] < 9 and metrics["step"] == 6
     samples = sorted((repo / "runs/quickstart-text/samples").glob("sample_*"))  # Snakemake adds a hidden timestamp
@@ -267,19 +268,23 @@ def prepare_main(monkeypatch):
     return cli.main
 
 
-def test_prepare_reads_its_data_section(tmp_path, prepare_main, capsys):
-    params = tmp_path / "p.yaml"
+def test_prepare_reads_its_data_section(tmp_path, prepare_main, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"digits": {"data": {"dataset": "digits", "hdf5": str(tmp_path / "d.h5"), "seed": 3}}}))
     assert prepare_main(["prepare", "--config", str(params), "--experiment", "digits", "--set", "data.seed=5"]) == 0
     from sparse_transformer.data import hdf5
 
     assert hdf5.read_attributes(tmp_path / "d.h5")["parameters"]["seed"] == 5
-    assert prepare_main(["prepare", "--config", str(params), "--experiment", "digits", "--set", "data.seed=5"]) == 0
+    # --config defaults to params.yaml, as for train, evaluate and sample
+    assert prepare_main(["prepare", "--experiment", "digits", "--set", "data.seed=5"]) == 0
     assert "is up to date" in capsys.readouterr().out
     assert prepare_main(["prepare", "bytes", "--config", str(params), "--experiment", "digits"]) == 2
-    assert "DATASET: with --config the data section sets these" in capsys.readouterr().err
+    assert f"DATASET: the data section of {params} sets these" in capsys.readouterr().err
     assert prepare_main(["prepare", "--output", str(tmp_path / "x.h5")]) == 2
-    assert "give DATASET and --output FILE.h5, or --config" in capsys.readouterr().err
+    assert "--output: the data section of params.yaml sets these" in capsys.readouterr().err
+    assert prepare_main(["prepare", "bytes", "--input", str(params)]) == 2
+    assert "give DATASET and --output FILE.h5, or no DATASET" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name, message", [
@@ -396,6 +401,18 @@ def test_dvc_repro_runs_the_text_quickstart_end_to_end(tmp_path):
     shown = json.loads(run([DVC, "metrics", "show", "--json"], repo).stdout)
     metrics = shown[""]["data"]["runs/quickstart-text/metrics.json"]["data"]
     assert metrics["bits_per_dim"] > 0
+    # README's commands, scoped to the quickstart: quiet
+    quiet = [run([DVC, "metrics", "show", "runs/quickstart-text/metrics.json"], repo),
+             run([DVC, "plots", "show", "runs/quickstart-text/curve.csv", "runs/quickstart-text/curve.png"], repo),
+             run([DVC, "status", "dvc.yaml"], repo)]
+    assert not any(result.stderr.strip() for result in quiet), [result.stderr for result in quiet]
+    status = quiet[2].stdout  # the stages of dvc.yaml alone; this test ran the text ones only
+    assert "paper/dvc.yaml" not in status and "@quickstart-text" not in status and "@quickstart-images" in status
+    # the plots page needs no network: Vega inline (workflow/plots/page.html), the PNG beside it
+    page = (repo / "dvc_plots/index.html").read_text()
+    assert "vegaEmbed('#runs_quickstart-text_curve_csv', spec)" in page and "bi.vegaLite" in page
+    assert not re.search(r"<script[^>]*\bsrc=", page) and "cdn.jsdelivr" not in page
+    assert '<img src="static/workspace_runs_quickstart-text_curve.png">' in page
 
     # nothing changed: nothing runs
     again = run([DVC, "repro", *targets], repo)

@@ -21,7 +21,6 @@ from typing import Any
 import torch
 import yaml
 
-from .attention import BACKENDS as ATTENTION_BACKENDS
 from .errors import UserError, cut, shown
 from .patterns import Pattern, PatternError
 
@@ -72,6 +71,8 @@ class ModelConfig:
     vocab_size: int = 256
 
     def validate(self, where: str = "model") -> None:
+        from .attention import BACKENDS as ATTENTION_BACKENDS  # here: attention.py loads torch, help does not
+
         def fail(name: str, msg: str) -> None:
             raise ConfigError(f"{where}.{name}: {msg}")
 
@@ -516,8 +517,10 @@ def load_experiment(path: str | Path, name: str | None = None, overrides: tuple[
             raise ConfigError(f"{path} has no experiment {shown(name)}; it has {cut(', '.join(map(str, data)))}")
         data = data[name]
     elif not set(data) <= set(sections):
-        raise ConfigError(f"{path} is not one experiment (sections {', '.join(sections)}): "
-                          f"choose one of its top-level entries with --experiment, e.g. --experiment {next(iter(data))}")
+        experiments = [key for key, value in data.items() if isinstance(value, dict) and set(value) <= set(sections)]
+        raise ConfigError(f"{path} is not one experiment (sections {', '.join(sections)}): choose one of its "
+                          + (f"experiments with --experiment: {', '.join(map(str, experiments))}" if experiments
+                             else "top-level entries with --experiment"))
     for override in overrides:
         keys, sep, value = override.partition("=")
         if not sep or not keys:

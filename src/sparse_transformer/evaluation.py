@@ -108,7 +108,8 @@ def score_images(model: SparseTransformer, images: np.ndarray, batch_size: int, 
     """(total nats, bytes scored) over images (N, H, W, C), every byte of each."""
     total, count = 0.0, 0
     for start in tqdm(range(0, len(images), batch_size), desc="images", unit="batch", disable=not progress):
-        batch = np.asarray(images[start:start + batch_size]).reshape(-1, model.config.context)  # (B, H*W*C)
+        # a copy: the split is a read-only memory map, which torch.from_numpy warns about
+        batch = np.array(images[start:start + batch_size]).reshape(-1, model.config.context)  # (B, H*W*C)
         nats = _nats(model, batch, device)
         total += nats.double().sum().item()
         count += nats.numel()

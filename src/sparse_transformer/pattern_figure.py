@@ -9,10 +9,10 @@ in rows of width l, as the paper does, and marks the keys that query reads.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from .errors import UserError
+from .figures import pyplot, save_png
 from .patterns import INTEGRATIONS, KINDS
 
 MAX_N = 2048  # an n x n picture beyond this is unreadable anyway
@@ -39,7 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--query", type=int, default=None, help="the highlighted query position (default: n - 1 - stride // 2)")
     parser.add_argument("--no-grid", dest="grid", action="store_false", help="leave out the 2-D grid view")
     parser.add_argument("-o", "--output", type=Path, default=Path("pattern.png"), help="PNG to write (default: pattern.png)")
-    parser.add_argument("--dpi", type=int, default=150)
+    parser.add_argument("--dpi", type=int, default=150, help="resolution in dots per inch (default: 150)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,13 +105,10 @@ def grid_categories(mask, query: int, width: int):
 
 def draw(pattern, n: int, heads: int, layer: int, query: int, grid: bool, output: Path, dpi: int = 150) -> None:
     """Write the figure to `output` (PNG), through a temporary file so no half picture is left."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
+    plt = pyplot()
     panels = [(f"head {h}: {set_label(pattern, layer, h)}", pattern.mask(n, layer, h)) for h in range(heads)]
     if heads > 1:
         panels.append((f"all {heads} heads", pattern.layer_mask(n, layer, heads)))
@@ -158,14 +155,7 @@ def draw(pattern, n: int, heads: int, layer: int, query: int, grid: bool, output
     layer_note = f", layer {layer}" if pattern.integration == "interleaved" and pattern.factorized else ""
     fig.suptitle(f"{pattern.describe()}, n = {n}{layer_note}", fontsize=11)
     fig.tight_layout(rect=(0, 0.4 / height, 1, 1), h_pad=1.0)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(f".{output.name}.partial")
-    try:
-        fig.savefig(partial, format="png", dpi=dpi)
-        os.replace(partial, output)
-    finally:
-        plt.close(fig)
-        partial.unlink(missing_ok=True)
+    save_png(fig, output, dpi)
 
 
 def _frame(ax, rows: int, cols: int, lines: bool) -> None:

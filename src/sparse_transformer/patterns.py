@@ -28,9 +28,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the methods that build tensors, not here: the command line
+# reads KINDS and INTEGRATIONS (and config.py validates a Pattern) without loading
+# PyTorch, so that `sparse-transformer --help` answers at once. `allowed` uses only
+# operators, so it serves ints and tensors alike.
 
 KINDS = ("dense", "local", "strided", "fixed")
 INTEGRATIONS = ("merged", "interleaved", "multihead")
@@ -141,6 +147,7 @@ class Pattern:
         mask_mod passes one, and the reference attention asks for all heads at once with
         head of shape (heads, 1, 1). Both sets are computed and the head's chosen by
         arithmetic, never by Python branching on a tensor, so the predicate can be traced.
+        Operators only (`%` and `//` floor like torch.remainder and floor division).
         """
         causal = j <= i
         if self.kind == "dense":
@@ -150,20 +157,21 @@ class Pattern:
             a1 = (i - j) < l
             if self.kind == "local":
                 return causal & a1
-            a2 = torch.remainder(i - j, l) == 0
+            a2 = (i - j) % l == 0
         else:  # fixed
-            a1 = torch.div(j, l, rounding_mode="floor") == torch.div(i, l, rounding_mode="floor")
+            a1 = j // l == i // l
             lo, hi = self.summary_columns(head)
-            col = torch.remainder(j, l)
+            col = j % l
             a2 = (col >= lo) & (col < hi)
         if self.integration == "merged":
             return causal & (a1 | a2)
         if self.integration == "interleaved":
             return causal & (a1 if layer % 2 == 0 else a2)
         # multihead: odd heads use A2
-        if isinstance(head, torch.Tensor):
-            return causal & torch.where(head % 2 == 1, a2, a1)
-        return causal & (a2 if head % 2 == 1 else a1)
+        if isinstance(head, int):
+            return causal & (a2 if head % 2 == 1 else a1)
+        odd = head % 2 == 1  # a tensor of heads
+        return causal & ((odd & a2) | (~odd & a1))
 
     def depends_on_head(self) -> bool:
         """True when different heads of one layer see different keys."""
@@ -171,11 +179,15 @@ class Pattern:
 
     def mask(self, n: int, layer: int = 0, head: int = 0) -> torch.Tensor:
         """The (n, n) torch.bool matrix of allowed (query, key) pairs."""
+        import torch
+
         idx = torch.arange(n)
         return self.allowed(idx[:, None], idx[None, :], layer, head)
 
     def layer_mask(self, n: int, layer: int, heads: int) -> torch.Tensor:
         """(n, n) bool: keys any of the layer's `heads` heads may read (what flows in one hop)."""
+        import torch
+
         out = torch.zeros(n, n, dtype=torch.bool)
         for h in range(heads):
             out |= self.mask(n, layer, h)
@@ -184,6 +196,8 @@ class Pattern:
     # ------------------------------------------------------------------ counts
     def key_counts(self, n: int, layer: int = 0, head: int = 0) -> torch.Tensor:
         """(n,) int64: how many keys each query attends to, in closed form (O(n))."""
+        import torch
+
         i = torch.arange(n, dtype=torch.int64)
         if self.kind == "dense":
             return i + 1
@@ -220,6 +234,8 @@ class Pattern:
         stays O(rows_per_step * n) and time O(n^2): meant for analysis and tests up to
         n of a few ten thousand, not for the kernels (which use `kernel_passes`).
         """
+        import torch
+
         block_n = block_n or block_m
         qb_count, kb_count = math.ceil(n / block_m), math.ceil(n / block_n)
         rows_per_step = max(block_m, rows_per_step // block_m * block_m)

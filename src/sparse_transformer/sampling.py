@@ -37,6 +37,7 @@ from .training import check_data_fits_model, model_from_checkpoint
 GRID_FILE = "samples.png"
 WRITTEN = ".sampled.json"  # the names of the files the last run wrote
 GRID_MIN_WIDTH = 256  # pixels: small images (8x8 digits) are enlarged to be visible
+GRID_GUTTER = 128  # mid-grey between the images: apart from black backgrounds (digits) and white strokes alike
 
 
 class CUDAGraphDecoder:
@@ -114,12 +115,15 @@ def byte_frequencies(data: np.ndarray) -> torch.Tensor:
 
 
 def image_grid(images: np.ndarray) -> Image.Image:
-    """(N, H, W, C) uint8 -> one image, ceil(sqrt(N)) per row, 1-pixel black gaps, enlarged if tiny."""
+    """(N, H, W, C) uint8 -> one image, ceil(sqrt(N)) per row, 1-pixel mid-grey gutters
+    (and empty cells), enlarged if tiny."""
     count, height, width, channels = images.shape
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
     columns = math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
-    grid = np.zeros((rows * (height + 1) - 1, columns * (width + 1) - 1, channels), dtype=np.uint8)
+    grid = np.full((rows * (height + 1) - 1, columns * (width + 1) - 1, channels), GRID_GUTTER, dtype=np.uint8)
+    if mode == "RGBA":
+        grid[..., 3] = 255  # opaque gutters
     for k, image in enumerate(images):
         top, left = k // columns * (height + 1), k % columns * (width + 1)
         grid[top:top + height, left:left + width] = image
@@ -152,17 +156,18 @@ def _write_stream_sample(sample: np.ndarray, k: int, attributes: dict, output_di
     return path
 
 
-def write_samples(samples: np.ndarray, attributes: dict, output_dir: Path) -> tuple[list[Path], list[Image.Image]]:
+def write_samples(samples: np.ndarray, attributes: dict, output_dir: Path) -> tuple[list[Path], dict[Path, Image.Image]]:
     """Samples (N, length) uint8 -> files in output_dir (each written whole, replacing the
-    files of the previous run and nothing else) and the images to show."""
+    files of the previous run and nothing else), and the image written to each image file
+    (to be shown as an image, not as a file)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     if attributes["modality"] == "image":
         grid = image_grid(samples.reshape(len(samples), *attributes["example_shape"]))
         with outputs.replacing(output_dir / GRID_FILE) as temporary:
             grid.save(temporary, format="PNG")
-        files, images = [output_dir / GRID_FILE], [grid]
+        files, images = [output_dir / GRID_FILE], {output_dir / GRID_FILE: grid}
     else:
-        files, images = [_write_stream_sample(sample, k, attributes, output_dir) for k, sample in enumerate(samples)], []
+        files, images = [_write_stream_sample(sample, k, attributes, output_dir) for k, sample in enumerate(samples)], {}
     earlier = _written_before(output_dir)
     outputs.write_text(output_dir / WRITTEN, json.dumps({"files": [path.name for path in files]}) + "\n")
     for name in set(earlier) - {path.name for path in files}:

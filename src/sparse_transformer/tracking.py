@@ -6,12 +6,15 @@ the store answers (`connect`), so a run against an unreachable server stops befo
 work with a message that says what to do.
 
 Runs: one experiment per dataset (`tracking.experiment`, else the stem of the HDF5
-file: enwik8.h5 -> "enwik8"). Training creates the run through Lightning's MLFlowLogger
-(`TrainingLogger`) and records its id in every checkpoint; a resumed run, `evaluate` and
-`sample` log into that same run. Per run: the whole configuration as parameters, training
-and validation bits per dim, learning rate, tokens/s and GPU memory per step (through the
-logger), system metrics from MLflow's own monitor (rank 0), the evaluation metrics, and
-the samples as artifacts (images also through `log_image`, so the UI shows them).
+file: enwik8.h5 -> "enwik8"), tagged as model training (`mlflow.experimentKind`), not
+GenAI (MLflow 3.17's UI follows its own GenAI / Model training switch instead). Training
+creates the run through Lightning's MLFlowLogger (`TrainingLogger`) and records its id in
+every checkpoint; a resumed run, `evaluate` and `sample` log into that same run. Per run:
+a description and tags that tell runs apart (dataset, pattern, model, parameters, git
+commit), the whole configuration as parameters, training and validation bits per dim,
+learning rate, tokens/s and GPU memory per step (through the logger), system metrics from
+MLflow's own monitor (rank 0), the evaluation metrics, and the samples: images through
+`log_image` (the UI shows them per step), audio and text as artifacts.
 
 Steps: step N is the N-th optimizer step, as in curve.csv and the checkpoints. A resumed
 run does not log a (metric, step) the run already holds. A store that fails while
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 DEFAULT_DATABASE = "mlflow.db"
+# MLflow's experiment tag for what an experiment is for: model training, not GenAI.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 class TrackingError(UserError):
@@ -99,6 +104,21 @@ def connect(cfg: TrackingConfig) -> MlflowClient:
 def _reason(err: BaseException) -> str:
     """The first line of an exception, cut to a readable length."""
     return cut(str(err).strip().splitlines()[0], 300) if str(err).strip() else type(err).__name__
+
+
+def training_experiment(client: MlflowClient, cfg: ExperimentConfig) -> str:
+    """The id of the experiment's MLflow experiment, created if missing, marked as model training."""
+    name = experiment_name(cfg)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        experiment_id = client.create_experiment(name, artifact_location=artifact_location(tracking_uri(cfg.tracking)))
+        tags = {}
+    else:
+        experiment_id, tags = experiment.experiment_id, experiment.tags
+    key, kind = EXPERIMENT_KIND
+    if key not in tags:  # an experiment whose kind someone chose in the UI keeps it
+        client.set_experiment_tag(experiment_id, key, kind)
+    return experiment_id
 
 
 def existing_run(client: MlflowClient, run_id: str | None) -> str | None:
@@ -186,6 +206,7 @@ def training_logger(cfg: ExperimentConfig, client: MlflowClient | None, run_id: 
     )
     if client is not None:
         try:
+            training_experiment(client, cfg)  # marked as model training; the logger finds it by name
             if run_id is None:
                 _ = logger.run_id  # creates the experiment if needed, then the run
             else:
@@ -202,13 +223,59 @@ def stage_run(cfg: ExperimentConfig, client: MlflowClient, run_id: str | None) -
     found = existing_run(client, run_id)
     if found is not None:
         return found
-    name = experiment_name(cfg)
-    experiment = client.get_experiment_by_name(name)
-    experiment_id = (experiment.experiment_id if experiment is not None
-                     else client.create_experiment(name, artifact_location=artifact_location(tracking_uri(cfg.tracking))))
-    run = client.create_run(experiment_id, run_name=cfg.tracking.run_name)
+    run = client.create_run(training_experiment(client, cfg), run_name=cfg.tracking.run_name)
     log_config(client, run.info.run_id, cfg)
+    describe_run(client, run.info.run_id, cfg)
     return run.info.run_id
+
+
+def compact_count(count: int) -> str:
+    """A parameter count at a glance: 136448 -> "136K", 94949888 -> "94.9M"."""
+    for unit, size in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if count >= size:
+            return f"{count / size:.1f}{unit}" if count < 100 * size else f"{count / size:.0f}{unit}"
+    return str(count)
+
+
+def run_tags(cfg: ExperimentConfig, parameters: int | None = None) -> dict[str, str]:
+    """Tags that tell runs apart at a glance (on the run's page, or as columns of the runs
+    table): the data, the pattern, the model's size, and the git commit of the working directory (MLflow's own tag, which the UI
+    shows as the run's version)."""
+    from mlflow.utils.git_utils import get_git_commit
+
+    model = cfg.model
+    tags = {
+        "dataset": Path(cfg.data.hdf5).stem,
+        "pattern": model.pattern.build().describe(),
+        "model": f"{model.layers} layers, d={model.d_model}, {model.heads} heads, context {model.context}",
+    }
+    if parameters is not None:
+        tags["parameters"] = compact_count(parameters)
+    commit = get_git_commit(os.getcwd())
+    if commit is not None:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def run_description(cfg: ExperimentConfig, tags: dict[str, str]) -> str:
+    """The run's description, shown on its page in the UI."""
+    data, train = cfg.data, cfg.train
+    source = f"{data.dataset} from {data.input}" if data.input else data.dataset
+    length = f"{train.max_steps:,} steps" if train.max_steps else f"{train.max_epochs} epochs"
+    size = f", {tags['parameters']} parameters" if "parameters" in tags else ""
+    commit = tags.get("mlflow.source.git.commit")
+    return (f"{tags['dataset']}: {source}. Model: {tags['model']}{size}; attention {tags['pattern']}. "
+            f"Training: {length}, batch {data.batch_size}, learning rate {train.learning_rate:g}."
+            + (f" Code: commit {commit[:10]}." if commit else ""))
+
+
+def describe_run(client: MlflowClient, run_id: str, cfg: ExperimentConfig, parameters: int | None = None) -> None:
+    """Set the run's tags and, unless it has one (perhaps written in the UI), its description."""
+    tags = run_tags(cfg, parameters)
+    if "mlflow.note.content" not in client.get_run(run_id).data.tags:
+        tags["mlflow.note.content"] = run_description(cfg, tags)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
 
 
 def log_config(client: MlflowClient, run_id: str, cfg: ExperimentConfig) -> None:
@@ -227,17 +294,20 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], st
         client.log_metric(run_id, key, value, step=step)
 
 
-def log_samples(client: MlflowClient, run_id: str, files: list[Path], images: list[Any], step: int) -> None:
-    """The sample files as artifacts under samples/, and images (PIL) as step images the UI shows."""
+def log_samples(client: MlflowClient, run_id: str, files: list[Path], images: dict[Path, Any], step: int) -> None:
+    """The sample files, each once: those in `images` (path -> the PIL image written there)
+    through log_image, which the UI shows per step (MLflow keeps a compressed preview
+    beside each), the others (audio, text) as artifacts under samples/."""
     for path in files:
-        client.log_artifact(run_id, str(path), artifact_path="samples")
-    for image in images:
-        client.log_image(run_id, image, key="samples", step=step)
+        if path in images:
+            client.log_image(run_id, images[path], key="samples", step=step)
+        else:
+            client.log_artifact(run_id, str(path), artifact_path="samples")
 
 
 class MLflowRun(Callback):
-    """Fills the training run: the configuration as parameters when fitting starts, and
-    MLflow's system metrics (CPU, GPU, memory, disk) while it runs - on rank 0 only.
+    """Fills the training run: the configuration as parameters, its tags and description
+    when fitting starts, and MLflow's system metrics (CPU, GPU, memory, disk) while it runs - on rank 0 only.
 
     Lightning's MLFlowLogger records metrics but neither of these; system metrics need an
     active MLflow run, `mlflow.start_run(run_id=..., log_system_metrics=True)`.
@@ -254,6 +324,7 @@ class MLflowRun(Callback):
             return
         try:
             log_config(logger.experiment, logger.run_id, self.cfg)
+            describe_run(logger.experiment, logger.run_id, self.cfg, pl_module.model.num_params())
             if self.cfg.tracking.system_metrics:
                 mlflow.set_tracking_uri(tracking_uri(self.cfg.tracking))
                 mlflow.start_run(run_id=logger.run_id, log_system_metrics=True)

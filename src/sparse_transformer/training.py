@@ -22,8 +22,9 @@ loss before it is checkpointed (stopping.py).
 Steps: step N is the N-th optimizer step, in curve.csv, in checkpoints (global_step N:
 N steps done) and in MLflow alike.
 
-Multi-GPU and multi-node runs are launched as Lightning documents: `torchrun` (or SLURM)
-starts one process per device, each running this same command.
+Several GPUs of one machine (train.devices, train.strategy): Lightning starts one process
+per device, running this same command again for each. Several nodes: torchrun or SLURM
+starts the command on each node, as Lightning documents.
 """
 
 from __future__ import annotations
@@ -41,13 +42,13 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from . import checkpoints, outputs, tracking
-from .checkpoints import LAST_CHECKPOINT, CheckpointError, read_checkpoint
+from .checkpoints import LAST_CHECKPOINT, read_checkpoint
 from .config import ConfigError, DataConfig, ExperimentConfig, ModelConfig, TrainConfig, from_dict
 from .data.datamodule import ImageDataModule, data_module_from_config
 from .errors import Stopped, memory_errors_explained
@@ -233,6 +234,38 @@ class TrainingCurve(Callback):
             self._write()
 
 
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, counting optimizer steps of max_steps when training is bounded
+    by steps alone: Lightning's own bars count the batches of each epoch and show
+    "Epoch 1/-2" then (the epochs are not bounded). Bounded by epochs, it is Lightning's bar."""
+
+    @staticmethod
+    def _by_steps(trainer: L.Trainer) -> bool:
+        return trainer.max_epochs == -1 and trainer.max_steps > 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self._by_steps(trainer):
+            bar = self.train_progress_bar
+            bar.reset(total=trainer.max_steps)
+            bar.initial = bar.n = trainer.global_step  # a resumed run starts where it stopped
+            bar.unit = "step"
+            bar.set_description("Training")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if not self._by_steps(trainer):
+            super().on_train_epoch_start(trainer, *args)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if not self._by_steps(trainer):
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        bar, step = self.train_progress_bar, trainer.global_step
+        if self.is_enabled and step != bar.n and (step % self.refresh_rate == 0 or step == bar.total):
+            bar.update(step - bar.n)
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+
 def default_precision(cfg: TrainConfig) -> str:
     on_gpu = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
     return cfg.precision or ("bf16-mixed" if on_gpu else "32-true")
@@ -280,7 +313,7 @@ def build_trainer(cfg: TrainConfig, logger: Any = False, callbacks: list[Callbac
             limit_val_batches=(cfg.val_batches or 1.0) if validate else 0,
             log_every_n_steps=cfg.log_every_steps,
             callbacks=[
-                checkpoints_every, FinalCheckpoint(last), StopOnSignal(last), SpeedAndMemory(),
+                checkpoints_every, FinalCheckpoint(last), StopOnSignal(last), SpeedAndMemory(), StepProgressBar(),
                 FiniteLoss(cfg.log_every_steps, last),  # before the curve: no non-finite row is recorded
                 *([TrainingCurve(cfg.curve_file, cfg.log_every_steps)] if cfg.curve_file else []),
                 *([LearningRateMonitor("step")] if logger else []), *callbacks,
@@ -310,6 +343,21 @@ def model_from_checkpoint(path: str | Path, attention: str | None = None,
     prefix = "model."
     model.load_state_dict({k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
     return model.eval(), checkpoint
+
+
+def already_complete(cfg: TrainConfig, checkpoint: dict, last: Path) -> str | None:
+    """What to tell the user when the checkpoint to resume has already reached the end of
+    training (resuming would stop at once), else None."""
+    step, epoch = checkpoint["global_step"], checkpoint["epoch"]  # epoch: the epochs completed
+    if cfg.max_steps is not None and step >= cfg.max_steps:
+        reached = f"step {step:,}, and train.max_steps is {cfg.max_steps:,}"
+    elif cfg.max_epochs is not None and epoch >= cfg.max_epochs:
+        reached = f"epoch {epoch:,}, and train.max_epochs is {cfg.max_epochs:,}"
+    else:
+        return None
+    return (f"the run is already complete: {last} is at {reached}. Nothing to train. To train longer, raise "
+            f"that limit; to start afresh, delete {cfg.checkpoint_dir} or add --set train.resume=false "
+            "(which overwrites its checkpoints).")
 
 
 def check_data_fits_model(datamodule: Any, model_cfg: ModelConfig, data_path: str) -> None:
@@ -373,6 +421,13 @@ def _train(cfg: ExperimentConfig, last: Path, rank_zero: bool) -> Path:
     check_data_fits_model(datamodule, cfg.model, cfg.data.hdf5)
     data = data_settings(cfg.data, datamodule.attributes)
     resumed = checkpoint_to_resume(cfg, data, rank_zero)
+    complete = already_complete(cfg.train, resumed, last) if resumed is not None else None
+    if complete is not None:
+        print(complete)
+        if rank_zero:
+            checkpoints.mark_finished(last.parent, {"step": resumed["global_step"], "checkpoint": str(last),
+                                                    "mlflow_run_id": resumed.get("mlflow_run_id")})
+        return last
     if rank_zero:
         checkpoints.clear_finished(last.parent)
 

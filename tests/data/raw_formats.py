@@ -7,11 +7,11 @@ import io
 import pickle
 import re
 import tarfile
-import threading
 import zipfile
 from pathlib import Path
 
 import numpy as np
+from local_server import LocalServer
 from PIL import Image
 
 
@@ -66,25 +66,17 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.suffix in (".h5", ".tmp") or ".tmp" in p.name)
 
 
-class RangeServer(http.server.ThreadingHTTPServer):
+class RangeServer(LocalServer):
     """Serves `payload` at any path on 127.0.0.1, honouring `Range: bytes=N-` unless told
-    not to; records what it sent."""
+    not to; records the ranges asked for and the body bytes it sent."""
 
     def __init__(self, payload: bytes, honour_range: bool = True):
         self.payload, self.honour_range, self.sent, self.ranges = payload, honour_range, 0, []
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def __enter__(self):
-        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.shutdown()
-        self.server_close()
+        super().__init__(_Handler)
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.server_address[1]}/enwik8.zip"
+        return f"{self.address}/enwik8.zip"
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -105,8 +97,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self.server.payload[start:]
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        # Counted before writing: the client may read the whole body, finish and check
+        # `sent` before this thread runs again.
         self.server.sent += len(body)
+        self.wfile.write(body)
 
     def log_message(self, *args):
         pass

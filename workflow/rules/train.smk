@@ -1,4 +1,4 @@
-# train: data/prepared/NAME.h5 -> runs/NAME/checkpoints/ (+ curve.csv, the MLflow run)
+# train: data/prepared/NAME.h5 -> runs/NAME/checkpoints/ (+ curve.csv and its figure curve.png, the MLflow run)
 #
 # The declared output is runs/NAME/checkpoints/finished.json, which `train` writes only
 # when training reaches its end. The checkpoints themselves and curve.csv are not

@@ -13,14 +13,15 @@ from pathlib import Path
 from ..config import ExperimentConfig, load_experiment
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """--config, --experiment and --set, shared by train, evaluate and sample."""
+def add_config_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+    """--config, --experiment and --set, shared by train, evaluate and sample; `example`
+    is a setting of the command's own section, for --set's help."""
     parser.add_argument("--config", type=Path, default=Path("params.yaml"), metavar="FILE.yaml",
                         help="the YAML configuration (default: params.yaml)")
     parser.add_argument("--experiment", metavar="NAME",
                         help="the top-level section of the file to use (default: the whole file is one experiment)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override a setting, e.g. --set train.max_steps=100 (repeatable; VALUE is YAML)")
+                        help=f"override a setting, e.g. --set {example} (repeatable; VALUE is YAML)")
 
 
 def experiment_from_args(args: argparse.Namespace) -> ExperimentConfig:

@@ -14,7 +14,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "of context per byte (default half the context). Writes evaluate.metrics_file (JSON) and logs to the "
         "training run in MLflow."
     )
-    add_config_arguments(parser)
+    add_config_arguments(parser, example="evaluate.split=valid")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,9 +2,9 @@
 HDF5 layout of docs/hdf5.md. An existing output made from the same inputs with the same
 parameters is reused; otherwise it is rebuilt (atomically: never a half-written file).
 
-`sparse-transformer prepare --config params.yaml --experiment NAME [--set data.FIELD=VALUE]`
+`sparse-transformer prepare [--config params.yaml] --experiment NAME [--set data.FIELD=VALUE]`
 takes everything from the experiment's `data` section instead (what DVC and Snakemake
-run); `--fetch-only` then only makes sure the raw input is there - downloading it
+run; without DATASET, --config defaults to params.yaml as for the other commands); `--fetch-only` then only makes sure the raw input is there - downloading it
 (enwik8, CIFAR-10, with data.download: true) or stopping with where to put it - which
 is the workflows' `download` stage.
 """
@@ -30,7 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="the raw input: enwik8.zip / cifar-10-python.tar.gz or the folder that holds it; "
                              "the ImageNet64 folder; a folder of recordings (audio) or images (images); "
                              "any file or folder (bytes)")
-    parser.add_argument("--output", type=Path, metavar="FILE.h5", help="the HDF5 file to write (required without --config)")
+    parser.add_argument("--output", type=Path, metavar="FILE.h5", help="the HDF5 file to write (required with DATASET)")
     parser.add_argument("--download", action="store_true",
                         help=f"fetch the archive into --input if it is missing ({', '.join(DOWNLOADABLE)})")
     parser.add_argument("--split-fractions", type=float, nargs=3, default=(0.9, 0.05, 0.05),
@@ -49,7 +49,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "take the source, input, output and options from the data section of one experiment; "
         "the flags above other than --skip-checksum and --force are then refused",
     )
-    workflow.add_argument("--config", type=Path, metavar="FILE.yaml", help="the YAML configuration, e.g. params.yaml")
+    workflow.add_argument("--config", type=Path, metavar="FILE.yaml", default=argparse.SUPPRESS,  # absent: None
+                          help="the YAML configuration (default: params.yaml, when no DATASET is given)")
     workflow.add_argument("--experiment", metavar="NAME",
                           help="the top-level section of the file to use (none given: the whole file is one experiment)")
     workflow.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -157,8 +158,8 @@ def fetch(cfg: DataConfig, skip_checksum: bool = False) -> Path | None:
     return None  # digits: in scikit-learn's wheel
 
 
-def run_config(args: argparse.Namespace) -> int:
-    """`prepare --config FILE [--experiment NAME]`: the experiment's data section."""
+def run_config(args: argparse.Namespace, config: Path) -> int:
+    """`prepare [--config FILE] [--experiment NAME]`: the experiment's data section."""
     from ..config import ConfigError
 
     given = [flag for flag, value, default in (
@@ -168,9 +169,9 @@ def run_config(args: argparse.Namespace) -> int:
         ("--skip-undecodable", args.skip_undecodable, False),
     ) if value != default]
     if given:
-        raise ConfigError(f"{', '.join(given)}: with --config the data section sets these; "
-                          f"change them there or with --set data.FIELD=VALUE")
-    data = load_experiment(args.config, args.experiment, tuple(args.overrides)).data
+        raise ConfigError(f"{', '.join(given)}: the data section of {config} sets these: change them there or with "
+                          "--set data.FIELD=VALUE (DATASET and these flags prepare without a configuration)")
+    data = load_experiment(config, args.experiment, tuple(args.overrides)).data
     if args.fetch_only:
         found = fetch(data, skip_checksum=args.skip_checksum)
         print(f"{found} is in place" if found is not None else f"{data.dataset} needs no raw files")
@@ -183,12 +184,14 @@ def run_config(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from ..config import ConfigError
 
-    if args.config is not None:
-        return run_config(args)
+    config = getattr(args, "config", None)
+    if args.dataset is None or config is not None:
+        return run_config(args, config or Path("params.yaml"))
     if args.experiment is not None or args.overrides or args.fetch_only:
-        raise ConfigError("--experiment, --set and --fetch-only go with --config FILE.yaml")
-    if args.dataset is None or args.output is None:
-        raise ConfigError("give DATASET and --output FILE.h5, or --config FILE.yaml [--experiment NAME]")
+        raise ConfigError("--experiment, --set and --fetch-only take the data section of a configuration "
+                          "(--config, default params.yaml), not DATASET")
+    if args.output is None:
+        raise ConfigError("give DATASET and --output FILE.h5, or no DATASET to use a configuration's data section")
     built = prepare(
         args.dataset, args.input, args.output, download=args.download, split_fractions=args.split_fractions,
         seed=args.seed, sample_rate=args.sample_rate, skip_undecodable=args.skip_undecodable,

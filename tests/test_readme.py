@@ -1,0 +1,56 @@
+"""What README.md shows runs as written, and its figures are those of the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparse_transformer.config import load_experiment
+from sparse_transformer.model import SparseTransformer
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def section(heading: str) -> str:
+    """The text of README's `## heading` section."""
+    match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", README, re.M | re.S)
+    assert match, f"README.md has no section {heading!r}"
+    return match.group(1)
+
+
+def code_blocks(text: str, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", text, re.M | re.S)
+
+
+def test_ci_runs_the_readmes_two_commands():
+    (setup,) = code_blocks(section("Set up"), "bash")
+    ci = [line for line in (ROOT / ".ci/run").read_text().splitlines() if line.startswith("python -m ")]
+    assert ci == setup.splitlines() and len(ci) == 2
+
+
+def test_the_cpu_attention_example_runs():
+    cpu, _ = code_blocks(section("Using the attention directly"), "python")
+    namespace: dict = {}
+    exec(cpu, namespace)
+    assert namespace["out"].shape == namespace["q"].shape and namespace["q"].grad is not None
+
+
+@pytest.mark.gpu
+def test_the_gpu_attention_example_runs():
+    _, gpu = code_blocks(section("Using the attention directly"), "python")
+    namespace: dict = {}
+    exec(gpu, namespace)
+    assert namespace["out"].shape == namespace["q"].shape
+
+
+@pytest.mark.parametrize("model, experiment", [("CIFAR-10", "cifar10"), ("Enwik8", "enwik8"), ("ImageNet 64x64", "imagenet64")])
+def test_parameter_counts_are_those_of_params_yaml(model, experiment):
+    row = re.search(rf"^\| {re.escape(model)} \|.*\| ([\d,]+) \| \d+M \|$", section("The paper's models"), re.M)
+    assert row, f"no row for {model}"
+    with torch.device("meta"):  # counted without allocating the weights
+        built = SparseTransformer(load_experiment(ROOT / "params.yaml", experiment).model)
+    assert row.group(1) == f"{built.num_params():,}"
