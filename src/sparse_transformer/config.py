@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from .errors import UserError, cut, shown
@@ -294,6 +293,8 @@ def _device(value: str, where: str) -> None:
     has it is checked where it is used (evaluation.resolve_device)."""
     if value == "auto":
         return
+    import torch  # here: the command line's help does not load torch
+
     try:
         torch.device(value)
     except (RuntimeError, ValueError):
