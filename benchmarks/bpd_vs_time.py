@@ -76,8 +76,8 @@ from sparse_transformer.data.prepare import prepare
 from sparse_transformer.model import SparseTransformer
 from sparse_transformer.training import parameter_groups
 from train_step import model_config  # the Table 2 rows' pattern swap (benchmarks/ is on sys.path)
-from common import (add_compile_arguments, autocast, compile_if_asked, device_or_exit, environment, fail, run_benchmark,
-                    synchronize, write_json)
+from common import (add_compile_arguments, autocast, compile_if_asked, data_overrides, device_or_exit, environment, fail,
+                    run_benchmark, synchronize, write_json)
 
 QUICKSTART_TEXT = "data/quickstart/text/tinyshakespeare.txt"
 PATTERNS = ("dense", "strided", "fixed")
@@ -294,16 +294,6 @@ def save(runs: list[dict], meta: dict, args: argparse.Namespace) -> None:
 def save_along(runs: list[dict], about: dict, meta: dict, args: argparse.Namespace, run: dict) -> None:
     """The finished runs and the one in progress (`about` | `run`), in pattern order."""
     save(sorted([*runs, about | run], key=lambda r: PATTERNS.index(r["pattern"])), meta, args)
-
-
-def data_overrides(attributes: dict) -> tuple[str, ...]:
-    """--set overrides that fit the experiment's model to the data (applied after the user's):
-    images give their shape and a context of one image; streams no image shape (windows of
-    the experiment's context)."""
-    if attributes["modality"] == "image":
-        shape = list(attributes["example_shape"])
-        return f"model.image_shape={shape}", f"model.context={int(np.prod(shape))}"
-    return ("model.image_shape=null",)
 
 
 def carried_data(args: argparse.Namespace, model: ModelConfig, data: DataConfig, path: Path,

@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, NoReturn
 
+import numpy as np
 import torch
 
 from sparse_transformer.config import COMPILE_MODES
@@ -47,6 +48,16 @@ def run_benchmark(main: Callable[[], int]) -> NoReturn:
     except UserError as err:
         fail(str(err))
     sys.exit(code)
+
+
+def data_overrides(attributes: dict) -> tuple[str, ...]:
+    """--set overrides that fit the experiment's model to the data (applied after the user's):
+    images give their shape and a context of one image; streams no image shape (windows of
+    the experiment's context)."""
+    if attributes["modality"] == "image":
+        shape = list(attributes["example_shape"])
+        return f"model.image_shape={shape}", f"model.context={int(np.prod(shape))}"
+    return ("model.image_shape=null",)
 
 
 def device_or_exit(name: str, attention: str | None = None) -> torch.device:

@@ -88,3 +88,19 @@ def test_bpd_runs_train_a_prepared_image_file_as_images(tmp_path):
     meta = json.loads(record.read_text())["meta"]
     assert meta["model"]["image_shape"] == [8, 8, 1] and meta["model"]["context"] == 64
     assert "images [8, 8, 1]" in meta["data"]
+
+
+def test_the_sampling_benchmark_completes_the_test_images_of_a_prepared_file(tmp_path):
+    from sparse_transformer.data import digits
+
+    images = tmp_path / "digits.h5"
+    digits.prepare(images)
+    record = tmp_path / "sampling.json"
+    done = subprocess.run([sys.executable, "benchmarks/sampling.py", "--device", "cpu", "--batch", "3", "--set",
+                           "model.layers=2", "--set", "model.d_model=32", "--data", str(images), "--eager-positions",
+                           "4", "--check-length", "8", "--json", str(record)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    cached = json.loads(record.read_text())["cached"]
+    assert cached["positions"] == 64 and cached["given"] == 32  # the top half of each 8x8 digit given
+    assert json.loads(record.read_text())["meta"]["model"]["image_shape"] == [8, 8, 1]

@@ -12,7 +12,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from sparse_transformer.config import ModelConfig, PatternConfig
 from sparse_transformer.data import mulaw
 from sparse_transformer.model import DecodingCache, SparseTransformer, decoding_keys
-from sparse_transformer.sampling import GRID_GUTTER, CUDAGraphDecoder, generate, image_grid, write_samples
+from sparse_transformer.sampling import GRID_GUTTER, CUDAGraphDecoder, draw, generate, image_grid, write_samples
+from training_setup import digits_h5, experiment, text_h5  # noqa: F401 (fixtures)
 
 PATTERNS = [
     PatternConfig("dense", 6),
@@ -150,7 +151,7 @@ def test_the_cache_keeps_only_what_later_queries_read(pattern, kept):
 
 def test_generate_samples_from_the_models_distribution_at_the_temperature():
     model = model_for(PatternConfig("strided", 6), image=False)
-    first = torch.tensor([65, 66])
+    first = torch.tensor([[65], [66]])
     greedy = generate(model, first, 12, temperature=1e-6, progress=False)
     assert greedy.shape == (2, 12) and greedy.dtype == torch.uint8 and greedy[:, 0].tolist() == [65, 66]
     with torch.no_grad():
@@ -162,8 +163,39 @@ def test_generate_samples_from_the_models_distribution_at_the_temperature():
 
 def test_images_are_generated_from_the_start_symbol_and_are_whole():
     model = model_for(PatternConfig("strided", 6), image=True)
-    images = generate(model, torch.full((2,), model.start_token), 24, progress=False)
+    images = generate(model, torch.full((2, 1), model.start_token), 24, progress=False)
     assert images.shape == (2, 24)
+
+
+def test_draw_keeps_the_top_k_bytes_and_the_nucleus():
+    logits = torch.log(torch.tensor([[0.05, 0.4, 0.3, 0.2, 0.05]])).expand(4000, 5)
+    gen = torch.Generator().manual_seed(0)
+    assert (draw(logits, top_k=1, generator=gen) == 1).all()
+    assert (draw(logits, top_p=0.1, generator=gen) == 1).all()  # the most likely byte always stays
+    assert set(draw(logits, top_k=3, generator=gen).tolist()) == {1, 2, 3}
+    assert set(draw(logits, top_p=0.65, generator=gen).tolist()) == {1, 2}  # 0.4 + 0.3 reach 0.65
+    nucleus = draw(logits, top_p=0.8, generator=gen)  # 0.4 + 0.3 + 0.2, renormalised
+    assert set(nucleus.tolist()) == {1, 2, 3} and abs((nucleus == 1).float().mean().item() - 0.4 / 0.9) < 0.03
+    cold = draw(logits, temperature=0.01, generator=gen)
+    assert (cold == 1).all()
+
+
+def test_a_prompt_is_continued_and_a_stream_slides_past_the_context():
+    """The output starts with the prompt; past the context, each byte is predicted from
+    the last half context read again (the sliding window), as a full forward pass over
+    that window predicts it."""
+    model = model_for(PatternConfig("fixed", 8, 2), image=False)  # context 24
+    prompt = torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(3))
+    greedy = generate(model, prompt, 60, temperature=1e-6, progress=False).long()
+    assert greedy.shape == (2, 60) and torch.equal(greedy[:, :5], prompt)
+    start = 0
+    with torch.no_grad():
+        for t in range(5, 60):
+            if t - start > 24:  # the window would exceed the context: its last half goes on
+                start = t - 12
+            assert torch.equal(model(greedy[:, start:t])[:, -1].argmax(-1), greedy[:, t]), t
+    long_prompt = torch.randint(0, 256, (1, 30), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(generate(model, long_prompt, 40, progress=False)[:, :30].long(), long_prompt)
 
 
 GRAPH_PATTERNS = [PATTERNS[0], PATTERNS[3], PATTERNS[7], PATTERNS[8]]  # dense, interleaved, distinct summaries
@@ -193,7 +225,7 @@ def test_cuda_graph_replays_the_eager_decoding_steps(pattern, bf16):
 @pytest.mark.gpu
 def test_generate_draws_the_same_samples_with_and_without_cuda_graphs():
     model = model_for(PATTERNS[5], image=True).cuda()
-    first = torch.full((4,), model.start_token, device="cuda")
+    first = torch.full((4, 1), model.start_token, device="cuda")
     draws = [generate(model, first, 24, generator=torch.Generator("cuda").manual_seed(0), progress=False, graph=graph)
              for graph in (True, False)]
     assert torch.equal(draws[0], draws[1])
@@ -247,3 +279,44 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path):
     (tmp_path / "samples").write_text("not a folder")
     with pytest.raises(OutputError, match="sample.output_dir: .*samples is a file; give the path of a folder"):
         sample(ExperimentConfig(sample=SampleConfig(output_dir=str(tmp_path / "samples"))))
+
+
+def test_images_are_completed_from_their_top_rows_beside_the_originals(tmp_path, digits_h5):
+    """The paper's completions: the top rows of test images given, the rest sampled, each
+    completion drawn next to its original in completions.png."""
+    from sparse_transformer.data.datamodule import data_module_for
+    from sparse_transformer.sampling import COMPLETIONS_FILE, sample
+    from sparse_transformer.training import train
+
+    cfg = experiment(tmp_path, digits_h5, train={"max_steps": 2, "val_every_steps": None}, tracking={"enabled": False},
+                     sample={"count": 2, "prompt": {"count": 3, "rows": 3}})
+    train(cfg)
+    files = sample(cfg, progress=False)
+    assert [f.name for f in files] == ["samples.png", COMPLETIONS_FILE]
+    grid = np.asarray(Image.open(tmp_path / "samples" / COMPLETIONS_FILE))
+    scale = 256 // (4 * 9 - 1)  # 2 pairs of 8x8 images a row, 1-pixel gutters
+    cells = grid[::scale, ::scale]
+    originals = data_module_for(str(digits_h5), batch_size=1, context=64).split_array("test")[:3, :, :, 0]
+    for k in range(3):
+        top, left = k // 2 * 9, k % 2 * 18
+        assert np.array_equal(cells[top:top + 8, left:left + 8], originals[k])  # the original
+        completion = cells[top:top + 8, left + 9:left + 17]
+        assert np.array_equal(completion[:3], originals[k][:3])  # its given rows, then sampled ones
+
+
+def test_text_is_continued_from_a_file(tmp_path, text_h5):
+    from sparse_transformer.sampling import sample
+    from sparse_transformer.training import train
+
+    start = tmp_path / "prompt.txt"
+    start.write_bytes(b"ROMEO: wherefore art thou")
+    cfg = experiment(tmp_path, text_h5, train={"max_steps": 2, "val_every_steps": None}, tracking={"enabled": False},
+                     sample={"count": 1, "length": 100, "top_k": 20, "top_p": 0.9,
+                             "prompt": {"count": 2, "file": str(start), "length": 10}})
+    train(cfg)
+    files = sample(cfg, progress=False)
+    assert [f.name for f in files] == ["sample_000.txt", "completion_000.txt", "completion_001.txt"]
+    assert len(files[0].read_bytes()) == 100  # past the context of 64: the sliding window
+    for completion in files[1:]:
+        text = completion.read_bytes()
+        assert len(text) == 110 and text.startswith(b"ROMEO: whe")

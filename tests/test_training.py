@@ -180,7 +180,10 @@ def test_the_command_line_trains_evaluates_and_samples_an_experiment_of_params_y
     ({"evaluate": {"min_context": 64}}, "test.evaluate.min_context: must be below model.context=64"),
     ({"evaluate": {"split": "dev"}}, "test.evaluate.split: unknown split 'dev'"),
     ({"sample": {"temperature": 0}}, "test.sample.temperature: must be positive"),
-    ({"sample": {"length": 65}}, "test.sample.length: at most model.context=64"),
+    ({"sample": {"top_p": 1.5}}, "test.sample.top_p: must be in (0, 1]"),
+    ({"sample": {"top_k": 0}}, "test.sample.top_k: must be a positive integer or null"),
+    ({"sample": {"prompt": {"count": -1}}}, "test.sample.prompt.count: must be 0 (no completions) or more"),
+    ({"sample": {"prompt": {"seconds": 0}}}, "test.sample.prompt.seconds: must be positive"),
     ({"data": {"context": 65}}, "test.data.context: at most model.context=64"),
 ])
 def test_configuration_errors_name_the_field(tmp_path, text_h5, changes, message):

@@ -410,30 +410,70 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
-class SampleConfig:
-    """`sparse-transformer sample`: unconditional samples with cached decoding.
+class PromptConfig:
+    """Completions: continuations of given starts, drawn beside the unconditional samples.
 
-    count samples of `length` bytes (null: the model's context; images are always
-    whole), `batch_size` at a time (null: all), softmax temperature `temperature`,
-    random draws from `seed`. Streams have no start symbol: their first byte is drawn
-    from the byte frequencies of the training split. Written to `output_dir`: images as
-    one PNG grid, audio as WAV files at the data's sample rate, text as .txt files.
+    count: completions to draw (0: none).
+    rows: images: the top rows of each test image that are given (null: the top half);
+        the rest of the image is sampled, and the grid shows each completion next to its
+        original.
+    file: streams: a file whose start is the prompt of every completion - text (its
+        bytes) or audio (decoded, resampled and mu-law encoded as the data was); null: the
+        starts of the test split's recordings (audio) or evenly spaced test windows (text).
+    length: text and bytes: the prompt's length in bytes. seconds: audio: in seconds.
+    """
+
+    count: int = 0
+    rows: int | None = None
+    file: str | None = None
+    length: int = 128
+    seconds: float = 1.0
+
+    def validate(self, where: str = "sample.prompt") -> None:
+        if self.count < 0:
+            raise ConfigError(f"{where}.count: must be 0 (no completions) or more, got {self.count}")
+        _positive(self, where, "rows", optional=True)
+        _positive(self, where, "length")
+        if not self.seconds > 0:
+            raise ConfigError(f"{where}.seconds: must be positive, got {self.seconds}")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """`sparse-transformer sample`: samples with cached decoding, and completions.
+
+    count unconditional samples of `length` bytes (null: the model's context; images are
+    always whole; a stream longer than the context is sampled with a sliding window: when
+    the context is full, decoding goes on from the last half of it, read again in one
+    pass), `batch_size` at a time (null: all), random draws from `seed`. Each byte is drawn
+    from the softmax at `temperature`, restricted to the `top_k` most likely bytes and to
+    the smallest set of them whose probability reaches `top_p` (nucleus sampling; null:
+    no restriction). Streams have no start symbol: their first byte is drawn from the byte
+    frequencies of the training split. `prompt`: completions (PromptConfig). Written to
+    `output_dir`: images as one PNG grid (completions.png beside their originals), audio
+    as WAV files at the data's sample rate, text as .txt files.
     """
 
     count: int = 16
     length: int | None = None
     batch_size: int | None = None
     temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
     seed: int = 0
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     checkpoint: str | None = None
     output_dir: str = "samples"
     device: str = "auto"
 
     def validate(self, where: str = "sample") -> None:
         _positive(self, where, "count")
-        _positive(self, where, "length", "batch_size", optional=True)
+        _positive(self, where, "length", "batch_size", "top_k", optional=True)
         if not self.temperature > 0:
             raise ConfigError(f"{where}.temperature: must be positive, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError(f"{where}.top_p: must be in (0, 1] (or null: no nucleus), got {self.top_p}")
+        self.prompt.validate(f"{where}.prompt")
         _device(self.device, where)
 
 
@@ -477,8 +517,6 @@ class ExperimentConfig:
                 f"{where}.evaluate.min_context: must be below model.context={context} "
                 f"(each window scores context - min_context bytes), got {self.evaluate.min_context}"
             )
-        if self.sample.length is not None and self.sample.length > context:
-            raise ConfigError(f"{where}.sample.length: at most model.context={context}, got {self.sample.length}")
         if self.data.context is not None and self.data.context > context:
             raise ConfigError(f"{where}.data.context: at most model.context={context} (the model's longest input), got {self.data.context}")
 

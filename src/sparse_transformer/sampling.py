@@ -1,17 +1,25 @@
-"""Unconditional samples of a trained model (`sparse-transformer sample`).
+"""Samples and completions of a trained model (`sparse-transformer sample`).
 
-Decoding is incremental (`SparseTransformer.decode_step` with a `DecodingCache`): each
-new position computes its own keys and values and reads only the cached keys its pattern
-allows, so a step costs about l + n/l keys rather than n, and gives the same next-byte
-distribution as a full forward pass over the prefix. A whole batch decodes together,
-and on a GPU each step is replayed as one CUDA graph.
+A prompt is read in one forward pass through the attention kernels
+(`SparseTransformer.prefill`), which fills a `DecodingCache`; decoding then goes on one
+position at a time (`decode_step`): each new position computes its own keys and values
+and reads only the cached keys its pattern allows, so a step costs about l + n/l keys
+rather than n, and gives the same next-byte distribution as a full forward pass over the
+prefix. A whole batch decodes together, and on a GPU each step is replayed as one CUDA
+graph. Each byte is drawn at a temperature, optionally from the top k bytes and the
+nucleus of probability top p (`draw`). A stream longer than the model's context is
+sampled with a sliding window: when the context is full, its last half is read again as
+a new prompt, and decoding continues from there.
 
-Images start from the start symbol and are written as one PNG grid. Streams have no
-start symbol (training windows begin anywhere), so their first byte is drawn from the
-byte frequencies of the training split; audio is written as WAV (mu-law decoded, at the
-data's sample rate), text as .txt. The files and the image grid go to the training run
-in MLflow. The sampler records the files it wrote (`.sampled.json` in the folder) and
-replaces only those the next time: other files in the folder are never touched.
+Unconditional images start from the start symbol and are written as one PNG grid.
+Streams have no start symbol (training windows begin anywhere), so their first byte is
+drawn from the byte frequencies of the training split; audio is written as WAV (mu-law
+decoded, at the data's sample rate), text as .txt. Completions (sample.prompt, prompts.py)
+continue the top rows of test images (completions.png, each beside its original), or
+the start of a text or audio file or of the test split (completion_NNN.txt / .wav, the
+prompt included). The files go to the training run in MLflow (images through log_image).
+The sampler records the files it wrote (`.sampled.json` in the folder) and replaces only
+those the next time: other files in the folder are never touched.
 """
 
 from __future__ import annotations
@@ -25,8 +33,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from . import outputs, tracking
-from .config import ExperimentConfig
+from . import outputs, prompts, tracking
+from .config import ExperimentConfig, SampleConfig
 from .data import mulaw
 from .data.datamodule import data_module_for
 from .errors import memory_errors_explained
@@ -35,6 +43,7 @@ from .model import DecodingCache, SparseTransformer
 from .training import check_data_fits_model, model_from_checkpoint
 
 GRID_FILE = "samples.png"
+COMPLETIONS_FILE = "completions.png"
 WRITTEN = ".sampled.json"  # the names of the files the last run wrote
 GRID_MIN_WIDTH = 256  # pixels: small images (8x8 digits) are enlarged to be visible
 GRID_GUTTER = 128  # mid-grey between the images: apart from black backgrounds (digits) and white strokes alike
@@ -81,32 +90,66 @@ class CUDAGraphDecoder:
         return self.logits
 
 
-@torch.no_grad()
-def generate(model: SparseTransformer, first: torch.Tensor, length: int, temperature: float = 1.0,
-             generator: torch.Generator | None = None, progress: bool = True, graph: bool = True) -> torch.Tensor:
-    """Continue `first` (B,) tokens to (B, length) uint8 bytes by sampling at `temperature`.
+def draw(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+         generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next tokens (B,) from logits (B, V): the softmax at `temperature`, restricted to the
+    `top_k` most likely tokens and to the smallest set of them whose probability reaches
+    `top_p` (nucleus sampling; the most likely token always stays). Nothing is read back to
+    the host."""
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        ordered, order = torch.sort(logits, dim=-1, descending=True)
+        probabilities = torch.softmax(ordered, dim=-1)
+        before = probabilities.cumsum(dim=-1) - probabilities  # the mass of the more likely tokens
+        ordered = ordered.masked_fill(before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, ordered)
+    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)[:, 0]
 
-    `first` is the start symbol (images: it is not part of the output) or a first byte
-    (streams: it is the output's first byte). On a CUDA device each step is replayed as
-    a CUDA graph (`CUDAGraphDecoder`) unless `graph` is False.
+
+@torch.no_grad()
+def generate(model: SparseTransformer, prompt: torch.Tensor, length: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
+             progress: bool = True, graph: bool = True) -> torch.Tensor:
+    """Continue `prompt` to (B, length) uint8 bytes, drawing each next byte with `draw`.
+
+    prompt (B, m): for images the start symbol, then the given bytes; for streams the
+    given bytes (at least one). It is read in one pass (prefill; a stream prompt longer
+    than the context only by its last half context) and the output begins with its bytes
+    (not the start symbol). Images end with the context; a longer stream continues with a
+    sliding window (the last half of the context read again). On a CUDA device each
+    decoding step is replayed as a CUDA graph (`CUDAGraphDecoder`) unless `graph` is False.
     """
     model.eval()
-    cache = DecodingCache(model, len(first), first.device)
-    if graph and first.device.type == "cuda":
-        step = CUDAGraphDecoder(model, cache, first)
+    context, is_image = model.config.context, model.config.image_shape is not None
+    prompt = prompt.long()
+    given = prompt[:, 1:] if is_image else prompt
+    if not 0 < prompt.shape[1] <= (context if is_image else length) or (is_image and length > context):
+        raise ValueError(f"a prompt of {prompt.shape[1]} inputs cannot continue to {length} bytes with a context of {context}")
+    cache = DecodingCache(model, len(prompt), prompt.device)
+    if graph and prompt.device.type == "cuda":
+        step = CUDAGraphDecoder(model, cache, prompt[:, -1])
     else:
         def step(tokens: torch.Tensor) -> torch.Tensor:
             return model.decode_step(tokens, cache)
-    outputs = [] if model.config.image_shape is not None else [first]
-    tokens = first
-    with tqdm(total=length - len(outputs), desc="decoding", unit="byte", disable=not progress) as bar:
-        while len(outputs) < length:
-            logits = step(tokens)  # (B, 256)
-            probabilities = torch.softmax(logits.float() / temperature, dim=-1)
-            tokens = torch.multinomial(probabilities, 1, generator=generator)[:, 0]  # (B,)
-            outputs.append(tokens)
+    produced, count = [given], given.shape[1]
+    logits = model.prefill(prompt if prompt.shape[1] <= context else prompt[:, -(context // 2):], cache)[:, -1]
+    with tqdm(total=length - count, desc="decoding", unit="byte", disable=not progress) as bar:
+        while count < length:
+            tokens = draw(logits, temperature, top_k, top_p, generator)  # (B,)
+            produced.append(tokens[:, None])
+            count += 1
             bar.update()
-    return torch.stack(outputs, dim=1).to(torch.uint8)  # (B, length)
+            if count == length:
+                break
+            if cache.step == context:  # a stream past the context: slide by half of it
+                cache.rewind()
+                logits = model.prefill(torch.cat(produced, dim=1)[:, -(context // 2):], cache)[:, -1]
+            else:
+                logits = step(tokens)  # (B, vocab)
+    return torch.cat(produced, dim=1).to(torch.uint8)  # (B, length)
 
 
 def byte_frequencies(data: np.ndarray) -> torch.Tensor:
@@ -114,12 +157,12 @@ def byte_frequencies(data: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.bincount(np.asarray(data), minlength=256).astype(np.float64))
 
 
-def image_grid(images: np.ndarray) -> Image.Image:
-    """(N, H, W, C) uint8 -> one image, ceil(sqrt(N)) per row, 1-pixel mid-grey gutters
-    (and empty cells), enlarged if tiny."""
+def image_grid(images: np.ndarray, columns: int | None = None) -> Image.Image:
+    """(N, H, W, C) uint8 -> one image, `columns` per row (default ceil(sqrt(N))), 1-pixel
+    mid-grey gutters (and empty cells), enlarged if tiny."""
     count, height, width, channels = images.shape
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
-    columns = math.ceil(math.sqrt(count))
+    columns = columns or math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
     grid = np.full((rows * (height + 1) - 1, columns * (width + 1) - 1, channels), GRID_GUTTER, dtype=np.uint8)
     if mode == "RGBA":
@@ -141,38 +184,64 @@ def _written_before(output_dir: Path) -> list[str]:
     return [name for name in names if isinstance(name, str) and name == Path(name).name and not name.startswith(".")]
 
 
-def _write_stream_sample(sample: np.ndarray, k: int, attributes: dict, output_dir: Path) -> Path:
-    """One stream sample as sample_NNN.wav (audio) or sample_NNN.txt (the bytes as they are)."""
-    if attributes["modality"] == "audio":
-        import soundfile  # here, not at the top: the GPU machines that only time decoding lack it
+def _write_stream(path: Path, data: np.ndarray, attributes: dict) -> Path:
+    """A stream written whole: audio as WAV (mu-law decoded), text and bytes as they are."""
+    with outputs.replacing(path) as temporary:
+        if attributes["modality"] == "audio":
+            import soundfile  # here, not at the top: the GPU machines that only time decoding lack it
 
-        path = output_dir / f"sample_{k:03d}.wav"
-        with outputs.replacing(path) as temporary:
-            soundfile.write(temporary, mulaw.decode(sample), attributes["sample_rate"], format="WAV")
-    else:
-        path = output_dir / f"sample_{k:03d}.txt"
-        with outputs.replacing(path) as temporary:
-            temporary.write_bytes(sample.tobytes())
+            soundfile.write(temporary, mulaw.decode(data), attributes["sample_rate"], format="WAV")
+        else:
+            temporary.write_bytes(data.tobytes())
     return path
 
 
-def write_samples(samples: np.ndarray, attributes: dict, output_dir: Path) -> tuple[list[Path], dict[Path, Image.Image]]:
-    """Samples (N, length) uint8 -> files in output_dir (each written whole, replacing the
-    files of the previous run and nothing else), and the image written to each image file
-    (to be shown as an image, not as a file)."""
+def _write_grid(path: Path, images: np.ndarray, columns: int | None = None) -> Image.Image:
+    grid = image_grid(images, columns)
+    with outputs.replacing(path) as temporary:
+        grid.save(temporary, format="PNG")
+    return grid
+
+
+def write_samples(samples: np.ndarray, attributes: dict, output_dir: Path, completions: np.ndarray | None = None,
+                  originals: np.ndarray | None = None) -> tuple[list[Path], dict[Path, Image.Image]]:
+    """Samples (N, length) and completions (M, length') uint8 -> files in output_dir (each
+    written whole, replacing the files of the previous run and nothing else), and the
+    image written to each image file (to be shown as an image, not as a file). Image
+    completions are drawn each beside its original (`originals` (M, H, W, C))."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    suffix = ".wav" if attributes["modality"] == "audio" else ".txt"
+    files, images = [], {}
     if attributes["modality"] == "image":
-        grid = image_grid(samples.reshape(len(samples), *attributes["example_shape"]))
-        with outputs.replacing(output_dir / GRID_FILE) as temporary:
-            grid.save(temporary, format="PNG")
-        files, images = [output_dir / GRID_FILE], {output_dir / GRID_FILE: grid}
+        shape = attributes["example_shape"]
+        images[output_dir / GRID_FILE] = _write_grid(output_dir / GRID_FILE, samples.reshape(len(samples), *shape))
+        if completions is not None:
+            pairs = np.stack([originals, completions.reshape(len(completions), *shape)], axis=1)  # (M, 2, H, W, C)
+            columns = 2 * math.ceil(math.sqrt(len(completions) / 2))  # an original and its completion side by side
+            images[output_dir / COMPLETIONS_FILE] = _write_grid(output_dir / COMPLETIONS_FILE,
+                                                                pairs.reshape(-1, *shape), columns)
+        files = list(images)
     else:
-        files, images = [_write_stream_sample(sample, k, attributes, output_dir) for k, sample in enumerate(samples)], {}
+        files = [_write_stream(output_dir / f"sample_{k:03d}{suffix}", sample, attributes)
+                 for k, sample in enumerate(samples)]
+        files += [_write_stream(output_dir / f"completion_{k:03d}{suffix}", completion, attributes)
+                  for k, completion in enumerate([] if completions is None else completions)]
     earlier = _written_before(output_dir)
     outputs.write_text(output_dir / WRITTEN, json.dumps({"files": [path.name for path in files]}) + "\n")
     for name in set(earlier) - {path.name for path in files}:
         (output_dir / name).unlink(missing_ok=True)
     return files, images
+
+
+def _in_batches(sc: SampleConfig, model: SparseTransformer, prompts: torch.Tensor, length: int,
+                generator: torch.Generator, progress: bool) -> np.ndarray:
+    """generate() over `prompts` (N, m), sample.batch_size at a time -> (N, length) uint8."""
+    size = sc.batch_size or len(prompts)
+    done = []
+    for batch in prompts.split(size):
+        with memory_errors_explained("decoding a batch of samples", "lower sample.batch_size"):
+            done.append(generate(model, batch, length, sc.temperature, sc.top_k, sc.top_p, generator, progress).cpu().numpy())
+    return np.concatenate(done)
 
 
 def sample(cfg: ExperimentConfig, progress: bool = True) -> list[Path]:
@@ -186,20 +255,28 @@ def sample(cfg: ExperimentConfig, progress: bool = True) -> list[Path]:
     datamodule = data_module_for(cfg.data.hdf5, batch_size=1, context=model.config.context, dataset=cfg.data.dataset)
     check_data_fits_model(datamodule, model.config, cfg.data.hdf5)
     generator = torch.Generator(device).manual_seed(sc.seed)
+    attributes, context = datamodule.attributes, model.config.context
     is_image = model.config.image_shape is not None
-    length = model.config.context if is_image else (sc.length or model.config.context)
-    if not is_image:
+    length = context if is_image else (sc.length or context)
+    if is_image:
+        first = torch.full((sc.count, 1), model.start_token, device=device)
+    else:
         frequencies = byte_frequencies(datamodule.split_array("train")).to(device)
-    batches = []
-    for start in range(0, sc.count, sc.batch_size or sc.count):
-        size = min(sc.batch_size or sc.count, sc.count - start)
+        first = torch.multinomial(frequencies, sc.count, replacement=True, generator=generator)[:, None]
+    samples = _in_batches(sc, model, first, length, generator, progress)
+    completions = originals = None
+    if sc.prompt.count:
         if is_image:
-            first = torch.full((size,), model.start_token, device=device)
+            given, originals = prompts.image_prompts(sc.prompt, datamodule.split_array("test"))
+            starts = np.full((len(given), 1), model.start_token)
+            completions = _in_batches(sc, model, torch.from_numpy(np.concatenate([starts, given], axis=1)).to(device),
+                                      length, generator, progress)
         else:
-            first = torch.multinomial(frequencies, size, replacement=True, generator=generator)
-        with memory_errors_explained("decoding a batch of samples", "lower sample.batch_size"):
-            batches.append(generate(model, first, length, sc.temperature, generator, progress).cpu().numpy())
-    files, images = write_samples(np.concatenate(batches), datamodule.attributes, output_dir)
+            given = prompts.stream_prompts(sc.prompt, attributes["modality"], attributes.get("sample_rate"),
+                                           datamodule.split_array("test"), datamodule.split_boundaries("test"))
+            completions = _in_batches(sc, model, torch.from_numpy(given).to(device), given.shape[1] + length,
+                                      generator, progress)
+    files, images = write_samples(samples, attributes, output_dir, completions, originals)
     if client is not None:
         run_id = tracking.stage_run(cfg, client, checkpoint.get("mlflow_run_id"))
         tracking.log_samples(client, run_id, files, images, step=checkpoint["global_step"])

@@ -300,7 +300,7 @@ def log_samples(client: MlflowClient, run_id: str, files: list[Path], images: di
     beside each), the others (audio, text) as artifacts under samples/."""
     for path in files:
         if path in images:
-            client.log_image(run_id, images[path], key="samples", step=step)
+            client.log_image(run_id, images[path], key=path.stem, step=step)  # samples, completions
         else:
             client.log_artifact(run_id, str(path), artifact_path="samples")
 

@@ -9,12 +9,16 @@ from . import add_config_arguments, experiment_from_args
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Unconditional samples of the trained model (sample.checkpoint, default train.checkpoint_dir/last.ckpt) "
-        "at sample.temperature, written to sample.output_dir: images as samples.png (a grid), audio as "
-        "sample_NNN.wav, text as sample_NNN.txt; logged to the training run in MLflow (the grid as an image, "
-        "audio and text as artifacts)."
+        "Samples of the trained model (sample.checkpoint, default train.checkpoint_dir/last.ckpt), each byte "
+        "drawn at sample.temperature from the sample.top_k most likely and the sample.top_p nucleus, and "
+        "completions of given starts (sample.prompt: the top rows of test images, or the start of a text or "
+        "audio file or of the test split), written to sample.output_dir: images as samples.png and "
+        "completions.png (each completion beside its original), audio as sample_NNN.wav and "
+        "completion_NNN.wav, text as sample_NNN.txt and completion_NNN.txt; streams longer than the context "
+        "with a sliding window. Logged to the training run in MLflow (grids as images, audio and text as "
+        "artifacts)."
     )
-    add_config_arguments(parser, example="sample.count=4")
+    add_config_arguments(parser, example="sample.prompt.count=4")
 
 
 def run(args: argparse.Namespace) -> int:
