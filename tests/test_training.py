@@ -4,6 +4,7 @@ schedule are as documented."""
 from __future__ import annotations
 
 import csv
+import re
 
 import pytest
 import torch
@@ -187,7 +188,7 @@ def test_the_command_line_trains_evaluates_and_samples_an_experiment_of_params_y
     ({"data": {"context": 65}}, "test.data.context: at most model.context=64"),
 ])
 def test_configuration_errors_name_the_field(tmp_path, text_h5, changes, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         experiment(tmp_path, text_h5, **changes)
 
 

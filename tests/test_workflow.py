@@ -534,7 +534,7 @@ def test_dvc_runs_a_paper_experiment_on_data_placed_by_hand(tmp_path):
                   "pattern": {"kind": "strided", "stride": 8}},
         "train": {"max_steps": 2, "warmup_steps": 1, "val_every_steps": None, "log_every_steps": 1},
         "evaluate": {"split": "valid", "min_context": 0, "batch_size": 512},
-        "sample": {"count": 1, "length": 16},
+        "sample": {"count": 1, "length": 16, "prompt": {"count": 0}},  # no test split to take prompts from
         "tracking": {"system_metrics": False},
     }
     repo = clone(tmp_path / "repo", {"audio": tiny})
