@@ -24,6 +24,10 @@ prefix lengths 1, 256, 512, ..., 3072 (`--prefix-step`) and the times are interp
 linearly at every position and summed (the trapezoid rule over positions): its total is
 an estimate, and it leaves out the per-step softmax and draw, which favours it slightly.
 
+`--positions` decodes fewer bytes than a whole context (or, for a stream, more: the
+sliding window goes on past it), for models whose context takes minutes to fill (Enwik8,
+audio), and reports bytes per second; `--prefix-step 0` skips the full-recompute estimate.
+
 Before timing, a check that the two compute the same thing: on a short random prefix
 (`--check-length`), the next-byte probabilities of the cached steps and of one forward
 pass over the prefix are compared, in fp32 and (on CUDA) under the bf16 autocast that is
@@ -64,7 +68,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=16, help="samples decoded together")
     parser.add_argument("--eager-positions", type=int, default=64,
                         help="positions decoded without the CUDA graph, to time that decoder (0: skip)")
-    parser.add_argument("--prefix-step", type=int, default=256, help="time the full forward every so many positions")
+    parser.add_argument("--positions", type=int,
+                        help="bytes per sample, the given ones included (default: the context; a stream may go past it)")
+    parser.add_argument("--prefix-step", type=int, default=256,
+                        help="time the full forward every so many positions (0: skip the full-recompute estimate)")
     parser.add_argument("--repeats", type=int, default=3, help="timed forward passes per prefix length (median)")
     parser.add_argument("--check-length", type=int, default=64, help="prefix on which cached and full forward are compared")
     parser.add_argument("--data", metavar="FILE.h5", help="complete the test examples of this prepared file (see above)")
@@ -186,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_float32_matmul_precision("high")
     model = build_model(experiment.model, device, args.seed)
     context, batch = model.config.context, args.batch
+    length = args.positions or context
     generator = torch.Generator().manual_seed(args.seed)
     print(f"{args.experiment}: {model.num_params() / 1e6:.1f}M parameters (random weights), context {context}, "
           f"{model.config.pattern.build().describe()}, attention {model.config.attention}, batch {batch}, {device}",
@@ -211,22 +219,24 @@ def main(argv: list[str] | None = None) -> int:
     given = prompts.shape[1] - (model.config.image_shape is not None)
     capture_s = capture_seconds(model, prompts) if device.type == "cuda" else 0.0
     what = f"completion of {given} given bytes" if args.data else "sampling"
-    print(f"cached decoding ({what}) of {batch} x {context} positions ...", flush=True)
-    cached_s = time_cached(model, prompts, context, args.seed) - capture_s
+    print(f"cached decoding ({what}) of {batch} x {length} positions ...", flush=True)
+    cached_s = time_cached(model, prompts, length, args.seed) - capture_s
 
-    lengths = prefix_lengths(context, args.prefix_step)
+    lengths = prefix_lengths(min(length, context), args.prefix_step) if args.prefix_step else []
     forward_s = []
-    for length in lengths:
-        forward_s.append(time_forward(model, random_inputs(model, batch, length, generator).to(device), args.repeats))
-        print(f"  full forward, prefix {length:6d}: {forward_s[-1] * 1000:9.2f} ms", flush=True)
-    full_s = full_recompute_seconds(lengths, forward_s, context, given)
+    for prefix in lengths:
+        forward_s.append(time_forward(model, random_inputs(model, batch, prefix, generator).to(device), args.repeats))
+        print(f"  full forward, prefix {prefix:6d}: {forward_s[-1] * 1000:9.2f} ms", flush=True)
+    full_s = full_recompute_seconds(lengths, forward_s, min(length, context), given) if lengths else None
 
-    per_token_ms = cached_s / (context - given) * 1000
+    per_token_ms = cached_s / (length - given) * 1000
+    bytes_per_s = batch * (length - given) / cached_s
     eager_text = f"{eager_ms:.2f}" if eager_ms is not None else "-"
-    print(f"\n{'batch':>5}  {'cached total s':>14}  {'capture s':>9}  {'per-token ms':>12}  {'eager per-token ms':>18}  "
-          f"{'full-recompute est. s':>21}  {'speed-up':>8}")
-    print(f"{batch:>5}  {cached_s:>14.1f}  {capture_s:>9.2f}  {per_token_ms:>12.2f}  {eager_text:>18}  {full_s:>21.1f}  "
-          f"{full_s / cached_s:>7.2f}x")
+    full_text, speedup = (f"{full_s:.1f}", f"{full_s / cached_s:.2f}x") if full_s else ("-", "-")
+    print(f"\n{'batch':>5}  {'cached total s':>14}  {'capture s':>9}  {'per-token ms':>12}  {'bytes/s':>9}  "
+          f"{'eager per-token ms':>18}  {'full-recompute est. s':>21}  {'speed-up':>8}")
+    print(f"{batch:>5}  {cached_s:>14.1f}  {capture_s:>9.2f}  {per_token_ms:>12.2f}  {bytes_per_s:>9.0f}  "
+          f"{eager_text:>18}  {full_text:>21}  {speedup:>8}")
     print("(cached total: without the one-time capture, shown beside it; per-token: one decoding step of the whole "
           f"batch; eager: the same decoder without the CUDA graph, over the first {eager_positions} positions; full "
           "recompute: estimated from the timed prefix lengths, for the same positions)")
@@ -237,11 +247,12 @@ def main(argv: list[str] | None = None) -> int:
                       model=dataclasses.asdict(model.config), params=model.num_params(),
                       weights="random (time does not depend on the weights' values)"),
             check=dict(prefix=check_length, max_abs_probability_diff=differences),
-            cached=dict(batch=batch, positions=context, given=given, data=args.data, total_s=cached_s,
-                        capture_s=capture_s, per_token_ms=per_token_ms, cuda_graph=device.type == "cuda"),
+            cached=dict(batch=batch, positions=length, given=given, data=args.data, total_s=cached_s,
+                        capture_s=capture_s, per_token_ms=per_token_ms, bytes_per_s=bytes_per_s,
+                        cuda_graph=device.type == "cuda"),
             cached_without_graph=dict(positions=eager_positions, per_token_ms=eager_ms),
             full_recompute=dict(estimate=True, prefix_lengths=lengths, forward_s=forward_s, estimated_total_s=full_s),
-            speedup=full_s / cached_s,
+            speedup=full_s / cached_s if full_s else None,
         )
         write_json(args.json, result)
     return 0

@@ -12,7 +12,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from sparse_transformer.config import ModelConfig, PatternConfig
 from sparse_transformer.data import mulaw
 from sparse_transformer.model import DecodingCache, SparseTransformer, decoding_keys
-from sparse_transformer.sampling import GRID_GUTTER, CUDAGraphDecoder, draw, generate, image_grid, write_samples
+from sparse_transformer.sampling import (GRID_GUTTER, CUDAGraphDecoder, draw, generate, image_grid, matmul_weights_cast,
+                                        write_samples)
 from training_setup import digits_h5, experiment, text_h5  # noqa: F401 (fixtures)
 
 PATTERNS = [
@@ -146,6 +147,25 @@ def test_generate_samples_from_the_models_distribution_at_the_temperature():
     hot = generate(model, first, 12, temperature=1.0, generator=torch.Generator().manual_seed(0), progress=False)
     again = generate(model, first, 12, temperature=1.0, generator=torch.Generator().manual_seed(0), progress=False)
     assert torch.equal(hot, again) and not torch.equal(hot, greedy)
+
+
+def test_under_autocast_the_weights_are_cast_once_with_the_same_logits_and_restored():
+    """matmul_weights_cast spares autocast's per-step weight casts without changing a
+    product; generate uses it and gives the model back as it was."""
+    model = model_for(PatternConfig("fixed", 8, 2), image=False)
+    before = {name: parameter.clone() for name, parameter in model.named_parameters()}
+    tokens = torch.randint(0, 256, (2, 10), generator=torch.Generator().manual_seed(5))
+    logits = []
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for cast in (False, True):
+            cache = DecodingCache(model, batch=2, dtype=torch.bfloat16)
+            with matmul_weights_cast(model, torch.bfloat16 if cast else torch.float32):
+                assert model.blocks[0].ff.w1.weight.dtype == (torch.bfloat16 if cast else torch.float32)
+                logits.append(torch.stack([model.decode_step(tokens[:, i], cache) for i in range(10)]))
+        generate(model, tokens[:, :2], 6, progress=False)
+    assert torch.equal(logits[0], logits[1])
+    for name, parameter in model.named_parameters():
+        assert parameter.dtype == torch.float32 and torch.equal(parameter, before[name]), name
 
 
 def test_images_are_generated_from_the_start_symbol_and_are_whole():

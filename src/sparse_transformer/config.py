@@ -449,9 +449,10 @@ class SampleConfig:
     from the softmax at `temperature`, restricted to the `top_k` most likely bytes and to
     the smallest set of them whose probability reaches `top_p` (nucleus sampling; null:
     no restriction). Streams have no start symbol: their first byte is drawn from the byte
-    frequencies of the training split. `prompt`: completions (PromptConfig). Written to
-    `output_dir`: images as one PNG grid (completions.png beside their originals), audio
-    as WAV files at the data's sample rate, text as .txt files.
+    frequencies of the training split. `prompt`: completions (PromptConfig). `precision`
+    as evaluate's (null: bf16-mixed on CUDA, 32-true elsewhere). Written to `output_dir`:
+    images as one PNG grid (completions.png beside their originals), audio as WAV files at
+    the data's sample rate, text as .txt files.
     """
 
     count: int = 16
@@ -464,6 +465,7 @@ class SampleConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     checkpoint: str | None = None
     output_dir: str = "samples"
+    precision: str | None = None
     device: str = "auto"
 
     def validate(self, where: str = "sample") -> None:
@@ -474,6 +476,7 @@ class SampleConfig:
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ConfigError(f"{where}.top_p: must be in (0, 1] (or null: no nucleus), got {self.top_p}")
         self.prompt.validate(f"{where}.prompt")
+        _precision(self.precision, where)
         _device(self.device, where)
 
 

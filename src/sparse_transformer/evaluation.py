@@ -59,6 +59,11 @@ def stream_windows(lo: int, hi: int, context: int, min_context: int) -> list[Win
     return windows
 
 
+def precision_for(device: torch.device, precision: str | None) -> str:
+    """A configured precision, or (null) the default: bf16-mixed on CUDA, 32-true elsewhere."""
+    return precision or ("bf16-mixed" if device.type == "cuda" else "32-true")
+
+
 def autocast(device: torch.device, precision: str):
     """The autocast context of a Lightning precision name ("bf16-mixed", "16-mixed"; others: none)."""
     dtypes = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -146,7 +151,7 @@ def evaluate(cfg: ExperimentConfig, progress: bool = True) -> dict:
     hdf5.check_intact(cfg.data.hdf5, ev.split)
     batch_size = ev.batch_size or cfg.data.eval_batch_size or cfg.data.batch_size
     min_context = context // 2 if ev.min_context is None else ev.min_context
-    precision = ev.precision or ("bf16-mixed" if device.type == "cuda" else "32-true")
+    precision = precision_for(device, ev.precision)
     is_stream = isinstance(datamodule, StreamDataModule)
     if is_stream and min_context >= context:
         raise ConfigError(f"evaluate.min_context: must be below the context {context} (data.context), got {min_context}")

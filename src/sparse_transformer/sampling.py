@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +40,7 @@ from .config import ExperimentConfig, SampleConfig
 from .data import mulaw
 from .data.datamodule import data_module_for
 from .errors import memory_errors_explained
-from .evaluation import resolve_device
+from .evaluation import autocast, precision_for, resolve_device
 from .model import DecodingCache, SparseTransformer
 from .training import check_data_fits_model, model_from_checkpoint
 
@@ -90,6 +92,28 @@ class CUDAGraphDecoder:
         return self.logits
 
 
+@contextmanager
+def matmul_weights_cast(model: SparseTransformer, dtype: torch.dtype) -> Iterator[None]:
+    """The model's Linear weights and biases held in `dtype` (autocast's) while decoding,
+    then restored: autocast would cast them again at every matrix product of every step (a
+    decoding step of the CIFAR-10 model spent 2.8 of its 13.8 ms in 2,178 such copies).
+    The products are the same: autocast casts to that dtype, and takes a tensor already in
+    it as it is. Embeddings and norms keep their own dtype."""
+    linears = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    kept = [(linear.weight.data, None if linear.bias is None else linear.bias.data) for linear in linears]
+    try:
+        for linear in linears:
+            for parameter in (linear.weight, linear.bias):
+                if parameter is not None:
+                    parameter.data = parameter.data.to(dtype)
+        yield
+    finally:
+        for linear, (weight, bias) in zip(linears, kept):
+            linear.weight.data = weight
+            if bias is not None:
+                linear.bias.data = bias
+
+
 def draw(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
          generator: torch.Generator | None = None) -> torch.Tensor:
     """Next tokens (B,) from logits (B, V): the softmax at `temperature`, restricted to the
@@ -121,14 +145,25 @@ def generate(model: SparseTransformer, prompt: torch.Tensor, length: int, temper
     (not the start symbol). Images end with the context; a longer stream continues with a
     sliding window (the last half of the context read again). On a CUDA device each
     decoding step is replayed as a CUDA graph (`CUDAGraphDecoder`) unless `graph` is False.
+    Under the caller's autocast the cache holds keys and values in its dtype (what the
+    attention of a forward pass reads) and the weights are cast once (`matmul_weights_cast`).
     """
+    device_type = prompt.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else torch.float32
+    with matmul_weights_cast(model, dtype):
+        return _generate(model, prompt, length, temperature, top_k, top_p, generator, progress, graph, dtype)
+
+
+def _generate(model: SparseTransformer, prompt: torch.Tensor, length: int, temperature: float, top_k: int | None,
+              top_p: float | None, generator: torch.Generator | None, progress: bool, graph: bool,
+              dtype: torch.dtype) -> torch.Tensor:
     model.eval()
     context, is_image = model.config.context, model.config.image_shape is not None
     prompt = prompt.long()
     given = prompt[:, 1:] if is_image else prompt
     if not 0 < prompt.shape[1] <= (context if is_image else length) or (is_image and length > context):
         raise ValueError(f"a prompt of {prompt.shape[1]} inputs cannot continue to {length} bytes with a context of {context}")
-    cache = DecodingCache(model, len(prompt), prompt.device)
+    cache = DecodingCache(model, len(prompt), prompt.device, dtype)
     if graph and prompt.device.type == "cuda":
         step = CUDAGraphDecoder(model, cache, prompt[:, -1])
     else:
@@ -237,9 +272,11 @@ def _in_batches(sc: SampleConfig, model: SparseTransformer, prompts: torch.Tenso
                 generator: torch.Generator, progress: bool) -> np.ndarray:
     """generate() over `prompts` (N, m), sample.batch_size at a time -> (N, length) uint8."""
     size = sc.batch_size or len(prompts)
+    precision = precision_for(prompts.device, sc.precision)
     done = []
     for batch in prompts.split(size):
-        with memory_errors_explained("decoding a batch of samples", "lower sample.batch_size"):
+        with memory_errors_explained("decoding a batch of samples", "lower sample.batch_size"), \
+                autocast(prompts.device, precision):
             done.append(generate(model, batch, length, sc.temperature, sc.top_k, sc.top_p, generator, progress).cpu().numpy())
     return np.concatenate(done)
 
