@@ -5,10 +5,12 @@ at every step, for a batch of CIFAR-10 images (the `cifar10` experiment of param
     python benchmarks/sampling.py --experiment cifar10 --batch 16 --json out/sampling_cifar10.json
 
 Cached: `sampling.generate` (`SparseTransformer.decode_step` with a `DecodingCache`
-pruned by the pattern, each step replayed as a CUDA graph) samples the whole batch of
-images, all 3,072 positions, for real. The one-time graph capture (one eager step and
-the capture of one step, measured on its own beforehand) is reported beside the
-decoding time and subtracted from it.
+pruned by the pattern, in bf16 with the weights cast once, the fused decode kernel,
+what surrounds it compiled (`compile_decoding`; `--no-compile` leaves it eager), each
+step replayed as a CUDA graph) samples the whole batch of images, all 3,072 positions,
+for real. The one-time compilation and graph capture (one eager step and the capture of
+one step, measured on its own beforehand) is reported beside the decoding time and
+subtracted from it.
 
 With `--data FILE.h5` (any file `sparse-transformer prepare` wrote, small enough to carry
 to a GPU machine: 10,000 CIFAR-10-sized images are 30 MB) the model takes the file's
@@ -56,7 +58,7 @@ import torch
 from sparse_transformer.config import ModelConfig, load_experiment
 from sparse_transformer.data.hdf5 import open_split, read_attributes
 from sparse_transformer.model import DecodingCache, SparseTransformer
-from sparse_transformer.sampling import CUDAGraphDecoder, generate
+from sparse_transformer.sampling import CUDAGraphDecoder, generate, matmul_weights_cast
 from common import autocast, data_overrides, device_or_exit, environment, run_benchmark, synchronize, write_json
 
 
@@ -74,6 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="time the full forward every so many positions (0: skip the full-recompute estimate)")
     parser.add_argument("--repeats", type=int, default=3, help="timed forward passes per prefix length (median)")
     parser.add_argument("--check-length", type=int, default=64, help="prefix on which cached and full forward are compared")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="decode without SparseTransformer.compile_decoding (CUDA only compiles)")
     parser.add_argument("--data", metavar="FILE.h5", help="complete the test examples of this prepared file (see above)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu for a smoke run")
@@ -132,11 +136,13 @@ def completion_prompts(model: SparseTransformer, path: str, batch: int, device: 
 
 
 def capture_seconds(model: SparseTransformer, prompts: torch.Tensor) -> float:
-    """Seconds of the decoder's one-time set-up on CUDA: an eager step and the capture of one step."""
+    """Seconds of the decoder's one-time set-up on CUDA, as `generate` runs it: an eager step
+    (which compiles, after compile_decoding) and the capture of one step."""
     synchronize(prompts.device)
     start = time.perf_counter()
-    with autocast(prompts.device):
-        CUDAGraphDecoder(model, DecodingCache(model, len(prompts), prompts.device), prompts[:, -1])
+    with autocast(prompts.device), matmul_weights_cast(model, torch.bfloat16):
+        cache = DecodingCache(model, len(prompts), prompts.device, torch.bfloat16)
+        CUDAGraphDecoder(model, cache, prompts[:, -1])
     synchronize(prompts.device)
     return time.perf_counter() - start
 
@@ -216,8 +222,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cached decoding without a CUDA graph, {batch} x {eager_positions} positions ...", flush=True)
         eager_ms = time_cached(model, first, eager_positions, args.seed, graph=False) / eager_positions * 1000
     prompts = completion_prompts(model, args.data, batch, device) if args.data else first
+    if device.type == "cuda" and args.compile:
+        model.compile_decoding()
     given = prompts.shape[1] - (model.config.image_shape is not None)
-    capture_s = capture_seconds(model, prompts) if device.type == "cuda" else 0.0
+    # The first set-up compiles (compile_decoding) and captures; generate repeats only the capture.
+    first_setup_s, capture_s = (capture_seconds(model, prompts), capture_seconds(model, prompts)) \
+        if device.type == "cuda" else (0.0, 0.0)
+    compile_s = first_setup_s - capture_s
     what = f"completion of {given} given bytes" if args.data else "sampling"
     print(f"cached decoding ({what}) of {batch} x {length} positions ...", flush=True)
     cached_s = time_cached(model, prompts, length, args.seed) - capture_s
@@ -233,11 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     bytes_per_s = batch * (length - given) / cached_s
     eager_text = f"{eager_ms:.2f}" if eager_ms is not None else "-"
     full_text, speedup = (f"{full_s:.1f}", f"{full_s / cached_s:.2f}x") if full_s else ("-", "-")
-    print(f"\n{'batch':>5}  {'cached total s':>14}  {'capture s':>9}  {'per-token ms':>12}  {'bytes/s':>9}  "
-          f"{'eager per-token ms':>18}  {'full-recompute est. s':>21}  {'speed-up':>8}")
-    print(f"{batch:>5}  {cached_s:>14.1f}  {capture_s:>9.2f}  {per_token_ms:>12.2f}  {bytes_per_s:>9.0f}  "
-          f"{eager_text:>18}  {full_text:>21}  {speedup:>8}")
-    print("(cached total: without the one-time capture, shown beside it; per-token: one decoding step of the whole "
+    print(f"\n{'batch':>5}  {'cached total s':>14}  {'compile s':>9}  {'capture s':>9}  {'per-token ms':>12}  "
+          f"{'bytes/s':>9}  {'eager per-token ms':>18}  {'full-recompute est. s':>21}  {'speed-up':>8}")
+    print(f"{batch:>5}  {cached_s:>14.1f}  {compile_s:>9.1f}  {capture_s:>9.2f}  {per_token_ms:>12.2f}  "
+          f"{bytes_per_s:>9.0f}  {eager_text:>18}  {full_text:>21}  {speedup:>8}")
+    print("(cached total: without the one-time compilation and capture, shown beside it; per-token: one decoding step of the whole "
           f"batch; eager: the same decoder without the CUDA graph, over the first {eager_positions} positions; full "
           "recompute: estimated from the timed prefix lengths, for the same positions)")
 
@@ -247,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                       model=dataclasses.asdict(model.config), params=model.num_params(),
                       weights="random (time does not depend on the weights' values)"),
             check=dict(prefix=check_length, max_abs_probability_diff=differences),
-            cached=dict(batch=batch, positions=length, given=given, data=args.data, total_s=cached_s,
-                        capture_s=capture_s, per_token_ms=per_token_ms, bytes_per_s=bytes_per_s,
+            cached=dict(batch=batch, positions=length, given=given, data=args.data, compiled=args.compile, total_s=cached_s,
+                        compile_s=compile_s, capture_s=capture_s, per_token_ms=per_token_ms, bytes_per_s=bytes_per_s,
                         cuda_graph=device.type == "cuda"),
             cached_without_graph=dict(positions=eager_positions, per_token_ms=eager_ms),
             full_recompute=dict(estimate=True, prefix_lengths=lengths, forward_s=forward_s, estimated_total_s=full_s),

@@ -205,6 +205,26 @@ def test_a_prompt_is_continued_and_a_stream_slides_past_the_context():
     assert torch.equal(generate(model, long_prompt, 40, progress=False)[:, :30].long(), long_prompt)
 
 
+def test_compiled_decoding_gives_the_same_logits_with_one_graph_per_part_for_every_block():
+    """compile_decoding: what surrounds each block's attention, traced once for all blocks
+    and positions (two graphs: the projections and the update); the same logits."""
+    from torch._dynamo.utils import counters
+
+    model = model_for(PatternConfig("strided", 6, integration="interleaved"), image=False)
+    tokens = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(6))
+    logits = []
+    with torch.no_grad():
+        for compiled in (False, True):
+            if compiled:
+                torch._dynamo.reset()
+                counters.clear()
+                model.compile_decoding(backend="eager")  # dynamo's tracing, without Inductor's compile time
+            cache = DecodingCache(model, batch=2)
+            logits.append(torch.stack([model.decode_step(tokens[:, i], cache) for i in range(12)]))
+    assert counters["stats"]["unique_graphs"] == 2
+    torch.testing.assert_close(logits[1], logits[0], rtol=1e-6, atol=1e-6)
+
+
 GRAPH_PATTERNS = [PATTERNS[0], PATTERNS[3], PATTERNS[7], PATTERNS[8]]  # dense, interleaved, distinct summaries
 
 
@@ -227,6 +247,25 @@ def test_cuda_graph_replays_the_eager_decoding_steps(pattern, bf16):
     torch.testing.assert_close(replayed, eager, rtol=1e-5, atol=1e-5)
     tolerance = 2e-2 if bf16 else 1e-4  # the full forward's attention rounds differently
     torch.testing.assert_close(torch.softmax(replayed.float(), -1), torch.softmax(full.float(), -1), rtol=0, atol=tolerance)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pattern", GRAPH_PATTERNS, ids=lambda p: p.build().describe())
+def test_compiled_decoding_replayed_as_a_cuda_graph_predicts_what_the_forward_pass_does(pattern):
+    """What the sampler runs on a GPU: compile_decoding (Inductor), the decode kernel, weights
+    cast once, a bf16 cache, each step replayed as a CUDA graph, under bf16 autocast."""
+    torch._dynamo.reset()
+    model = model_for(pattern, image=True, half_qk=pattern.kind == "fixed").cuda()
+    tokens = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(1)).cuda()
+    tokens[:, 0] = model.start_token
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        full = model(tokens)  # (B, n, vocab)
+        model.compile_decoding()
+        with matmul_weights_cast(model, torch.bfloat16):
+            decoder = CUDAGraphDecoder(model, DecodingCache(model, batch=3, device="cuda", dtype=torch.bfloat16),
+                                       tokens[:, 0])
+            replayed = torch.stack([decoder(tokens[:, i]).clone() for i in range(24)], dim=1)
+    torch.testing.assert_close(torch.softmax(replayed.float(), -1), torch.softmax(full.float(), -1), rtol=0, atol=2e-2)
 
 
 @pytest.mark.gpu

@@ -111,18 +111,29 @@ class SparseAttention(nn.Module):
         return x.view(b, n, self.heads, width // self.heads).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, cache: DecodingCache | None = None) -> torch.Tensor:
-        """x (B, n, d) -> (B, n, d). With a cache: x (B, 1, d) is position cache.position
-        (a decoding step), or x (B, n, d) are positions 0 .. n-1 of a prompt, whose keys
-        and values fill the empty cache (prefill)."""
-        b, n, d = x.shape  # (B, n, d)
-        q, k, v = self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
-        if cache is not None and n == 1:
-            out = self._decode(q, k, v, cache)  # (B, heads, 1, d / heads)
-        else:
-            out = attend(q, k, v, self.pattern, self.layer_class, self.backend)  # (B, heads, n, d / heads)
-            if cache is not None:
-                cache.fill(self.layer, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+        """x (B, n, d) -> (B, n, d); the cache as in `attend`."""
+        return self.merge(self.attend(*self.project(x), cache))
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, n, d) -> q, k (B, H, n, dqk) and v (B, H, n, dh)."""
+        return self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               cache: DecodingCache | None = None) -> torch.Tensor:
+        """The heads' outputs (B, H, n, dh). With a cache: n = 1 is position cache.position
+        (a decoding step), or positions 0 .. n-1 of a prompt, whose keys and values fill the
+        empty cache (prefill)."""
+        if cache is not None and q.shape[2] == 1:
+            return self._decode(q, k, v, cache)
+        out = attend(q, k, v, self.pattern, self.layer_class, self.backend)
+        if cache is not None:
+            cache.fill(self.layer, k, v)
+        return out
+
+    def merge(self, out: torch.Tensor) -> torch.Tensor:
+        """The heads' outputs (B, H, n, dh) side by side, times W_p -> (B, n, d)."""
+        b, _, n, _ = out.shape
+        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
     def _decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: DecodingCache) -> torch.Tensor:
         """q, k, v (B, H, 1, dh) of position i = cache.position -> (B, H, 1, dv), reading only allowed keys."""
@@ -166,7 +177,15 @@ class ResidualBlock(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, h: torch.Tensor, cache: DecodingCache | None = None) -> torch.Tensor:
-        a = self.dropout(self.attn(self.attn_norm(h), cache))
+        return self.update(h, self.attn.attend(*self.project(h), cache))
+
+    def project(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The attention's q, k, v of norm(H)."""
+        return self.attn.project(self.attn_norm(h))
+
+    def update(self, h: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        """resblock(H) from the attention heads' outputs (B, H, n, dh)."""
+        a = self.dropout(self.attn.merge(heads))
         b = self.dropout(self.ff(self.ff_norm(h + a)))
         return a + b
 
@@ -229,9 +248,29 @@ class SparseTransformer(nn.Module):
         cache.check_room()
         h = self.token_embedding(tokens.long()[:, None]) + self.position_embedding(cache.position.view(1))  # (B, 1, d)
         for block in self.blocks:
-            h = h + block(h, cache)
+            heads = block.attn.attend(*self._decoding_project(block, h), cache)  # (B, H, 1, dh)
+            h = h + self._decoding_update(block, h, heads)
         cache.advance()
         return self.out(self.final_norm(h))[:, 0]  # (B, vocab)
+
+    # What a decoding step does around each block's attention, apart so that
+    # compile_decoding can fuse it: the cache writes and reads between stay eager.
+    @staticmethod
+    def _decoding_project(block: ResidualBlock, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return block.project(h)
+
+    @staticmethod
+    def _decoding_update(block: ResidualBlock, h: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        return block.update(h, heads)
+
+    def compile_decoding(self, **options) -> None:
+        """torch.compile (Inductor) what a decoding step does around each block's attention
+        (norms, projections, feed-forward, residual adds, dtype casts): a step of a deep model
+        is thousands of tiny kernels, and fusing them is most of what replaying it as a CUDA
+        graph leaves to gain. The cache writes and the decode kernel run between the two
+        compiled parts as they are; all blocks share the two graphs."""
+        self._decoding_project = torch.compile(SparseTransformer._decoding_project, **options)
+        self._decoding_update = torch.compile(SparseTransformer._decoding_update, **options)
 
     def prefill(self, tokens: torch.Tensor, cache: DecodingCache) -> torch.Tensor:
         """tokens (B, n): a prompt, read in one forward pass through the attention backend

@@ -289,6 +289,8 @@ def sample(cfg: ExperimentConfig, progress: bool = True) -> list[Path]:
     device = resolve_device(sc.device, "sample")
     model, checkpoint = model_from_checkpoint(cfg.checkpoint(sc), attention=cfg.model.attention, expected=cfg.model)
     model.to(device)
+    if device.type == "cuda":
+        model.compile_decoding()  # fuses what surrounds each block's attention in a step (about 1 min to compile)
     datamodule = data_module_for(cfg.data.hdf5, batch_size=1, context=model.config.context, dataset=cfg.data.dataset)
     check_data_fits_model(datamodule, model.config, cfg.data.hdf5)
     generator = torch.Generator(device).manual_seed(sc.seed)
