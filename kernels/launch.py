@@ -45,21 +45,23 @@ def _signature(args: tuple, kwargs: dict) -> tuple:
 
 class Launcher:
     """One Triton kernel, autotuned over `configs` (keyed by `key`) unless a launch fixes
-    its tiles. Call it as `launcher(grid, *args, tiles=None, **kwargs)`, where `grid`
-    maps the tile constexprs (BLOCK_M, BLOCK_N) to the launch grid."""
+    its tiles (without `configs`, every launch must). Call it as
+    `launcher(grid, *args, tiles=None, **kwargs)`, where `grid` maps the tile constexprs
+    (BLOCK_M, BLOCK_N) to the launch grid."""
 
-    def __init__(self, kernel: triton.runtime.JITFunction, configs: list[triton.Config], key: list[str],
-                 restore_value: list[str], prune: Callable | None = None):
+    def __init__(self, kernel: triton.runtime.JITFunction, configs: list[triton.Config] | None = None,
+                 key: list[str] = (), restore_value: list[str] = (), prune: Callable | None = None):
         self.kernel = kernel
         self.names = kernel.arg_names
         # cache_results: the winner is kept in Triton's cache directory (keyed by the kernel's
         # source, the GPU and the key), so only the first process on a machine pays for tuning.
-        self.tuned = triton.autotune(configs, key=key, restore_value=restore_value, cache_results=True,
-                                     prune_configs_by={"early_config_prune": prune} if prune else None)(kernel)
+        self.tuned = configs and triton.autotune(
+            configs, key=key, restore_value=restore_value, cache_results=True,
+            prune_configs_by={"early_config_prune": prune} if prune else None)(kernel)
         self._compiled: dict[tuple, tuple[CompiledKernel, dict]] = {}
 
     def __call__(self, grid: Grid, *args: Any, tiles: dict | None = None, **kwargs: Any) -> None:
-        signature = (tiles and tuple(tiles.items()), _signature(args, kwargs))
+        signature = (None if tiles is None else tuple(tiles.items()), _signature(args, kwargs))
         found = self._compiled.get(signature)
         if found is not None:
             compiled, meta = found
@@ -76,4 +78,4 @@ class Launcher:
 
     def chosen_tiles(self) -> dict[str, str]:
         """The autotuner's choice per key in this process (for benchmark records)."""
-        return {str(key): str(config) for key, config in self.tuned.cache.items()}
+        return {str(key): str(config) for key, config in self.tuned.cache.items()} if self.tuned else {}
