@@ -129,6 +129,26 @@ def _reference_rows(
     return out, lse
 
 
+def reference_decoding(
+    q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, slots: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """One query per head against cached keys: (B, H, d_v) in q's dtype; q (B, H, d_qk), key_cache
+    (B, H, S, d_qk), value_cache (B, H, S, d_v); head h reads the cache rows slots[h, valid[h]]
+    (slots, valid (H, K)); 0 for a head with no valid key. q.k and the softmax in fp32 at
+    least, as SPEC 5.6 asks when sampling."""
+    batch, _, _, d_qk = key_cache.shape
+    index = slots[None, :, :, None]  # (1, H, K, 1): the same slots for every batch row
+    keys = key_cache.gather(2, index.expand(batch, -1, -1, d_qk))  # (B, H, K, d_qk)
+    values = value_cache.gather(2, index.expand(batch, -1, -1, value_cache.shape[-1]))  # (B, H, K, d_v)
+    acc = torch.promote_types(q.dtype, torch.float32)  # float64 inputs stay float64: an oracle for the kernel
+    with torch.autocast(q.device.type, enabled=False):
+        scores = torch.einsum("bhd,bhkd->bhk", q.to(acc), keys.to(acc)) / math.sqrt(d_qk)
+        scores = scores.masked_fill(~valid, float("-inf"))
+        weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a query with no key: all 0, output 0
+        out = torch.einsum("bhk,bhkd->bhd", weights, values.to(acc))  # (B, H, d_v)
+    return out.to(q.dtype)
+
+
 # ---------------------------------------------------------------------- flex
 def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, layer: int = 0) -> torch.Tensor:
     """FlexAttention with the pattern as a mask_mod; the block mask is cached per (pattern, n, layer, device)."""

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import attend
+from .attention import attend, reference_decoding
 from .config import ModelConfig
 from .patterns import Pattern
 
@@ -139,15 +139,8 @@ class SparseAttention(nn.Module):
         """q, k, v (B, H, 1, dh) of position i = cache.position -> (B, H, 1, dv), reading only allowed keys."""
         cache.store(self.layer, k, v)
         slots, valid = cache.reads(self.layer)  # (H, K) cache slots, (H, K) False where not read
-        keys = cache.keys[self.layer][:, cache.heads_column, slots]  # (B, H, K, dqk)
-        values = cache.values[self.layer][:, cache.heads_column, slots]  # (B, H, K, dv)
-        # q.k in fp32, as SPEC 5.6 asks when sampling (and as the reference attention does).
-        with torch.autocast(q.device.type, enabled=False):
-            scores = torch.einsum("bhd,bhkd->bhk", q[:, :, 0].float(), keys.float()) / math.sqrt(q.shape[-1])
-            scores = scores.masked_fill(~valid, float("-inf"))
-            weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a query with no key: all 0, output 0
-            out = torch.einsum("bhk,bhkd->bhd", weights, values.float())  # (B, H, dv)
-        return out[:, :, None].to(q.dtype)
+        out = reference_decoding(q[:, :, 0], cache.keys[self.layer], cache.values[self.layer], slots, valid)
+        return out[:, :, None]  # (B, H, 1, dv)
 
 
 class FeedForward(nn.Module):
@@ -417,7 +410,6 @@ class DecodingCache:
         self.values = [torch.zeros(batch, config.heads, layout.size, config.head_dim, device=device, dtype=dtype)
                        for layout in self.layouts]
         heads = torch.arange(config.heads, device=device)[:, None]  # (H, 1)
-        self.heads_column = heads  # gathers a key set per head
         # (H, 1): each head's first summary column (fixed; the same for all heads unless distinct)
         self.lo = torch.zeros_like(heads) + (self.pattern.summary_columns(heads)[0] if self.pattern.kind == "fixed" else 0)
         self.position = torch.zeros((), dtype=torch.long, device=device)
