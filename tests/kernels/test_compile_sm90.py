@@ -21,12 +21,14 @@ import json, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from sparse_kernels.backward import attention_dkdv_kernel, attention_dq_kernel
+from sparse_kernels.decode import decode_attention_kernel, decode_combine_kernel
 from sparse_kernels.forward import attention_forward_kernel
 from sparse_kernels.geometry import MODES
 
-SCALARS = {"H", "L", "G", "C", "n", "N_BUCKET", "SUMMARY_GROUPS", "SUMMARY_HEAD_DIV"}
+SCALARS = {"H", "L", "G", "C", "n", "N_BUCKET", "SUMMARY_GROUPS", "SUMMARY_HEAD_DIV", "KEYS", "KEYS_PER_SPLIT", "SPLITS"}
 FLOATS = {"qk_scale", "sm_scale"}
-STATS = {"LSE", "DELTA"}
+STATS = {"LSE", "DELTA", "PARTIAL_M", "PARTIAL_L", "PARTIAL_ACC"}
+POINTERS = {"SLOTS": "*i64", "VALID": "*u8"}
 
 def signature(kernel, constexprs):
     sig = {}
@@ -38,8 +40,13 @@ def signature(kernel, constexprs):
         elif name in SCALARS or name.startswith("stride_"):
             sig[name] = "i32"
         else:
-            sig[name] = "*fp32" if name in STATS else "*bf16"
+            sig[name] = POINTERS.get(name, "*fp32" if name in STATS else "*bf16")
     return sig
+
+def compile_sm90(kernel, constexprs):
+    compiled = triton.compile(ASTSource(kernel, signature(kernel, constexprs), constexprs),
+                              target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=3))
+    return dict(cubin=len(compiled.asm["cubin"]), shared=compiled.metadata.shared)
 
 report = {}
 for kname, kernel in [("forward", attention_forward_kernel), ("dkdv", attention_dkdv_kernel), ("dq", attention_dq_kernel)]:
@@ -49,9 +56,11 @@ for kname, kernel in [("forward", attention_forward_kernel), ("dkdv", attention_
                           BLOCK_M=64, BLOCK_N=64, QK_DIM=64, V_DIM=128)
         if "WRITE_DELTA" in kernel.arg_names:  # dq: the first pass computes delta
             constexprs["WRITE_DELTA"] = not cont
-        compiled = triton.compile(ASTSource(kernel, signature(kernel, constexprs), constexprs),
-                                  target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=3))
-        report[f"{kname} {even}/{odd} continue={cont}"] = dict(cubin=len(compiled.asm["cubin"]), shared=compiled.metadata.shared)
+        report[f"{kname} {even}/{odd} continue={cont}"] = compile_sm90(kernel, constexprs)
+for split in (False, True):  # the decoding kernel at the largest head dims it takes, and its combine step
+    constexprs = dict(QK_DIM=256, V_DIM=192, QK_BLOCK=256, V_BLOCK=256, BLOCK_N=32, SPLIT=split)
+    report[f"decode split={split}"] = compile_sm90(decode_attention_kernel, constexprs)
+report["decode combine"] = compile_sm90(decode_combine_kernel, dict(V_DIM=192, V_BLOCK=256, SPLIT_BLOCK=32))
 print(json.dumps(report))
 '''
 
@@ -62,7 +71,7 @@ def test_every_kernel_and_mode_compiles_for_sm90():
     result = subprocess.run([sys.executable, "-c", COMPILE_ALL], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(report) == 15
+    assert len(report) == 18
     for name, info in report.items():
         assert info["cubin"] > 0, f"{name}: no machine code"
         assert info["shared"] <= 227 * 1024, f"{name}: {info['shared']} bytes of shared memory exceed Hopper's limit"

@@ -3,7 +3,8 @@
 Marked `gpu`: skipped on machines without CUDA (CI is CPU-only; see tests/conftest.py).
 Run on a GPU with `pytest -m gpu tests/kernels`. The oracle is computed on the GPU in
 float64, a slab of query rows at a time with the backward written out by hand, so that
-it reaches n = 65,536 without an n x n matrix.
+it reaches n = 65,536 without an n x n matrix. The decoding kernel is checked against
+the float64 reference of the gather and softmax it replaces.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import math
 import pytest
 import torch
 
+from sparse_kernels.decode import decode_attention
 from sparse_kernels.ops import Blocks
 from sparse_transformer import Pattern
 from sparse_transformer.triton_attention import sparse_attention_with_lse
 
 from .custom_ops import check_custom_ops
 from .oracle import rel_err
+from .test_decode import check_decode, decode_inputs
 
 pytestmark = pytest.mark.gpu
 
@@ -198,3 +201,29 @@ def test_inductor_full_graph_matches_eager():
         results.append((out, *torch.autograd.grad(out, leaves, do)))
     for got, want in zip(*results):
         assert rel_err(got, want) < BF16_TOLERANCE
+
+
+# ---------------------------------------------------------------------- decoding
+@pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, BF16_TOLERANCE), (torch.float32, 1e-5)], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("keys, d_qk, d_v", [
+    (127, 64, 128),  # the CIFAR-10 model's step: one program per query
+    (4096, 128, 128),  # dense at n = 4,096: 16 splits
+    (9000, 96, 48),  # padded head dims, the most splits
+    (700, 256, 256),
+], ids=str)
+def test_decode_kernel_matches_float64(keys, d_qk, d_v, dtype, tol):
+    check_decode(batch=4, heads=4, slots=keys + 100, keys=keys, d_qk=d_qk, d_v=d_v, dtype=dtype, tol=tol, device="cuda")
+
+
+@pytest.mark.parametrize("keys", [127, 4096], ids=["one split", "split"])
+def test_decode_kernel_replays_in_a_cuda_graph(keys):
+    """Captured once, replayed on new queries, caches and key lists: the eager call's output."""
+    inputs = decode_inputs(4, 4, 5000, keys, 64, 64, torch.bfloat16, device="cuda")
+    decode_attention(*inputs, 0.125)  # the first launch compiles, which a capture cannot hold
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = decode_attention(*inputs, 0.125)
+    for held, new in zip(inputs, decode_inputs(4, 4, 5000, keys, 64, 64, torch.bfloat16, seed=1, device="cuda")):
+        held.copy_(new)
+    graph.replay()
+    assert torch.equal(out, decode_attention(*inputs, 0.125))
