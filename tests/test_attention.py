@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from sparse_transformer.attention import BACKENDS, attend, reference_attention, reference_lse
+from sparse_transformer.attention import (BACKENDS, attend, attend_decoding, reference_attention, reference_decoding,
+                                         reference_lse)
 from sparse_transformer.patterns import Pattern
 
 PATTERNS = [
@@ -144,6 +145,18 @@ def test_triton_backend_without_its_module_fails_clearly(monkeypatch):
     q, k, v = random_qkv(1, 2, 16, 4, 4)
     with pytest.raises(RuntimeError, match="backend 'triton' is not available"):
         attend(q, k, v, Pattern("strided", 4), backend="triton")
+    slots, valid = torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool)
+    with pytest.raises(RuntimeError, match="backend 'triton' is not available"):
+        attend_decoding(q[:, :, 0], k, v, slots, valid, backend="triton")
+
+
+def test_decoding_on_the_cpu_uses_the_kernel_only_when_triton_is_asked_for(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sparse_transformer.triton_attention", None)  # any use of the kernel fails
+    q, k, v = random_qkv(1, 2, 16, 4, 4)
+    slots, valid = torch.randint(0, 16, (2, 5)), torch.rand(2, 5) < 0.5
+    for backend in ("auto", "flex", "sdpa", "reference"):
+        assert torch.equal(attend_decoding(q[:, :, 0], k, v, slots, valid, backend),
+                           reference_decoding(q[:, :, 0], k, v, slots, valid))
 
 
 def test_reference_accumulates_in_fp32_under_bf16_autocast():

@@ -82,10 +82,13 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p.build().describe())
-def test_a_decoding_step_never_reads_a_tensor_on_the_host(pattern):
+@pytest.mark.parametrize("pattern, attention", [
+    *((pattern, "reference") for pattern in PATTERNS),
+    pytest.param(PATTERNS[8], "triton", marks=pytest.mark.interpreter),  # the fused decode kernel's launches
+], ids=lambda v: v if isinstance(v, str) else v.build().describe())
+def test_a_decoding_step_never_reads_a_tensor_on_the_host(pattern, attention):
     """What lets CUDAGraphDecoder capture a step (checked here on the CPU; the capture itself by the gpu tests)."""
-    model = model_for(pattern, image=True, half_qk=pattern.kind == "fixed")
+    model = model_for(pattern, image=True, half_qk=pattern.kind == "fixed", attention=attention)
     cache = DecodingCache(model, batch=2)
     with torch.no_grad(), HostReads() as reads:
         for token in (model.start_token, 7):
@@ -112,6 +115,37 @@ def test_cached_decoding_gives_the_distributions_of_a_full_forward_pass(pattern,
             torch.testing.assert_close(torch.cat([read, torch.stack(stepped, dim=1)], dim=1), full, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="empty cache"):
         model.prefill(tokens[:, :3], cache)
+
+
+FUSED_PATTERNS = [PATTERNS[i] for i in (0, 1, 2, 3, 5, 7, 8)]  # every kind, layout and integration
+
+
+def decoded_logits(model: SparseTransformer, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits (B, n, vocab) of decoding `tokens` (B, n) one position at a time from an empty cache."""
+    cache = DecodingCache(model, batch=len(tokens), device=tokens.device)
+    return torch.stack([model.decode_step(tokens[:, i], cache) for i in range(tokens.shape[1])], dim=1)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("pattern", FUSED_PATTERNS, ids=lambda p: p.build().describe())
+def test_the_fused_decode_kernel_gives_the_reference_steps_logits(pattern, monkeypatch):
+    """The triton backend decodes with the fused kernel (reading the pruned cache in place),
+    the reference backend with PyTorch's gather: the same logits at every position. Two
+    heads of 16 dims (8 for fixed's half-size q/k) and one batch row keep the interpreter's
+    programs few (test_decode.py checks batches)."""
+    from sparse_transformer import triton_attention
+
+    launches = []
+    kernel = triton_attention.decode_attention
+    monkeypatch.setattr(triton_attention, "decode_attention", lambda *args: launches.append(1) or kernel(*args))
+    tokens = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        reference, fused = (decoded_logits(model_for(pattern, image=False, heads=2, layers=2, attention=attention,
+                                                     half_qk=pattern.kind == "fixed"), tokens)
+                            for attention in ("reference", "triton"))
+    assert len(launches) == 24 * 2  # every step of every layer, and only under the triton backend
+    assert reference.std() > 0.1
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
 
 
 N, L, C = 1024, 32, 4
@@ -255,7 +289,7 @@ def test_compiled_decoding_replayed_as_a_cuda_graph_predicts_what_the_forward_pa
     """What the sampler runs on a GPU: compile_decoding (Inductor), the decode kernel, weights
     cast once, a bf16 cache, each step replayed as a CUDA graph, under bf16 autocast."""
     torch._dynamo.reset()
-    model = model_for(pattern, image=True, half_qk=pattern.kind == "fixed").cuda()
+    model = model_for(pattern, image=True, half_qk=pattern.kind == "fixed", attention="auto", d_model=64, heads=2).cuda()
     tokens = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(1)).cuda()
     tokens[:, 0] = model.start_token
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
@@ -266,6 +300,25 @@ def test_compiled_decoding_replayed_as_a_cuda_graph_predicts_what_the_forward_pa
                                        tokens[:, 0])
             replayed = torch.stack([decoder(tokens[:, i]).clone() for i in range(24)], dim=1)
     torch.testing.assert_close(torch.softmax(replayed.float(), -1), torch.softmax(full.float(), -1), rtol=0, atol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("pattern", GRAPH_PATTERNS, ids=lambda p: p.build().describe())
+def test_a_captured_fused_decode_step_gives_the_reference_steps_logits(pattern, bf16):
+    """The fused decode kernel (backend auto on CUDA) inside a CUDA graph, replayed at every
+    position, against eager decoding through PyTorch's gather (backend reference)."""
+    tokens = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(1)).cuda()
+    tokens[:, 0] = model_for(pattern, image=True).start_token
+    fused, reference = (model_for(pattern, image=True, half_qk=pattern.kind == "fixed", attention=attention).cuda()
+                        for attention in ("auto", "reference"))
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        decoder = CUDAGraphDecoder(fused, DecodingCache(fused, batch=3, device="cuda"), tokens[:, 0])
+        replayed = torch.stack([decoder(tokens[:, i]).clone() for i in range(24)], dim=1)
+        eager = decoded_logits(reference, tokens)
+    assert eager.std() > 1e-3
+    tolerance = 2e-2 if bf16 else 1e-4  # under autocast each attention output is rounded to bf16
+    torch.testing.assert_close(torch.softmax(replayed.float(), -1), torch.softmax(eager.float(), -1), rtol=0, atol=tolerance)
 
 
 @pytest.mark.gpu

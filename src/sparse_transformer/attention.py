@@ -16,11 +16,17 @@ Backends:
     triton     the fused kernels (`triton_attention.sparse_attention`), imported lazily.
     auto       triton for CUDA tensors, reference otherwise.
 No dropout inside attention (SPEC section 2).
+
+A decoding step (one query per head against a decoding cache) has two implementations,
+`attend_decoding`: the reference gathers the keys each head reads and runs the softmax
+in PyTorch; the fused decode kernel (`sparse_kernels.decode`) reads them in place. The
+triton backend uses the kernel, and so do auto, flex and sdpa on CUDA tensors.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 from typing import Callable
 
@@ -132,10 +138,7 @@ def _reference_rows(
 def reference_decoding(
     q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, slots: torch.Tensor, valid: torch.Tensor
 ) -> torch.Tensor:
-    """One query per head against cached keys: (B, H, d_v) in q's dtype; q (B, H, d_qk), key_cache
-    (B, H, S, d_qk), value_cache (B, H, S, d_v); head h reads the cache rows slots[h, valid[h]]
-    (slots, valid (H, K)); 0 for a head with no valid key. q.k and the softmax in fp32 at
-    least, as SPEC 5.6 asks when sampling."""
+    """One query per head against cached keys: (B, H, d_v) in q's dtype; see `attend_decoding`."""
     batch, _, _, d_qk = key_cache.shape
     index = slots[None, :, :, None]  # (1, H, K, 1): the same slots for every batch row
     keys = key_cache.gather(2, index.expand(batch, -1, -1, d_qk))  # (B, H, K, d_qk)
@@ -187,9 +190,10 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: P
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, layer: int = 0) -> torch.Tensor:
+def _triton_module():
+    """sparse_transformer.triton_attention, imported on first use (it imports triton)."""
     try:
-        from .triton_attention import sparse_attention
+        return importlib.import_module(f"{__package__}.triton_attention")
     except ModuleNotFoundError as err:
         if err.name != f"{__package__}.triton_attention":
             raise
@@ -197,7 +201,10 @@ def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern:
             "attention backend 'triton' is not available: sparse_transformer.triton_attention is missing "
             "from this installation; use backend 'reference' (CPU) or 'flex'"
         ) from None
-    return sparse_attention(q, k, v, pattern, layer)
+
+
+def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, layer: int = 0) -> torch.Tensor:
+    return _triton_module().sparse_attention(q, k, v, pattern, layer)
 
 
 _BACKEND_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
@@ -206,3 +213,17 @@ _BACKEND_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "sdpa": sdpa_attention,
     "triton": triton_attention,
 }
+
+
+# ---------------------------------------------------------------------- decoding
+def attend_decoding(
+    q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, slots: torch.Tensor, valid: torch.Tensor,
+    backend: str = "reference",
+) -> torch.Tensor:
+    """One query per head against a decoding cache: q (B, H, d_qk), key_cache (B, H, S, d_qk),
+    value_cache (B, H, S, d_v); head h reads the cache rows slots[h, valid[h]] (slots, valid
+    (H, K)) -> (B, H, d_v) in q's dtype, 0 for a head with no valid key. q.k and the softmax
+    in fp32 at least, as SPEC 5.6 asks when sampling. Nothing is read back to the host."""
+    if backend == "triton" or (backend != "reference" and q.is_cuda):
+        return _triton_module().decode_attention(q, key_cache, value_cache, slots, valid, 1 / math.sqrt(q.shape[-1]))
+    return reference_decoding(q, key_cache, value_cache, slots, valid)

@@ -19,7 +19,8 @@ Decoding (`decode_step` with a `DecodingCache`): one position at a time, keeping
 layer's keys and values only what a later query can still read (`CacheLayout`: the last
 l positions, plus the summary columns of closed chunks under fixed attention; everything
 under dense and strided attention); the new query reads only the cached keys its pattern
-allows (`decoding_keys`: about l + n/l of them, not n), and gives the same logits as
+allows (`decoding_keys`: about l + n/l of them, not n; on the GPU the fused decode kernel
+reads them in place, `attention.attend_decoding`), and gives the same logits as
 `forward`. A step never reads its position back to the host, so it can be replayed as a
 CUDA graph. A prompt is read in one forward pass (`prefill`), which fills the cache.
 """
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import attend, reference_decoding
+from .attention import attend, attend_decoding
 from .config import ModelConfig
 from .patterns import Pattern
 
@@ -139,7 +140,7 @@ class SparseAttention(nn.Module):
         """q, k, v (B, H, 1, dh) of position i = cache.position -> (B, H, 1, dv), reading only allowed keys."""
         cache.store(self.layer, k, v)
         slots, valid = cache.reads(self.layer)  # (H, K) cache slots, (H, K) False where not read
-        out = reference_decoding(q[:, :, 0], cache.keys[self.layer], cache.values[self.layer], slots, valid)
+        out = attend_decoding(q[:, :, 0], cache.keys[self.layer], cache.values[self.layer], slots, valid, self.backend)
         return out[:, :, None]  # (B, H, 1, dv)
 
 

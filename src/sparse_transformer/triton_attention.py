@@ -1,7 +1,7 @@
 """The fused Triton kernels behind the `Pattern` interface.
 
 Translates a Pattern into the plain numbers the kernels take (`kernel_spec`) and calls
-them. On CUDA tensors the kernels run compiled; on CPU tensors only under Triton's
+them; the decoding step's kernel (`decode_attention`) needs no pattern and is passed on. On CUDA tensors the kernels run compiled; on CPU tensors only under Triton's
 interpreter (TRITON_INTERPRET=1), which the tests use.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from sparse_kernels.decode import decode_attention  # noqa: F401 (the decoding step's kernel, for attention.py)
 from sparse_kernels.ops import Blocks, KernelSpec, attention
 
 from .patterns import Pattern
