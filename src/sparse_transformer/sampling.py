@@ -54,7 +54,7 @@ GRID_GUTTER = 128  # mid-grey between the images: apart from black backgrounds (
 class CUDAGraphDecoder:
     """`model.decode_step` captured once as a CUDA graph and replayed at every position.
 
-    A step of a deep model is thousands of small kernels (about 35 per layer); launched
+    A step of a deep model is thousands of small kernels (a few dozen per layer); launched
     one by one from Python they take far longer than they run, so eager decoding is
     bound by host time. A replay launches them all at once: the same kernels in the same
     order, so the logits are the eager step's. The step reads its position from the
