@@ -32,9 +32,9 @@ MAX_HEAD_DIM = 256
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # A split reads at least this many keys: fewer would cost more in the combine launch and
 # its scratch traffic than the extra programs gain.
-SPLIT_MIN_KEYS = 256
+SPLIT_MIN_KEYS = 128
 # Split until there are about this many programs: a few per SM of an H100 or H200 (132).
-TARGET_PROGRAMS = 512
+TARGET_PROGRAMS = 1024
 MAX_SPLITS = 32  # the combine kernel holds every split's accumulator of one head at once
 
 
@@ -75,13 +75,14 @@ def decode_attention_kernel(
         read = (tl.load(VALID + h * stride_rh + offs_n * stride_rk, mask=in_range, other=0) != 0) & in_range
         # Rows not read are never loaded: their slots may be anything.
         k = tl.load(k_head + slot[:, None] * stride_ks + offs_qk[None, :], mask=read[:, None] & qk_in[None, :], other=0.0)
+        # The values are loaded before the scores are computed, so the two loads overlap.
+        v = tl.load(v_head + slot[:, None] * stride_vs + offs_v[None, :], mask=read[:, None] & v_in[None, :], other=0.0)
         s = tl.sum(q[None, :] * k.to(tl.float32), 1)  # (BLOCK_N,) fp32
         s = tl.where(read, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 0))
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing read yet
         p = tl.math.exp2(s - m_ref)
         alpha = tl.math.exp2(m_i - m_ref)
-        v = tl.load(v_head + slot[:, None] * stride_vs + offs_v[None, :], mask=read[:, None] & v_in[None, :], other=0.0)
         l_i = l_i * alpha + tl.sum(p, 0)
         acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), 0)
         m_i = m_new

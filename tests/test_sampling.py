@@ -241,7 +241,7 @@ def test_a_prompt_is_continued_and_a_stream_slides_past_the_context():
 
 def test_compiled_decoding_gives_the_same_logits_with_one_graph_per_part_for_every_block():
     """compile_decoding: what surrounds each block's attention, traced once for all blocks
-    and positions (two graphs: the projections and the update); the same logits."""
+    and positions (two graphs: the projections, and the residual update); the same logits."""
     from torch._dynamo.utils import counters
 
     model = model_for(PatternConfig("strided", 6, integration="interleaved"), image=False)

@@ -243,7 +243,7 @@ class SparseTransformer(nn.Module):
         h = self.token_embedding(tokens.long()[:, None]) + self.position_embedding(cache.position.view(1))  # (B, 1, d)
         for block in self.blocks:
             heads = block.attn.attend(*self._decoding_project(block, h), cache)  # (B, H, 1, dh)
-            h = h + self._decoding_update(block, h, heads)
+            h = self._decoding_residual(block, h, heads)
         cache.advance()
         return self.out(self.final_norm(h))[:, 0]  # (B, vocab)
 
@@ -254,8 +254,8 @@ class SparseTransformer(nn.Module):
         return block.project(h)
 
     @staticmethod
-    def _decoding_update(block: ResidualBlock, h: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
-        return block.update(h, heads)
+    def _decoding_residual(block: ResidualBlock, h: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        return h + block.update(h, heads)
 
     def compile_decoding(self, **options) -> None:
         """torch.compile (Inductor) what a decoding step does around each block's attention
@@ -264,7 +264,7 @@ class SparseTransformer(nn.Module):
         graph leaves to gain. The cache writes and the decode kernel run between the two
         compiled parts as they are; all blocks share the two graphs."""
         self._decoding_project = torch.compile(SparseTransformer._decoding_project, **options)
-        self._decoding_update = torch.compile(SparseTransformer._decoding_update, **options)
+        self._decoding_residual = torch.compile(SparseTransformer._decoding_residual, **options)
 
     def prefill(self, tokens: torch.Tensor, cache: DecodingCache) -> torch.Tensor:
         """tokens (B, n): a prompt, read in one forward pass through the attention backend

@@ -1,8 +1,9 @@
 """The fused Triton kernels behind the `Pattern` interface.
 
 Translates a Pattern into the plain numbers the kernels take (`kernel_spec`) and calls
-them; the decoding step's kernel (`decode_attention`) needs no pattern and is passed on. On CUDA tensors the kernels run compiled; on CPU tensors only under Triton's
-interpreter (TRITON_INTERPRET=1), which the tests use.
+them; the decoding step's kernel (`decode_attention`) needs no pattern and is passed on.
+On CUDA tensors the kernels run compiled; on CPU tensors only under Triton's interpreter
+(TRITON_INTERPRET=1), which the tests use.
 """
 
 from __future__ import annotations
