@@ -259,12 +259,9 @@ def test_compiled_decoding_gives_the_same_logits_with_one_graph_per_part_for_eve
     torch.testing.assert_close(logits[1], logits[0], rtol=1e-6, atol=1e-6)
 
 
-GRAPH_PATTERNS = [PATTERNS[0], PATTERNS[3], PATTERNS[7], PATTERNS[8]]  # dense, interleaved, distinct summaries
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
-@pytest.mark.parametrize("pattern", GRAPH_PATTERNS, ids=lambda p: p.build().describe())
+@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p.build().describe())
 def test_cuda_graph_replays_the_eager_decoding_steps(pattern, bf16):
     model = model_for(pattern, image=True, half_qk=pattern.kind == "fixed").cuda()
     tokens = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(1)).cuda()
@@ -284,7 +281,7 @@ def test_cuda_graph_replays_the_eager_decoding_steps(pattern, bf16):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("pattern", GRAPH_PATTERNS, ids=lambda p: p.build().describe())
+@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p.build().describe())
 def test_compiled_decoding_replayed_as_a_cuda_graph_predicts_what_the_forward_pass_does(pattern):
     """What the sampler runs on a GPU: compile_decoding (Inductor), the decode kernel, weights
     cast once, a bf16 cache, each step replayed as a CUDA graph, under bf16 autocast."""
@@ -304,7 +301,7 @@ def test_compiled_decoding_replayed_as_a_cuda_graph_predicts_what_the_forward_pa
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
-@pytest.mark.parametrize("pattern", GRAPH_PATTERNS, ids=lambda p: p.build().describe())
+@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p.build().describe())
 def test_a_captured_fused_decode_step_gives_the_reference_steps_logits(pattern, bf16):
     """The fused decode kernel (backend auto on CUDA) inside a CUDA graph, replayed at every
     position, against eager decoding through PyTorch's gather (backend reference)."""
