@@ -100,7 +100,7 @@ def flex_fn(mask_mod, heads: int | None, n: int, device):
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     start = time.perf_counter()
-    block_mask = create_block_mask(mask_mod, None, heads, n, n, device=device, _compile=True)
+    block_mask = torch.compile(create_block_mask)(mask_mod, None, heads, n, n, device=device)
     torch.cuda.synchronize()
     build_s = time.perf_counter() - start
     compiled = torch.compile(flex_attention, dynamic=False)
@@ -132,11 +132,39 @@ def stock_strided_multihead(stride: int, n: int, device):
     return attend, build_s
 
 
-def run(args) -> list[dict]:
+def candidates(args, n: int, stride: int, batch: int, device) -> list[tuple]:
+    """The rows at (n, stride): (impl, factory, pairs, reference impl or None). A factory
+    returns (function of (q, k, v), block-mask build seconds or None) and is called only
+    when its row is timed, so that a slow FlexAttention compile delays its own row, not
+    every row before it."""
+    rows = []
+    dense_pairs = batch * args.heads * n * (n + 1) // 2
+    if n <= args.sdpa_max_n and stride == args.stride[0]:
+        rows.append(("sdpa dense causal",
+                     lambda: (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), None),
+                     dense_pairs, None))
+    for pname, pattern in patterns(stride, args.summary).items():
+        if not any(word in pname for word in args.patterns) or (pattern.kind == "dense" and (n > args.sdpa_max_n or stride != args.stride[0])):
+            continue
+        pairs = batch * useful_pairs(pattern, n, args.heads)
+        ours = f"ours: {pname}"
+        rows.append((ours, lambda p=pattern: (lambda q, k, v: sparse_attention(q, k, v, p), None), pairs, None))
+        if n <= args.flex_max_n and pname in args.flex_patterns:
+            heads = args.heads if pattern.depends_on_head() else None
+            rows.append((f"flex: {pname}", lambda p=pattern, h=heads: flex_fn(pattern_mask_mod(p), h, n, device), pairs, ours))
+        if pname == "strided multihead" and args.stock and n % stride == 0:
+            rows.append(("stock: flex local + sdpa per residue", lambda: stock_strided_multihead(stride, n, device), pairs, ours))
+    return rows
+
+
+def run(args, record) -> tuple[list[dict], dict]:
+    """Time every row; `record(results, ceilings)` is called after each, so that a run cut
+    short keeps what it measured."""
     device = torch.device("cuda")
     name = torch.cuda.get_device_name()
     bandwidth = copy_bandwidth()
     rates = {d: sdpa_rate(args.heads, d) for d in args.head_dim}
+    ceilings = dict(copy_bytes_per_s=bandwidth, sdpa_fwdbwd_flops_per_s={str(d): r for d, r in rates.items()})
     print(f"ceilings: copy {bandwidth / 1e12:.2f} TB/s; SDPA fwd+bwd "
           + ", ".join(f"D={d}: {r / 1e12:.0f} TFLOP/s" for d, r in rates.items()), flush=True)
     results = []
@@ -147,35 +175,16 @@ def run(args) -> list[dict]:
             shape = (batch, args.heads, n, head_dim)
             q, k, v, grad = (torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
             leaves = [t.requires_grad_() for t in (q, k, v)]
-            dense_pairs = batch * args.heads * n * (n + 1) // 2
             data_bytes = minimal_bytes(batch, args.heads, n, head_dim, head_dim)
             for stride in args.stride:
-                candidates = []  # (impl, function of (q, k, v), pairs, build seconds, reference impl or None)
-                if n <= args.sdpa_max_n and stride == args.stride[0]:
-                    candidates.append(("sdpa dense causal", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
-                                       dense_pairs, None, None))
-                for pname, pattern in patterns(stride, args.summary).items():
-                    if not any(word in pname for word in args.patterns) or (pattern.kind == "dense" and (n > args.sdpa_max_n or stride != args.stride[0])):
-                        continue
-                    pairs = batch * useful_pairs(pattern, n, args.heads)
-                    ours = f"ours: {pname}"
-                    candidates.append((ours, lambda q, k, v, p=pattern: sparse_attention(q, k, v, p), pairs, None, None))
-                    if n <= args.flex_max_n and pname in args.flex_patterns:
-                        heads = args.heads if pattern.depends_on_head() else None
-                        try:
-                            fn, build_s = flex_fn(pattern_mask_mod(pattern), heads, n, device)
-                            candidates.append((f"flex: {pname}", fn, pairs, build_s, ours))
-                        except Exception as err:  # record and go on: the table says why
-                            results.append(dict(n=n, head_dim=head_dim, stride=stride, impl=f"flex: {pname}", error=repr(err)[:200]))
-                    if pname == "strided multihead" and args.stock and n % stride == 0:
-                        fn, build_s = stock_strided_multihead(stride, n, device)
-                        candidates.append(("stock: flex local + sdpa per residue", fn, pairs, build_s, ours))
                 outputs = {}
-                for impl, fn, pairs, build_s, reference in candidates:
+                for impl, factory, pairs, reference in candidates(args, n, stride, batch, device):
                     row = dict(device=name, n=n, batch=batch, heads=args.heads, head_dim=head_dim, stride=stride,
-                               summary=args.summary, impl=impl, pairs=pairs, block_mask_build_s=build_s)
-                    call = lambda fn=fn: fn(q, k, v)  # noqa: E731
+                               summary=args.summary, impl=impl, pairs=pairs)
+                    results.append(row)
                     try:
+                        fn, row["block_mask_build_s"] = factory()
+                        call = lambda fn=fn, inputs=(q, k, v): fn(*inputs)  # noqa: E731
                         with torch.no_grad():
                             out = call().float()
                         if impl.startswith("ours"):
@@ -187,28 +196,34 @@ def run(args) -> list[dict]:
                         row["fwd_ms"] = time_ms(call, False, None, leaves)
                         row["fwdbwd_ms"] = time_ms(call, True, grad, leaves)
                         calls = max(2, min(args.host_calls, round(500 / row["fwdbwd_ms"])))  # about 0.5 s of GPU work
-                        row["host_ms"] = enqueue_ms(lambda: torch.autograd.grad(call(), leaves, grad), calls)
+                        row["host_ms"] = enqueue_ms(lambda call=call, leaves=leaves, grad=grad:
+                                                    torch.autograd.grad(call(), leaves, grad), calls)
                     except torch.OutOfMemoryError as err:
                         row["error"] = f"out of memory: {str(err)[:120]}"
                         torch.cuda.empty_cache()
-                        results.append(row)
-                        continue
-                    flops = 4 * head_dim * pairs
-                    row["fwd_tflops"] = flops / row["fwd_ms"] / 1e9
-                    row["fwdbwd_tflops"] = flops * (1 + BACKWARD_FLOP_FACTOR) / row["fwdbwd_ms"] / 1e9
-                    compute_ms = flops * (1 + BACKWARD_FLOP_FACTOR) / rates[head_dim] * 1e3
-                    memory_ms = data_bytes / bandwidth * 1e3
-                    row.update(floor_ms=max(compute_ms, memory_ms), floor_bound="compute" if compute_ms >= memory_ms else "memory")
-                    row["time_over_floor"] = row["fwdbwd_ms"] / row["floor_ms"]
-                    results.append(row)
-                    agree = f" err {row['rel_error_vs_ours']:.1e}" if "rel_error_vs_ours" in row else ""
-                    print(f"n={n:>8} d={head_dim:>3} l={stride:>3} {impl:<38} fwd {row['fwd_ms']:8.3f} | fwd+bwd "
-                          f"{row['fwdbwd_ms']:8.3f} ms {row['fwdbwd_tflops']:6.1f} TF/s | host {row['host_ms']:.3f} ms | "
-                          f"floor {row['floor_ms']:.3f} ({row['floor_bound']}) x{row['time_over_floor']:.2f}{agree}", flush=True)
+                    except Exception as err:  # a FlexAttention build that fails: the table says why
+                        if impl.startswith("ours"):
+                            raise
+                        row["error"] = repr(err)[:200]
+                    if "fwdbwd_ms" in row:
+                        flops = 4 * head_dim * pairs
+                        row["fwd_tflops"] = flops / row["fwd_ms"] / 1e9
+                        row["fwdbwd_tflops"] = flops * (1 + BACKWARD_FLOP_FACTOR) / row["fwdbwd_ms"] / 1e9
+                        compute_ms = flops * (1 + BACKWARD_FLOP_FACTOR) / rates[head_dim] * 1e3
+                        memory_ms = data_bytes / bandwidth * 1e3
+                        row.update(floor_ms=max(compute_ms, memory_ms), floor_bound="compute" if compute_ms >= memory_ms else "memory")
+                        row["time_over_floor"] = row["fwdbwd_ms"] / row["floor_ms"]
+                        agree = f" err {row['rel_error_vs_ours']:.1e}" if "rel_error_vs_ours" in row else ""
+                        print(f"n={n:>8} d={head_dim:>3} l={stride:>3} {impl:<38} fwd {row['fwd_ms']:8.3f} | fwd+bwd "
+                              f"{row['fwdbwd_ms']:8.3f} ms {row['fwdbwd_tflops']:6.1f} TF/s | host {row['host_ms']:.3f} ms | "
+                              f"floor {row['floor_ms']:.3f} ({row['floor_bound']}) x{row['time_over_floor']:.2f}{agree}", flush=True)
+                    else:
+                        print(f"n={n:>8} d={head_dim:>3} l={stride:>3} {impl:<38} {row['error']}", flush=True)
+                    record(results, ceilings)
                 del outputs
             del q, k, v, grad, leaves
             torch.cuda.empty_cache()
-    return results, dict(copy_bytes_per_s=bandwidth, sdpa_fwdbwd_flops_per_s={str(d): r for d, r in rates.items()})
+    return results, ceilings
 
 
 def trace(args, path: str) -> None:
@@ -272,13 +287,15 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("benchmarks/attention.py needs a CUDA GPU", file=sys.stderr)
         return 2
-    results, ceilings = run(args)
+    def record(results: list[dict], ceilings: dict) -> None:
+        if args.json:
+            meta = dict(environment(torch.device("cuda")), args=vars(args), ceilings=ceilings, tuned_tiles=tuned_tiles())
+            write_json(args.json, {"meta": meta, "results": results})
+
+    results, ceilings = run(args, record)
     print(table(results))
     if args.trace:
         trace(args, args.trace)
-    if args.json:
-        meta = dict(environment(torch.device("cuda")), args=vars(args), ceilings=ceilings, tuned_tiles=tuned_tiles())
-        write_json(args.json, {"meta": meta, "results": results})
     return 0
 
 
