@@ -144,3 +144,11 @@ def test_unknown_device_names_are_refused(device):
     for section, where in ((EvalConfig(device=device), "evaluate"), (SampleConfig(device=device), "sample")):
         with pytest.raises(ConfigError, match=f"{where}.device: unknown device '{device}': use auto, cpu, cuda or cuda:N"):
             section.validate(where)
+
+
+def test_unknown_precisions_are_refused_for_evaluation_and_sampling():
+    from sparse_transformer.config import EvalConfig, SampleConfig
+
+    for section, where in ((EvalConfig(precision="bf16"), "evaluate"), (SampleConfig(precision="bf16"), "sample")):
+        with pytest.raises(ConfigError, match=f"{where}.precision: unknown precision 'bf16': choose one of 32-true"):
+            section.validate(where)
