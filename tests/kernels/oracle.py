@@ -9,12 +9,16 @@ from sparse_transformer.attention import reference_attention, reference_lse
 
 
 def oracle(q, k, v, do, pattern: Pattern, layer: int):
-    """Output, logsumexp and (dq, dk, dv) of the reference attention in float64."""
+    """Output, logsumexp and (dq, dk, dv) of the reference attention in float64. k and v
+    may have fewer heads than q (grouped-query attention): each serves H // H_kv
+    consecutive query heads, so their gradients sum over the group."""
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
-    out = reference_attention(q64, k64, v64, pattern, layer)
+    group = q.shape[1] // k.shape[1]
+    k_all, v_all = (t.repeat_interleave(group, 1) for t in (k64, v64))
+    out = reference_attention(q64, k_all, v_all, pattern, layer)
     grads = torch.autograd.grad(out, (q64, k64, v64), do.double())
     with torch.no_grad():
-        lse = reference_lse(q64, k64, pattern, layer)
+        lse = reference_lse(q64, k_all, pattern, layer)
     return out.detach(), lse, grads
 
 

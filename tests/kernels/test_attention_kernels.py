@@ -40,15 +40,17 @@ PATTERNS = [
 ]
 
 
-def _inputs(batch, heads, n, head_dim, dtype, seed, v_dim=None):
+def _inputs(batch, heads, n, head_dim, dtype, seed, v_dim=None, kv_heads=None):
     gen = torch.Generator().manual_seed(seed)
-    dims = (head_dim, head_dim, v_dim or head_dim, v_dim or head_dim)  # q, k, v, dout
-    q, k, v, do = (torch.randn(batch, heads, n, d, generator=gen).to(dtype) for d in dims)
+    kv_heads = kv_heads or heads
+    shapes = ((heads, head_dim), (kv_heads, head_dim), (kv_heads, v_dim or head_dim), (heads, v_dim or head_dim))  # q, k, v, dout
+    q, k, v, do = (torch.randn(batch, h, n, d, generator=gen).to(dtype) for h, d in shapes)
     return q, k, v, do
 
 
-def _check(pattern, layer, batch, heads, n, head_dim, blocks, dtype=torch.float32, tol=2e-6, seed=0, v_dim=None):
-    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, seed, v_dim)
+def _check(pattern, layer, batch, heads, n, head_dim, blocks, dtype=torch.float32, tol=2e-6, seed=0, v_dim=None,
+           kv_heads=None):
+    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, seed, v_dim, kv_heads)
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     out, lse = sparse_attention_with_lse(q, k, v, pattern, layer, blocks=blocks)
     grads = torch.autograd.grad(out, (q, k, v), do)
@@ -81,6 +83,20 @@ def test_unequal_tiles_and_head_dim_32(pattern, blocks):
 def test_half_size_query_key(pattern):
     """d_qk = d_v / 2, as in the CIFAR-10 model's half-size query/key projections."""
     _check(pattern, 0, batch=1, heads=2, n=40, head_dim=16, v_dim=32, blocks=Blocks(16, 16))
+
+
+@pytest.mark.parametrize("kv_heads", [2, 1])
+@pytest.mark.parametrize("pattern", [PATTERNS[2], PATTERNS[4], PATTERNS[7], PATTERNS[9]], ids=Pattern.describe)
+def test_grouped_query_attention(pattern, kv_heads):
+    """k and v with fewer heads than q: merged passes (one dK/dV launch sums the group),
+    the multi-head integration and distinct summaries (a launch per query head)."""
+    _check(pattern, 0, batch=1, heads=4, n=45, head_dim=16, kv_heads=kv_heads, blocks=Blocks(16, 16))
+
+
+@pytest.mark.parametrize("pattern", [PATTERNS[3], PATTERNS[6]], ids=Pattern.describe)
+def test_head_dim_96(pattern):
+    """A head dim that is not a power of two: padded to 128 inside the kernels, masked."""
+    _check(pattern, 0, batch=1, heads=2, n=40, head_dim=96, v_dim=48, blocks=Blocks(16, 16))
 
 
 def test_half_precision_inputs():
@@ -161,6 +177,7 @@ def test_default_scale_is_inverse_sqrt_head_dim():
     "change, message",
     [
         (lambda q: q[..., :12].contiguous(), "head_dim 12"),
+        (lambda q: torch.cat([q] * 17, -1), "head_dim 272"),
         (lambda q: q.double(), "dtype"),
         (lambda q: q.transpose(-1, -2).contiguous().transpose(-1, -2), "contiguous"),
         (lambda q: q[0], "shape"),
@@ -176,6 +193,12 @@ def test_bad_inputs_are_refused_before_launch(change, message):
         args = (bad, change(k), change(v))
     with pytest.raises((ValueError, TypeError), match=message):
         ops.attention(*args, kernel_spec(Pattern("strided", 4)))
+
+
+def test_heads_not_a_multiple_of_kv_heads_are_refused():
+    q, k, v, _ = _inputs(1, 3, 16, 16, torch.float32, seed=0, kv_heads=2)
+    with pytest.raises(ValueError, match="q's 3 heads must be a multiple of k and v's 2 heads"):
+        ops.attention(q, k, v, kernel_spec(Pattern("strided", 4)))
 
 
 def test_unknown_mode_is_refused():
