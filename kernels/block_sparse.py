@@ -54,7 +54,7 @@ def _listed_key_tile(
     v = load_rows(v_ptr, row_k, stride_vn, valid_k, tl.arange(0, V_PAD), V_DIM, V_PAD)
     s = tl.dot(q, tl.trans(k)) * qk_scale
     if (mask_id >= 0) | (j * BLOCK + c0 + BLOCK_N > n):  # a full block inside n needs no mask
-        ok = valid_k[None, :]
+        ok = tl.broadcast_to(valid_k[None, :], (BLOCK_M, BLOCK_N))
         if mask_id >= 0:
             ok = ok & _mask_tile(MASKS, mask_id, r0, c0, BLOCK, BLOCK_M, BLOCK_N)
         s = tl.where(ok, s, float("-inf"))
