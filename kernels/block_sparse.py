@@ -69,6 +69,29 @@ def _list_entry(b, h, i, LIST_SB, LIST_SH, NB):
 
 
 @triton.jit
+def _query_tile(
+    Q, K, V, KV_COUNT, bh, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb, stride_vh,
+    H, GROUP, n, NB, LIST_SB, LIST_SH,
+    BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QK_DIM: tl.constexpr, QK_PAD: tl.constexpr,
+):
+    """What a forward or dQ program starts from: its (batch, head), query rows and their
+    validity, the tile's first row inside its query block, q, the key/value head's k and
+    v, where its list starts and how many key sub-tiles it visits."""
+    tile = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = bh % H
+    row_q = tile.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    valid_q = row_q < n
+    r0 = (tile * BLOCK_M) % BLOCK
+    q = load_rows(Q + b * stride_qb + h * stride_qh, row_q, stride_qn, valid_q, tl.arange(0, QK_PAD), QK_DIM, QK_PAD)
+    k_ptr = K + b * stride_kb + (h // GROUP) * stride_kh
+    v_ptr = V + b * stride_vb + (h // GROUP) * stride_vh
+    entry = _list_entry(b, h, (tile * BLOCK_M) // BLOCK, LIST_SB, LIST_SH, NB)
+    steps = tl.load(KV_COUNT + entry) * (BLOCK // BLOCK_N)
+    return b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, steps
+
+
+@triton.jit
 def block_forward_kernel(
     Q, K, V, O, LSE, KV_COUNT, KV_INDEX, KV_MASK, MASKS,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
@@ -78,24 +101,13 @@ def block_forward_kernel(
     QK_DIM: tl.constexpr, V_DIM: tl.constexpr, QK_PAD: tl.constexpr, V_PAD: tl.constexpr,
 ):
     """Grid: (query tiles, batch * heads)."""
-    tile = tl.program_id(0)
     bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = bh % H
-    offs_qk = tl.arange(0, QK_PAD)
-    offs_v = tl.arange(0, V_PAD)
-    row_q = tile.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    valid_q = row_q < n
-    r0 = (tile * BLOCK_M) % BLOCK  # the tile's first row inside its query block
-    q = load_rows(Q + b * stride_qb + h * stride_qh, row_q, stride_qn, valid_q, offs_qk, QK_DIM, QK_PAD)
-    k_ptr = K + b * stride_kb + (h // GROUP) * stride_kh
-    v_ptr = V + b * stride_vb + (h // GROUP) * stride_vh
-
+    b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, steps = _query_tile(
+        Q, K, V, KV_COUNT, bh, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb, stride_vh,
+        H, GROUP, n, NB, LIST_SB, LIST_SH, BLOCK, BLOCK_M, BLOCK_N, QK_DIM, QK_PAD)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, V_PAD], tl.float32)
-    entry = _list_entry(b, h, (tile * BLOCK_M) // BLOCK, LIST_SB, LIST_SH, NB)
-    steps = tl.load(KV_COUNT + entry) * (BLOCK // BLOCK_N)
     for step in range(0, steps):
         k, v, s = _listed_key_tile(q, k_ptr, v_ptr, KV_INDEX, KV_MASK, MASKS, entry * KV_WIDTH, step, r0,
                                    stride_kn, stride_vn, n, qk_scale,
@@ -103,7 +115,7 @@ def block_forward_kernel(
         m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc)
 
     out, lse = softmax_result(m_i, l_i, acc)
-    store_rows(O + b * stride_ob + h * stride_oh, row_q, stride_on, valid_q, offs_v, out, V_DIM, V_PAD)
+    store_rows(O + b * stride_ob + h * stride_oh, row_q, stride_on, valid_q, tl.arange(0, V_PAD), out, V_DIM, V_PAD)
     tl.store(LSE + bh.to(tl.int64) * n + row_q, lse, mask=valid_q)
 
 
@@ -118,28 +130,18 @@ def block_dq_kernel(
 ):
     """Grid: (query tiles, batch * heads). Also stores delta = rowsum(dO * O) for the
     dK/dV launch after it."""
-    tile = tl.program_id(0)
     bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = bh % H
-    offs_qk = tl.arange(0, QK_PAD)
+    b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, steps = _query_tile(
+        Q, K, V, KV_COUNT, bh, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb, stride_vh,
+        H, GROUP, n, NB, LIST_SB, LIST_SH, BLOCK, BLOCK_M, BLOCK_N, QK_DIM, QK_PAD)
     offs_v = tl.arange(0, V_PAD)
-    row_q = tile.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    valid_q = row_q < n
-    r0 = (tile * BLOCK_M) % BLOCK
     stat_base = bh.to(tl.int64) * n
-    q = load_rows(Q + b * stride_qb + h * stride_qh, row_q, stride_qn, valid_q, offs_qk, QK_DIM, QK_PAD)
     do = load_rows(DO + b * stride_dob + h * stride_doh, row_q, stride_don, valid_q, offs_v, V_DIM, V_PAD)
     o = load_rows(O + b * stride_ob + h * stride_oh, row_q, stride_on, valid_q, offs_v, V_DIM, V_PAD)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + stat_base + row_q, delta, mask=valid_q)
     lse = load_lse(LSE, stat_base, row_q, valid_q)
-    k_ptr = K + b * stride_kb + (h // GROUP) * stride_kh
-    v_ptr = V + b * stride_vb + (h // GROUP) * stride_vh
-
     dq = tl.zeros([BLOCK_M, QK_PAD], tl.float32)
-    entry = _list_entry(b, h, (tile * BLOCK_M) // BLOCK, LIST_SB, LIST_SH, NB)
-    steps = tl.load(KV_COUNT + entry) * (BLOCK // BLOCK_N)
     for step in range(0, steps):
         k, v, s = _listed_key_tile(q, k_ptr, v_ptr, KV_INDEX, KV_MASK, MASKS, entry * KV_WIDTH, step, r0,
                                    stride_kn, stride_vn, n, qk_scale,
@@ -148,7 +150,7 @@ def block_dq_kernel(
         dq = dq_step(p, do, v, k, delta, dq)
 
     dq *= sm_scale
-    store_rows(DQ + b * stride_dqb + h * stride_dqh, row_q, stride_dqn, valid_q, offs_qk, dq, QK_DIM, QK_PAD)
+    store_rows(DQ + b * stride_dqb + h * stride_dqh, row_q, stride_dqn, valid_q, tl.arange(0, QK_PAD), dq, QK_DIM, QK_PAD)
 
 
 @triton.jit

@@ -260,6 +260,13 @@ def _row_stats(q: torch.Tensor) -> torch.Tensor:
     return torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
 
 
+def _gradient_buffers(do, q, k, v):
+    """dO with a contiguous last dimension, and the uninitialized delta, dq, dk, dv."""
+    if do.stride(-1) != 1:
+        do = do.contiguous()
+    return do, _row_stats(q), _like(q), _like(k), _like(v)
+
+
 def forward(q, k, v, spec: KernelSpec, sm_scale: float, blocks: Blocks = Blocks()):
     """Output (layout of q) and logsumexp (batch, heads, n) fp32."""
     batch, heads, n, _ = q.shape
@@ -291,10 +298,7 @@ def backward(do, q, k, v, out, lse, spec: KernelSpec, sm_scale: float, blocks: B
     writes delta = rowsum(dO * O)), then the dK/dV launches that read it."""
     batch, heads, n, _ = q.shape
     kv_heads = k.shape[1]
-    if do.stride(-1) != 1:
-        do = do.contiguous()
-    delta = _row_stats(q)
-    dq, dk, dv = _like(q), _like(k), _like(v)
+    do, delta, dq, dk, dv = _gradient_buffers(do, q, k, v)
     # Keys no program owns stay zero: a first pass over summaries owns only summary columns.
     if "summary" in spec.passes[0]:
         dk.zero_()
@@ -351,10 +355,7 @@ def block_backward(do, q, k, v, out, lse, lists: BlockLists, sm_scale: float, bl
     writes delta = rowsum(dO * O)), then the dK/dV launch that reads it."""
     batch, heads, n, _ = q.shape
     kv_heads = k.shape[1]
-    if do.stride(-1) != 1:
-        do = do.contiguous()
-    delta = _row_stats(q)
-    dq, dk, dv = _like(q), _like(k), _like(v)
+    do, delta, dq, dk, dv = _gradient_buffers(do, q, k, v)
     tiles, common, dims = _tiles(blocks, lists.block), _list_args(lists, n, heads, kv_heads), _dims(q, v)
     scales = dict(qk_scale=sm_scale * 1.4426950408889634, sm_scale=sm_scale)
     masks = lists.masks.contiguous().view(torch.uint8)

@@ -22,6 +22,22 @@ def oracle(q, k, v, do, pattern: Pattern, layer: int):
     return out.detach(), lse, grads
 
 
+def assert_matches(out, lse, grads, ref_out, ref_lse, ref_grads, tol):
+    """The kernels' output, logsumexp and gradients against the oracle's: rows without keys
+    (and only they) have logsumexp -inf and output 0; the rest within `tol` (4 tol for
+    the gradients)."""
+    empty = torch.isinf(ref_lse)
+    assert torch.equal(torch.isinf(lse), empty), "rows without keys must have logsumexp -inf, and only they"
+    assert (lse[empty] < 0).all()
+    assert (out[empty] == 0).all(), "rows without keys must output 0"
+    assert rel_err(out, ref_out) < tol, f"output: {rel_err(out, ref_out):.2e}"
+    assert rel_err(lse[~empty], ref_lse[~empty]) < tol, "logsumexp"
+    for name, got, want in zip(("dq", "dk", "dv"), grads, ref_grads):
+        assert got.shape == want.shape, name
+        assert rel_err(got, want) < tol * 4, f"{name}: {rel_err(got, want):.2e}"
+    return empty
+
+
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """||actual - expected|| / max(||expected||, 1) in float64 (NaN anywhere gives inf).
 

@@ -25,6 +25,7 @@ from sparse_transformer.triton_attention import sparse_attention_with_lse
 from .block_layouts import block_oracle, causal_lists, random_lists
 from .custom_ops import check_custom_ops
 from .oracle import rel_err
+from .test_block_attention import block_inputs
 from .test_decode import check_decode, decode_inputs
 
 pytestmark = pytest.mark.gpu
@@ -229,9 +230,7 @@ def test_inductor_full_graph_matches_eager():
 
 # ---------------------------------------------------------------------- block-sparse layouts
 def _compare_block_attention(lists, batch, heads, kv_heads, n, d_qk, d_v, blocks=Blocks(), seed=0):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    shapes = ((heads, d_qk), (kv_heads, d_qk), (kv_heads, d_v), (heads, d_v))  # q, k, v, dout
-    q, k, v, do = (torch.randn(batch, h, n, d, device="cuda", generator=gen).bfloat16() for h, d in shapes)
+    q, k, v, do = block_inputs(batch, heads, kv_heads, n, d_qk, d_v, seed, torch.bfloat16, device="cuda")
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     out, lse = ops.block_attention(*leaves, lists, blocks=blocks)
     grads = torch.autograd.grad(out, leaves, do)
