@@ -1,13 +1,18 @@
 """Launching the kernels: input checks, pass sequencing, autotuning, autograd, custom op.
 
-`attention(q, k, v, spec)` is the entry point: q, k of shape (batch, heads, n, d_qk)
-and v of shape (batch, heads, n, d_v) (half-size query/key projections give d_qk < d_v),
-any strides with a contiguous last dimension (so the model's
-(batch, n, heads, head_dim) projections pass without a copy), returning the output in
-(batch, n, heads, head_dim) memory seen as (batch, heads, n, head_dim), and the logsumexp (batch, heads, n) in fp32, natural log.
+Two entry points, both with autograd: `attention(q, k, v, spec)` for the paper's
+patterns (closed-form passes, `KernelSpec`) and `block_attention(q, k, v, lists)` for any
+block-sparse layout (`blocks.BlockLists`). q is (batch, H, n, d_qk); k (batch, H_kv,
+n, d_qk) and v (batch, H_kv, n, d_v) may have fewer heads, H_kv dividing H (grouped-query
+attention: query head h reads key/value head h // (H // H_kv), in place). Head dims are
+any multiple of 16 from 16 to 256, d_qk and d_v separately (half-size query/key
+projections give d_qk < d_v); the kernels pad them to a power of two with masked loads.
+Any strides with a contiguous last dimension (so the model's (batch, n, heads, head_dim)
+projections pass without a copy); the output comes in (batch, n, H, d_v) memory seen as
+(batch, H, n, d_v), with the logsumexp (batch, H, n) in fp32, natural log.
 
-The pattern arrives as plain numbers (`KernelSpec`); this layer never imports the model
-package. On CPU tensors the kernels run under Triton's interpreter (TRITON_INTERPRET=1
+The pattern or layout arrives as plain numbers and tensors; this layer never imports the
+model package. On CPU tensors the kernels run under Triton's interpreter (TRITON_INTERPRET=1
 must be set before triton is imported), which is how CI checks them.
 
 Precision: bf16 and fp16 inputs use the tensor cores with fp32 accumulation; fp32
@@ -23,12 +28,15 @@ from typing import NamedTuple
 import torch
 import triton
 
+from . import blocks as block_lists
 from .backward import attention_dkdv_kernel, attention_dq_kernel
+from .block_sparse import block_dkdv_kernel, block_dq_kernel, block_forward_kernel
+from .blocks import BlockLists
 from .forward import attention_forward_kernel
 from .geometry import MODES
 from .launch import Launcher, _interpreted
 
-HEAD_DIMS = (16, 32, 64, 128)
+HEAD_DIMS = tuple(range(16, 257, 16))
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -57,53 +65,110 @@ class Blocks(NamedTuple):
 
 
 # ---------------------------------------------------------------------- tiles
+# Candidate tiles (BLOCK_M, BLOCK_N, warps, stages) per kernel kind for the GPU; Triton
+# benchmarks them on first use for each key and keeps the winner (launch.Launcher).
+_SHAPES = {
+    "forward": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 32, 4, 4)],
+    "dkdv": [(32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (16, 64, 4, 4), (64, 32, 4, 3)],
+    "dq": [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (64, 16, 4, 4), (32, 64, 4, 3)],
+}
+# Extra candidates, only for what the shapes above do not serve: head dims above 128
+# (fewer stages, smaller tiles, to fit shared memory) and layouts of 16- or 32-row blocks.
+_SMALL = [(64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2), (32, 16, 4, 2), (16, 32, 4, 2), (16, 16, 4, 2)]
+SHARED_MEMORY = 227 * 1024  # bytes a program may use on an H100 or H200 (228 KB per SM)
+
+
 def _configs(kind: str) -> list[triton.Config]:
-    """Candidate tiles per kernel kind for the GPU; Triton benchmarks them on first use
-    for each key (modes, head dim, length bucket) and keeps the winner (launch.Launcher)."""
-    shapes = {
-        "forward": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 32, 4, 4)],
-        "dkdv": [(32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (16, 64, 4, 4), (64, 32, 4, 3)],
-        "dq": [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (64, 16, 4, 4), (32, 64, 4, 3)],
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+            for m, n, w, s in _SHAPES[kind] + _SMALL]
+
+
+def _padded(dim: int) -> int:
+    """The power of two a head dim is padded to inside the kernels."""
+    return triton.next_power_of_2(dim)
+
+
+def shared_bytes(kind: str, block_m: int, block_n: int, stages: int, qk_pad: int, v_pad: int, item: int) -> int:
+    """An upper estimate of a program's shared memory: the tile it keeps, `stages` copies
+    of the tiles it streams, and the probabilities staged for the second product."""
+    resident, streamed = {
+        "forward": (block_m * qk_pad, block_n * (qk_pad + v_pad)),
+        "dq": (block_m * (qk_pad + v_pad), block_n * (qk_pad + v_pad)),
+        "dkdv": (block_n * (qk_pad + v_pad), block_m * (qk_pad + v_pad)),
     }[kind]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+    return item * (resident + stages * streamed + block_m * block_n)
 
 
-def _prune_for_head_dim(configs, named_args, **kwargs):
-    """Large tiles with head dim 128 exceed shared memory: keep the smaller ones."""
-    head_dim = max(kwargs.get("QK_DIM", named_args.get("QK_DIM", 0)), kwargs.get("V_DIM", named_args.get("V_DIM", 0)))
-    if head_dim < 128:
-        return configs
-    small = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 128 * 64]
-    return small or configs
+def _launch_value(name, named_args, kwargs):
+    return kwargs.get(name, named_args.get(name))
+
+
+def _pruner(kind: str, block_sparse: bool):
+    """The autotuner's early prune for one kernel kind: tiles that fit in shared memory and,
+    for the block kernels, divide the layout's block (a query tile lies in one block).
+
+    The paper kernels keep exactly their former candidates at head dims up to 128 (so
+    their tiles, results and speed stay what they were); larger dims take the candidates
+    that fit, estimated by `shared_bytes`."""
+    shapes = {(m, n, w, s) for m, n, w, s in _SHAPES[kind]}
+
+    def prune(configs, named_args, **kwargs):
+        qk_pad, v_pad = _launch_value("QK_PAD", named_args, kwargs), _launch_value("V_PAD", named_args, kwargs)
+        item = named_args["Q"].element_size()
+
+        def fits(c):
+            m, n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+            return shared_bytes(kind, m, n, c.num_stages, qk_pad, v_pad, item) <= SHARED_MEMORY
+
+        if block_sparse:
+            block = _launch_value("BLOCK", named_args, kwargs)
+            kept = [c for c in configs if block % c.kwargs["BLOCK_M"] == 0 and block % c.kwargs["BLOCK_N"] == 0]
+            kept = [c for c in kept if fits(c)] or kept[-1:]  # the smallest tile, 16 x 16, always divides
+        elif max(qk_pad, v_pad) <= 128:
+            kept = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in shapes]
+            if max(qk_pad, v_pad) == 128:  # large tiles with head dim 128 exceed shared memory
+                kept = [c for c in kept if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 128 * 64] or kept
+        else:
+            kept = [c for c in configs if fits(c)] or configs[-1:]
+        return kept
+
+    return prune
 
 
 _KEY = ["N_BUCKET", "QK_DIM", "V_DIM", "MODE_EVEN", "MODE_ODD", "CONTINUE"]
-_FORWARD = Launcher(attention_forward_kernel, _configs("forward"), _KEY, ["O", "LSE"], _prune_for_head_dim)
-_DKDV = Launcher(attention_dkdv_kernel, _configs("dkdv"), _KEY, ["DK", "DV"], _prune_for_head_dim)
-_DQ = Launcher(attention_dq_kernel, _configs("dq"), _KEY, ["DQ"], _prune_for_head_dim)
+_FORWARD = Launcher(attention_forward_kernel, _configs("forward"), _KEY, ["O", "LSE"], _pruner("forward", False))
+_DKDV = Launcher(attention_dkdv_kernel, _configs("dkdv"), _KEY, ["DK", "DV"], _pruner("dkdv", False))
+_DQ = Launcher(attention_dq_kernel, _configs("dq"), _KEY, ["DQ"], _pruner("dq", False))
+_BLOCK_KEY = ["N_BUCKET", "QK_DIM", "V_DIM", "BLOCK"]
+# The block kernels only store (nothing accumulates in place): no values to restore between trials.
+_BLOCK_FORWARD = Launcher(block_forward_kernel, _configs("forward"), _BLOCK_KEY, prune=_pruner("forward", True))
+_BLOCK_DKDV = Launcher(block_dkdv_kernel, _configs("dkdv"), _BLOCK_KEY, prune=_pruner("dkdv", True))
+_BLOCK_DQ = Launcher(block_dq_kernel, _configs("dq"), _BLOCK_KEY, prune=_pruner("dq", True))
+_LAUNCHERS = {"forward": _FORWARD, "dkdv": _DKDV, "dq": _DQ,
+              "block forward": _BLOCK_FORWARD, "block dkdv": _BLOCK_DKDV, "block dq": _BLOCK_DQ}
 
 
 def tuned_tiles() -> dict[str, dict[str, str]]:
     """The tiles the autotuner chose in this process, per kernel and key (for benchmark records)."""
-    return {name: launcher.chosen_tiles() for name, launcher in (("forward", _FORWARD), ("dkdv", _DKDV), ("dq", _DQ))}
+    return {name: launcher.chosen_tiles() for name, launcher in _LAUNCHERS.items()}
 
 
 INTERPRETER_BLOCKS = Blocks(32, 32)
 
 
-def _tiles(blocks: Blocks) -> dict | None:
+def _tiles(blocks: Blocks, layout_block: int | None = None) -> dict | None:
     """The tile constexprs to launch with: fixed when given (tests) or under the
-    interpreter, None to autotune."""
+    interpreter (at most the layout's block), None to autotune."""
     if blocks.block_m is None and _interpreted():
-        blocks = INTERPRETER_BLOCKS
+        blocks = INTERPRETER_BLOCKS if layout_block is None else Blocks(min(32, layout_block), min(32, layout_block))
     if blocks.block_m is None:
         return None
     return {"BLOCK_M": blocks.block_m, "BLOCK_N": blocks.block_n or blocks.block_m}
 
 
 # ---------------------------------------------------------------------- checks
-def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: KernelSpec) -> None:
-    """Refuse bad inputs with a message before anything is launched."""
+def _check_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Refuse bad q, k, v with a message before anything is launched."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 4:
             raise ValueError(f"sparse attention: {name} must have shape (batch, heads, n, head_dim), got {tuple(t.shape)}")
@@ -111,11 +176,16 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: Kernel
             raise TypeError(f"sparse attention: {name} has dtype {t.dtype}; use float16, bfloat16 or float32")
         if t.stride(-1) != 1:
             raise ValueError(f"sparse attention: {name} must be contiguous in its last dimension (stride {t.stride(-1)}); call .contiguous()")
-    if q.shape != k.shape or q.shape[:3] != v.shape[:3]:
+    batch, heads, n, d_qk = q.shape
+    kv_heads = k.shape[1]
+    if k.shape != (batch, kv_heads, n, d_qk) or v.shape[:3] != (batch, kv_heads, n):
         raise ValueError(
-            f"sparse attention: shapes must be q, k (batch, heads, n, d_qk) and v (batch, heads, n, d_v), "
+            f"sparse attention: shapes must be q (batch, H, n, d_qk), k (batch, H_kv, n, d_qk) and v (batch, H_kv, n, d_v), "
             f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
+    if kv_heads == 0 or heads % kv_heads:
+        raise ValueError(f"sparse attention: q's {heads} heads must be a multiple of k and v's {kv_heads} heads "
+                         "(grouped-query attention: each key/value head serves H // H_kv query heads)")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"sparse attention: q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
@@ -127,11 +197,16 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: Kernel
         )
     if q.device.type not in ("cpu", "cuda"):
         raise ValueError(f"sparse attention: unsupported device {q.device}; use CUDA (or CPU with TRITON_INTERPRET=1)")
-    for name, dim in (("query/key", q.shape[-1]), ("value", v.shape[-1])):
+    for name, dim in (("query/key", d_qk), ("value", v.shape[-1])):
         if dim not in HEAD_DIMS:
-            raise ValueError(f"sparse attention: {name} head_dim {dim} is not supported; use one of {HEAD_DIMS}")
-    if q.shape[0] * q.shape[1] > 65535:
-        raise ValueError(f"sparse attention: batch * heads = {q.shape[0] * q.shape[1]} exceeds the grid limit 65535")
+            raise ValueError(f"sparse attention: {name} head_dim {dim} is not supported; use a multiple of 16 from 16 to 256")
+    if batch * heads > 65535:
+        raise ValueError(f"sparse attention: batch * heads = {batch * heads} exceeds the grid limit 65535")
+
+
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: KernelSpec) -> None:
+    """Refuse bad inputs to `attention` with a message before anything is launched."""
+    _check_tensors(q, k, v)
     for even, odd in spec.passes:
         for mode in (even, odd):
             if mode not in MODES:
@@ -140,27 +215,44 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: Kernel
         raise ValueError(f"sparse attention: need stride >= 1 and 1 <= summary <= stride, got {spec.stride}, {spec.summary}")
 
 
+def check_block_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lists: BlockLists, blocks: Blocks) -> None:
+    """Refuse bad inputs to `block_attention` with a message before anything is launched."""
+    _check_tensors(q, k, v)
+    block_lists.check(lists, q.shape[0], q.shape[1], q.shape[2])
+    if lists.kv_count.device != q.device:
+        raise ValueError(f"sparse attention: the block lists are on {lists.kv_count.device} and q on {q.device}; "
+                         "build the layout on q's device")
+    for name, tile in (("block_m", blocks.block_m), ("block_n", blocks.block_n)):
+        if tile is not None and (tile < 16 or lists.block % tile):
+            raise ValueError(f"sparse attention: tile {name}={tile} must be at least 16 and divide the layout's block {lists.block}")
+
+
 # ---------------------------------------------------------------------- launches
 def _rows(modes: tuple[str, str], n: int, stride: int) -> int:
     """Extent of the virtual row index over the modes of one pass."""
     return stride * triton.cdiv(n, stride) if "strided" in modes else n
 
 
-def _common_args(spec: KernelSpec, n: int, heads: int) -> dict:
+def _common_args(spec: KernelSpec, n: int, heads: int, kv_heads: int) -> dict:
     return dict(
-        H=heads, n=n, L=spec.stride, G=triton.cdiv(n, spec.stride), C=spec.summary,
+        H=heads, GROUP=heads // kv_heads, n=n, L=spec.stride, G=triton.cdiv(n, spec.stride), C=spec.summary,
         SUMMARY_GROUPS=spec.summary_groups, SUMMARY_HEAD_DIV=spec.summary_head_div,
         N_BUCKET=triton.next_power_of_2(n),
     )
 
 
-def _like(t: torch.Tensor) -> torch.Tensor:
-    """An uninitialized (batch, heads, n, head_dim) buffer stored as (batch, n, heads,
-    head_dim): the layout the model's projections use, so its output needs no copy to
-    merge the heads. Every output buffer comes from here or `_row_stats`, so tests can
-    poison them and catch elements a kernel never writes."""
-    batch, heads, n, head_dim = t.shape
-    return torch.empty(batch, n, heads, head_dim, device=t.device, dtype=t.dtype).transpose(1, 2)
+def _dims(q: torch.Tensor, v: torch.Tensor) -> dict:
+    return dict(QK_DIM=q.shape[-1], V_DIM=v.shape[-1], QK_PAD=_padded(q.shape[-1]), V_PAD=_padded(v.shape[-1]))
+
+
+def _like(t: torch.Tensor, heads: int | None = None) -> torch.Tensor:
+    """An uninitialized (batch, heads, n, head_dim) buffer shaped as `t` (with `heads`
+    heads if given), stored as (batch, n, heads, head_dim): the layout the model's
+    projections use, so its output needs no copy to merge the heads. Every output buffer
+    comes from here or `_row_stats`, so tests can poison them and catch elements a kernel
+    never writes."""
+    batch, own_heads, n, head_dim = t.shape
+    return torch.empty(batch, n, heads or own_heads, head_dim, device=t.device, dtype=t.dtype).transpose(1, 2)
 
 
 def _row_stats(q: torch.Tensor) -> torch.Tensor:
@@ -168,52 +260,118 @@ def _row_stats(q: torch.Tensor) -> torch.Tensor:
     return torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
 
 
+def _gradient_buffers(do, q, k, v):
+    """dO with a contiguous last dimension, and the uninitialized delta, dq, dk, dv."""
+    if do.stride(-1) != 1:
+        do = do.contiguous()
+    return do, _row_stats(q), _like(q), _like(k), _like(v)
+
+
 def forward(q, k, v, spec: KernelSpec, sm_scale: float, blocks: Blocks = Blocks()):
     """Output (layout of q) and logsumexp (batch, heads, n) fp32."""
     batch, heads, n, _ = q.shape
-    out = _like(v)
+    out = _like(v, heads)
     lse = _row_stats(q)
-    tiles, common = _tiles(blocks), _common_args(spec, n, heads)
+    tiles, common = _tiles(blocks), _common_args(spec, n, heads, k.shape[1])
     for index, (even, odd) in enumerate(spec.passes):
         rows = _rows((even, odd), n, spec.stride)
         _FORWARD(
             lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads),
             q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], tiles=tiles,
             qk_scale=sm_scale * 1.4426950408889634, MODE_EVEN=MODES[even], MODE_ODD=MODES[odd], CONTINUE=index > 0,
-            QK_DIM=q.shape[-1], V_DIM=v.shape[-1], **common,
+            **_dims(q, v), **common,
         )
     return out, lse
 
 
+def _dkdv_launches(even: str, odd: str, spec: KernelSpec, group: int) -> list[tuple[int, int]]:
+    """(first query head in the group, how many) per dK/dV launch of one pass. One launch
+    sums the whole group in registers when its heads visit keys in one order; otherwise
+    (modes that differ by head, or distinct summary columns) each query head gets its own
+    launch, each adding to what the previous stored."""
+    shared_order = group == 1 or (even == odd and not (even == "summary" and spec.summary_groups > 1))
+    return [(0, group)] if shared_order else [(member, 1) for member in range(group)]
+
+
 def backward(do, q, k, v, out, lse, spec: KernelSpec, sm_scale: float, blocks: Blocks = Blocks()):
     """dq, dk, dv (layouts of q, k, v). Per pass, the dQ launch first (the first one also
-    writes delta = rowsum(dO * O)), then the dK/dV launch that reads it."""
+    writes delta = rowsum(dO * O)), then the dK/dV launches that read it."""
     batch, heads, n, _ = q.shape
-    if do.stride(-1) != 1:
-        do = do.contiguous()
-    delta = _row_stats(q)
-    dq, dk, dv = _like(q), _like(k), _like(v)
+    kv_heads = k.shape[1]
+    do, delta, dq, dk, dv = _gradient_buffers(do, q, k, v)
     # Keys no program owns stay zero: a first pass over summaries owns only summary columns.
     if "summary" in spec.passes[0]:
         dk.zero_()
         dv.zero_()
-    tiles, common = _tiles(blocks), _common_args(spec, n, heads)
+    tiles, common = _tiles(blocks), _common_args(spec, n, heads, kv_heads)
     scales = dict(qk_scale=sm_scale * 1.4426950408889634, sm_scale=sm_scale)
+    dims = _dims(q, v)
     for index, (even, odd) in enumerate(spec.passes):
         rows = _rows((even, odd), n, spec.stride)
         flags = dict(MODE_EVEN=MODES[even], MODE_ODD=MODES[odd], CONTINUE=index > 0)
-        dims = dict(QK_DIM=q.shape[-1], V_DIM=v.shape[-1])
         _DQ(
             lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads),
             q, k, v, out, do, lse, delta, dq, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
             *out.stride()[:3], *do.stride()[:3], *dq.stride()[:3], tiles=tiles,
             **scales, **common, **flags, WRITE_DELTA=index == 0, **dims,
         )
-        _DKDV(
-            lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]), batch * heads),
-            q, k, v, do, lse, delta, dk, dv, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-            *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], tiles=tiles, **scales, **common, **flags, **dims,
-        )
+        for number, (first, count) in enumerate(_dkdv_launches(even, odd, spec, common["GROUP"])):
+            _DKDV(
+                lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]), batch * kv_heads),
+                q, k, v, do, lse, delta, dk, dv, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+                *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], tiles=tiles, **scales, **common, **flags,
+                HEAD_FIRST=first, HEADS=count, ACCUMULATE=index > 0 or number > 0, **dims,
+            )
+    return dq, dk, dv
+
+
+def _list_args(lists: BlockLists, n: int, heads: int, kv_heads: int) -> dict:
+    """The block kernels' scalar arguments for a layout: where (batch, head)'s lists start
+    (stride 0 along a dimension the layout shares) and the layout's block."""
+    lb, lh, nb = lists.kv_count.shape
+    return dict(H=heads, GROUP=heads // kv_heads, n=n, NB=nb, LIST_SB=lh * nb if lb > 1 else 0,
+                LIST_SH=nb if lh > 1 else 0, N_BUCKET=triton.next_power_of_2(n), BLOCK=lists.block)
+
+
+def block_forward(q, k, v, lists: BlockLists, sm_scale: float, blocks: Blocks = Blocks()):
+    """Output (layout of q) and logsumexp (batch, heads, n) fp32 of a block-sparse layout."""
+    batch, heads, n, _ = q.shape
+    out = _like(v, heads)
+    lse = _row_stats(q)
+    kv_index = lists.kv_index.contiguous()
+    _BLOCK_FORWARD(
+        lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), batch * heads),
+        q, k, v, out, lse, lists.kv_count.contiguous(), kv_index, lists.kv_mask.contiguous(),
+        lists.masks.contiguous().view(torch.uint8),
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], tiles=_tiles(blocks, lists.block),
+        KV_WIDTH=kv_index.shape[-1], qk_scale=sm_scale * 1.4426950408889634,
+        **_list_args(lists, n, heads, k.shape[1]), **_dims(q, v),
+    )
+    return out, lse
+
+
+def block_backward(do, q, k, v, out, lse, lists: BlockLists, sm_scale: float, blocks: Blocks = Blocks()):
+    """dq, dk, dv (layouts of q, k, v) of a block-sparse layout: the dQ launch (which also
+    writes delta = rowsum(dO * O)), then the dK/dV launch that reads it."""
+    batch, heads, n, _ = q.shape
+    kv_heads = k.shape[1]
+    do, delta, dq, dk, dv = _gradient_buffers(do, q, k, v)
+    tiles, common, dims = _tiles(blocks, lists.block), _list_args(lists, n, heads, kv_heads), _dims(q, v)
+    scales = dict(qk_scale=sm_scale * 1.4426950408889634, sm_scale=sm_scale)
+    masks = lists.masks.contiguous().view(torch.uint8)
+    kv_index, q_index = lists.kv_index.contiguous(), lists.q_index.contiguous()
+    _BLOCK_DQ(
+        lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), batch * heads),
+        q, k, v, out, do, lse, delta, dq, lists.kv_count.contiguous(), kv_index, lists.kv_mask.contiguous(), masks,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
+        tiles=tiles, KV_WIDTH=kv_index.shape[-1], **scales, **common, **dims,
+    )
+    _BLOCK_DKDV(
+        lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), batch * kv_heads),
+        q, k, v, do, lse, delta, dk, dv, lists.q_count.contiguous(), q_index, lists.q_mask.contiguous(), masks,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],
+        tiles=tiles, Q_WIDTH=q_index.shape[-1], **scales, **common, **dims,
+    )
     return dq, dk, dv
 
 
@@ -245,7 +403,7 @@ def attention_forward_op(
 
 @attention_forward_op.register_fake
 def _(q, k, v, passes, stride, summary, summary_groups, summary_head_div, sm_scale, block_m, block_n):
-    return _like(v), _row_stats(q)
+    return _like(v, q.shape[1]), _row_stats(q)
 
 
 @torch.library.custom_op("sparse_kernels::attention_backward", mutates_args=())
@@ -304,7 +462,92 @@ class SparseAttentionFunction(torch.autograd.Function):
 
 
 def attention(q, k, v, spec: KernelSpec, sm_scale: float | None = None, blocks: Blocks = Blocks()):
-    """Sparse causal attention with autograd: (output, logsumexp)."""
+    """Sparse causal attention of a paper pattern with autograd: (output, logsumexp); k and
+    v may have fewer heads than q (grouped-query attention)."""
     check_inputs(q, k, v, spec)
     scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else sm_scale
     return SparseAttentionFunction.apply(q, k, v, spec, scale, blocks)
+
+
+# ---------------------------------------------------------------------- block-sparse layouts
+# The same arrangement as `attention`'s: custom ops for tracing, direct launches when
+# eager. The ops take the layout's tensors as tensor arguments, so a compiled graph serves
+# every layout of the same shapes (a new packed batch does not recompile).
+_LIST_FIELDS = BlockLists._fields[1:]  # the tensors, in BlockLists order
+
+
+def _lists(block: int, tensors) -> BlockLists:
+    return BlockLists(block, *tensors)
+
+
+@torch.library.custom_op("sparse_kernels::block_attention_forward", mutates_args=())
+def block_attention_forward_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_count: torch.Tensor, kv_index: torch.Tensor,
+    kv_mask: torch.Tensor, q_count: torch.Tensor, q_index: torch.Tensor, q_mask: torch.Tensor, masks: torch.Tensor,
+    block: int, sm_scale: float, block_m: int, block_n: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    lists = _lists(block, (kv_count, kv_index, kv_mask, q_count, q_index, q_mask, masks))
+    return block_forward(q, k, v, lists, sm_scale, Blocks(block_m or None, block_n or None))
+
+
+@block_attention_forward_op.register_fake
+def _(q, k, v, kv_count, kv_index, kv_mask, q_count, q_index, q_mask, masks, block, sm_scale, block_m, block_n):
+    return _like(v, q.shape[1]), _row_stats(q)
+
+
+@torch.library.custom_op("sparse_kernels::block_attention_backward", mutates_args=())
+def block_attention_backward_op(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    kv_count: torch.Tensor, kv_index: torch.Tensor, kv_mask: torch.Tensor, q_count: torch.Tensor,
+    q_index: torch.Tensor, q_mask: torch.Tensor, masks: torch.Tensor,
+    block: int, sm_scale: float, block_m: int, block_n: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    lists = _lists(block, (kv_count, kv_index, kv_mask, q_count, q_index, q_mask, masks))
+    return block_backward(do, q, k, v, out, lse, lists, sm_scale, Blocks(block_m or None, block_n or None))
+
+
+@block_attention_backward_op.register_fake
+def _(do, q, k, v, out, lse, kv_count, kv_index, kv_mask, q_count, q_index, q_mask, masks, block, sm_scale,
+      block_m, block_n):
+    return _like(q), _like(k), _like(v)
+
+
+class BlockAttentionFunction(torch.autograd.Function):
+    """Autograd of `block_attention`; the layout's tensors come as separate arguments."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, sm_scale: float, blocks: Blocks, block: int, *tensors):
+        params = (block, sm_scale, blocks.block_m or 0, blocks.block_n or 0)
+        if _eager(q):
+            out, lse = block_forward(q, k, v, _lists(block, tensors), sm_scale, blocks)
+        else:
+            out, lse = block_attention_forward_op(q, k, v, *tensors, *params)
+        ctx.save_for_backward(q, k, v, out, lse, *tensors)
+        ctx.args = (sm_scale, blocks, block, params)
+        ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)  # lse's gradient is never used
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, do, _dlse):
+        nothing = (None,) * (5 + len(_LIST_FIELDS))
+        if do is None:  # the output was not used
+            return None, None, None, *nothing
+        q, k, v, out, lse, *tensors = ctx.saved_tensors
+        sm_scale, blocks, block, params = ctx.args
+        if _eager(do):
+            dq, dk, dv = block_backward(do, q, k, v, out, lse, _lists(block, tensors), sm_scale, blocks)
+        else:
+            dq, dk, dv = block_attention_backward_op(do, q, k, v, out, lse, *tensors, *params)
+        return dq, dk, dv, *nothing
+
+
+def block_attention(q, k, v, lists: BlockLists, sm_scale: float | None = None, blocks: Blocks = Blocks()):
+    """Attention restricted to a block-sparse layout, with autograd: (output (batch, H, n,
+    d_v) in v's dtype, logsumexp (batch, H, n) fp32 natural log). Not causal by itself:
+    the lists and masks say which pairs are allowed; a row with none gets output 0,
+    logsumexp -inf and zero gradients. `blocks` fixes the tiles (each must divide
+    lists.block); by default they are autotuned."""
+    check_block_inputs(q, k, v, lists, blocks)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else sm_scale
+    return BlockAttentionFunction.apply(q, k, v, scale, blocks, lists.block, *lists[1:])

@@ -21,7 +21,7 @@ from sparse_transformer import Pattern
 from sparse_transformer.triton_attention import kernel_spec, sparse_attention, sparse_attention_with_lse
 
 from .custom_ops import check_custom_ops
-from .oracle import oracle, rel_err
+from .oracle import assert_matches, oracle, rel_err
 
 pytestmark = pytest.mark.interpreter
 
@@ -40,28 +40,21 @@ PATTERNS = [
 ]
 
 
-def _inputs(batch, heads, n, head_dim, dtype, seed, v_dim=None):
+def _inputs(batch, heads, n, head_dim, dtype, seed, v_dim=None, kv_heads=None):
     gen = torch.Generator().manual_seed(seed)
-    dims = (head_dim, head_dim, v_dim or head_dim, v_dim or head_dim)  # q, k, v, dout
-    q, k, v, do = (torch.randn(batch, heads, n, d, generator=gen).to(dtype) for d in dims)
+    kv_heads = kv_heads or heads
+    shapes = ((heads, head_dim), (kv_heads, head_dim), (kv_heads, v_dim or head_dim), (heads, v_dim or head_dim))  # q, k, v, dout
+    q, k, v, do = (torch.randn(batch, h, n, d, generator=gen).to(dtype) for h, d in shapes)
     return q, k, v, do
 
 
-def _check(pattern, layer, batch, heads, n, head_dim, blocks, dtype=torch.float32, tol=2e-6, seed=0, v_dim=None):
-    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, seed, v_dim)
+def _check(pattern, layer, batch, heads, n, head_dim, blocks, dtype=torch.float32, tol=2e-6, seed=0, v_dim=None,
+           kv_heads=None):
+    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, seed, v_dim, kv_heads)
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     out, lse = sparse_attention_with_lse(q, k, v, pattern, layer, blocks=blocks)
     grads = torch.autograd.grad(out, (q, k, v), do)
-    ref_out, ref_lse, ref_grads = oracle(q, k, v, do, pattern, layer)
-
-    empty = torch.isinf(ref_lse)
-    assert torch.equal(torch.isinf(lse), empty), "rows without keys must have logsumexp -inf, and only they"
-    assert (lse[empty] < 0).all()
-    assert (out[empty] == 0).all(), "rows without keys must output 0"
-    assert rel_err(out, ref_out) < tol, f"output: {rel_err(out, ref_out):.2e}"
-    assert rel_err(lse[~empty], ref_lse[~empty]) < tol, "logsumexp"
-    for name, got, want in zip(("dq", "dk", "dv"), grads, ref_grads):
-        assert rel_err(got, want) < tol * 4, f"{name}: {rel_err(got, want):.2e}"
+    assert_matches(out, lse, grads, *oracle(q, k, v, do, pattern, layer), tol)
 
 
 @pytest.mark.parametrize("pattern", PATTERNS, ids=Pattern.describe)
@@ -81,6 +74,20 @@ def test_unequal_tiles_and_head_dim_32(pattern, blocks):
 def test_half_size_query_key(pattern):
     """d_qk = d_v / 2, as in the CIFAR-10 model's half-size query/key projections."""
     _check(pattern, 0, batch=1, heads=2, n=40, head_dim=16, v_dim=32, blocks=Blocks(16, 16))
+
+
+@pytest.mark.parametrize("kv_heads", [2, 1])
+@pytest.mark.parametrize("pattern", [PATTERNS[2], PATTERNS[4], PATTERNS[7], PATTERNS[9]], ids=Pattern.describe)
+def test_grouped_query_attention(pattern, kv_heads):
+    """k and v with fewer heads than q: merged passes (one dK/dV launch sums the group),
+    the multi-head integration and distinct summaries (a launch per query head)."""
+    _check(pattern, 0, batch=1, heads=4, n=45, head_dim=16, kv_heads=kv_heads, blocks=Blocks(16, 16))
+
+
+@pytest.mark.parametrize("pattern", [PATTERNS[3], PATTERNS[6]], ids=Pattern.describe)
+def test_head_dim_96(pattern):
+    """A head dim that is not a power of two: padded to 128 inside the kernels, masked."""
+    _check(pattern, 0, batch=1, heads=2, n=40, head_dim=96, v_dim=48, blocks=Blocks(16, 16))
 
 
 def test_half_precision_inputs():
@@ -111,7 +118,7 @@ def test_random_patterns(kind, integration, stride, summary_frac, distinct, n, h
 def _poison(monkeypatch):
     """Every output buffer starts as NaN, so an element no kernel writes fails the check."""
     like, stats = ops._like, ops._row_stats
-    monkeypatch.setattr(ops, "_like", lambda t: like(t).fill_(float("nan")))
+    monkeypatch.setattr(ops, "_like", lambda *args: like(*args).fill_(float("nan")))
     monkeypatch.setattr(ops, "_row_stats", lambda q: stats(q).fill_(float("nan")))
 
 
@@ -161,6 +168,7 @@ def test_default_scale_is_inverse_sqrt_head_dim():
     "change, message",
     [
         (lambda q: q[..., :12].contiguous(), "head_dim 12"),
+        (lambda q: torch.cat([q] * 17, -1), "head_dim 272"),
         (lambda q: q.double(), "dtype"),
         (lambda q: q.transpose(-1, -2).contiguous().transpose(-1, -2), "contiguous"),
         (lambda q: q[0], "shape"),
@@ -176,6 +184,12 @@ def test_bad_inputs_are_refused_before_launch(change, message):
         args = (bad, change(k), change(v))
     with pytest.raises((ValueError, TypeError), match=message):
         ops.attention(*args, kernel_spec(Pattern("strided", 4)))
+
+
+def test_heads_not_a_multiple_of_kv_heads_are_refused():
+    q, k, v, _ = _inputs(1, 3, 16, 16, torch.float32, seed=0, kv_heads=2)
+    with pytest.raises(ValueError, match="q's 3 heads must be a multiple of k and v's 2 heads"):
+        ops.attention(q, k, v, kernel_spec(Pattern("strided", 4)))
 
 
 def test_unknown_mode_is_refused():

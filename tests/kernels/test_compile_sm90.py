@@ -21,14 +21,17 @@ import json, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from sparse_kernels.backward import attention_dkdv_kernel, attention_dq_kernel
+from sparse_kernels.block_sparse import block_dkdv_kernel, block_dq_kernel, block_forward_kernel
 from sparse_kernels.decode import decode_attention_kernel, decode_combine_kernel
 from sparse_kernels.forward import attention_forward_kernel
 from sparse_kernels.geometry import MODES
 
-SCALARS = {"H", "L", "G", "C", "n", "N_BUCKET", "SUMMARY_GROUPS", "SUMMARY_HEAD_DIV", "KEYS", "KEYS_PER_SPLIT", "SPLITS"}
+SCALARS = {"H", "GROUP", "HEAD_FIRST", "HEADS", "L", "G", "C", "n", "N_BUCKET", "SUMMARY_GROUPS", "SUMMARY_HEAD_DIV",
+           "KEYS", "KEYS_PER_SPLIT", "SPLITS", "NB", "LIST_SB", "LIST_SH", "KV_WIDTH", "Q_WIDTH"}
 FLOATS = {"qk_scale", "sm_scale"}
 STATS = {"LSE", "DELTA", "PARTIAL_M", "PARTIAL_L", "PARTIAL_ACC"}
-POINTERS = {"SLOTS": "*i64", "VALID": "*u8"}
+POINTERS = {"SLOTS": "*i64", "VALID": "*u8", "MASKS": "*u8", "KV_COUNT": "*i32", "KV_INDEX": "*i32", "KV_MASK": "*i32",
+            "Q_COUNT": "*i32", "Q_INDEX": "*i32", "Q_MASK": "*i32"}
 
 def signature(kernel, constexprs):
     sig = {}
@@ -43,9 +46,9 @@ def signature(kernel, constexprs):
             sig[name] = POINTERS.get(name, "*fp32" if name in STATS else "*bf16")
     return sig
 
-def compile_sm90(kernel, constexprs):
+def compile_sm90(kernel, constexprs, num_stages=3):
     compiled = triton.compile(ASTSource(kernel, signature(kernel, constexprs), constexprs),
-                              target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=3))
+                              target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=num_stages))
     return dict(cubin=len(compiled.asm["cubin"]), shared=compiled.metadata.shared)
 
 report = {}
@@ -53,10 +56,26 @@ for kname, kernel in [("forward", attention_forward_kernel), ("dkdv", attention_
     for even, odd, cont in [("dense", "dense", False), ("band", "strided", False), ("strided", "strided", True),
                             ("chunk", "summary", False), ("summary", "summary", True)]:
         constexprs = dict(MODE_EVEN=MODES[even], MODE_ODD=MODES[odd], CONTINUE=cont,
-                          BLOCK_M=64, BLOCK_N=64, QK_DIM=64, V_DIM=128)
+                          BLOCK_M=64, BLOCK_N=64, QK_DIM=64, V_DIM=128, QK_PAD=64, V_PAD=128)
         if "WRITE_DELTA" in kernel.arg_names:  # dq: the first pass computes delta
             constexprs["WRITE_DELTA"] = not cont
+        if "ACCUMULATE" in kernel.arg_names:  # dkdv: later passes and launches add to the stored gradients
+            constexprs["ACCUMULATE"] = cont
         report[f"{kname} {even}/{odd} continue={cont}"] = compile_sm90(kernel, constexprs)
+# The block-sparse kernels, and the largest tiles the autotuner may pick at padded head dims 192 and 256
+# (ops.shared_bytes's estimate must keep every candidate it accepts within shared memory).
+from sparse_kernels import ops
+for kname, kernel in [("forward", block_forward_kernel), ("dkdv", block_dkdv_kernel), ("dq", block_dq_kernel)]:
+    report[f"block {kname}"] = compile_sm90(kernel, dict(BLOCK=128, BLOCK_M=64, BLOCK_N=64, QK_DIM=96, V_DIM=96,
+                                                         QK_PAD=128, V_PAD=128))
+    for dim in (192, 256):
+        fitting = [c for c in ops._configs(kname)
+                   if ops.shared_bytes(kname, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, 256, 256, 2)
+                   <= ops.SHARED_MEMORY]
+        largest = max(fitting, key=lambda c: (ops.shared_bytes(kname, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"],
+                                                                c.num_stages, 256, 256, 2), c.num_stages))
+        constexprs = dict(BLOCK=128, QK_DIM=dim, V_DIM=dim, QK_PAD=256, V_PAD=256, **largest.kwargs)
+        report[f"block {kname} d={dim} {largest}"] = compile_sm90(kernel, constexprs, largest.num_stages)
 for split in (False, True):  # the decoding kernel at the largest head dims it takes, and its combine step
     constexprs = dict(QK_DIM=256, V_DIM=192, QK_BLOCK=256, V_BLOCK=256, BLOCK_N=32, SPLIT=split)
     report[f"decode split={split}"] = compile_sm90(decode_attention_kernel, constexprs)
@@ -71,7 +90,7 @@ def test_every_kernel_and_mode_compiles_for_sm90():
     result = subprocess.run([sys.executable, "-c", COMPILE_ALL], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(report) == 18
+    assert len(report) == 27
     for name, info in report.items():
         assert info["cubin"] > 0, f"{name}: no machine code"
         assert info["shared"] <= 227 * 1024, f"{name}: {info['shared']} bytes of shared memory exceed Hopper's limit"

@@ -3,8 +3,10 @@
 Marked `gpu`: skipped on machines without CUDA (CI is CPU-only; see tests/conftest.py).
 Run on a GPU with `pytest -m gpu tests/kernels`. The oracle is computed on the GPU in
 float64, a slab of query rows at a time with the backward written out by hand, so that
-it reaches n = 65,536 without an n x n matrix. The decoding kernel is checked against
-the float64 reference of the gather and softmax it replaces.
+it reaches n = 65,536 without an n x n matrix. The block-sparse kernels are checked
+against dense masked attention in float64 (tests/kernels/block_layouts.py) at lengths
+where the n x n mask fits. The decoding kernel is checked against the float64 reference
+of the gather and softmax it replaces.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import math
 import pytest
 import torch
 
+from sparse_kernels import ops
 from sparse_kernels.decode import decode_attention
 from sparse_kernels.ops import Blocks
 from sparse_transformer import Pattern
 from sparse_transformer.triton_attention import sparse_attention_with_lse
 
+from .block_layouts import block_oracle, causal_lists, random_lists
 from .custom_ops import check_custom_ops
 from .oracle import rel_err
+from .test_block_attention import block_inputs
 from .test_decode import check_decode, decode_inputs
 
 pytestmark = pytest.mark.gpu
@@ -69,15 +74,20 @@ def chunked_oracle(q, k, v, do, pattern, layer, rows=512):
 
 
 def _run_and_compare(pattern, layer, batch, heads, n, head_dim, dtype=torch.bfloat16, tol=BF16_TOLERANCE, seed=0,
-                     blocks=TILES, v_dim=None, layout=lambda t: t):
-    """`layout` maps each of q, k, v to the tensor passed in (same values, other memory)."""
+                     blocks=TILES, v_dim=None, layout=lambda t: t, kv_heads=None):
+    """`layout` maps each of q, k, v to the tensor passed in (same values, other memory);
+    k and v have `kv_heads` heads (grouped-query attention) when given."""
     gen = torch.Generator(device="cuda").manual_seed(seed)
-    dims = (head_dim, head_dim, v_dim or head_dim, v_dim or head_dim)  # q, k, v, dout
-    q, k, v, do = (torch.randn(batch, heads, n, d, device="cuda", generator=gen).to(dtype) for d in dims)
+    kv_heads = kv_heads or heads
+    shapes = ((heads, head_dim), (kv_heads, head_dim), (kv_heads, v_dim or head_dim), (heads, v_dim or head_dim))
+    q, k, v, do = (torch.randn(batch, h, n, d, device="cuda", generator=gen).to(dtype) for h, d in shapes)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     out, lse = sparse_attention_with_lse(*(layout(t) for t in leaves), pattern, layer, blocks=blocks)
     grads = torch.autograd.grad(out, leaves, do)
-    ref_out, ref_lse, ref_grads = chunked_oracle(q, k, v, do, pattern, layer)
+    group = heads // kv_heads
+    ref_out, ref_lse, (ref_dq, ref_dk, ref_dv) = chunked_oracle(
+        q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), do, pattern, layer)
+    ref_grads = (ref_dq, *(t.unflatten(1, (kv_heads, group)).sum(2) for t in (ref_dk, ref_dv)))
     empty = torch.isinf(ref_lse)
     assert torch.equal(torch.isinf(lse), empty)
     errors = {"out": rel_err(out, ref_out), "lse": rel_err(lse[~empty], ref_lse[~empty])}
@@ -104,10 +114,25 @@ def test_bf16_matches_float64(pattern, n, layer):
     _run_and_compare(pattern, layer, batch=2, heads=4, n=n, head_dim=64)
 
 
-@pytest.mark.parametrize("head_dim", [32, 128])
+@pytest.mark.parametrize("head_dim", [32, 96, 128, 192, 256])
 @pytest.mark.parametrize("pattern", [GPU_PATTERNS[2], GPU_PATTERNS[5]], ids=Pattern.describe)
 def test_head_dims(pattern, head_dim):
     _run_and_compare(pattern, 0, batch=1, heads=4, n=3000, head_dim=head_dim)
+
+
+@pytest.mark.parametrize("head_dim", [96, 192, 256])
+def test_autotuned_tiles_fit_large_head_dims(head_dim):
+    """The autotuner's candidates at padded head dims 128 and 256 (ops._pruner) compile and fit shared memory."""
+    _run_and_compare(GPU_PATTERNS[7], 0, batch=1, heads=2, n=2048, head_dim=head_dim, v_dim=head_dim // 2 // 16 * 16,
+                     blocks=Blocks())
+
+
+@pytest.mark.parametrize("pattern", [GPU_PATTERNS[2], GPU_PATTERNS[4], GPU_PATTERNS[7]], ids=Pattern.describe)
+@pytest.mark.parametrize("blocks", [TILES, Blocks()], ids=["fixed tiles", "autotuned"])
+def test_grouped_query_attention_32_8(pattern, blocks):
+    """H = 32 query heads on H_kv = 8 key/value heads: one dK/dV launch per group (merged)
+    or one per query head (multihead, distinct summaries)."""
+    _run_and_compare(pattern, 0, batch=1, heads=32, n=2048, head_dim=64, kv_heads=8, blocks=blocks)
 
 
 def _one_element_later(t):
@@ -201,6 +226,79 @@ def test_inductor_full_graph_matches_eager():
         results.append((out, *torch.autograd.grad(out, leaves, do)))
     for got, want in zip(*results):
         assert rel_err(got, want) < BF16_TOLERANCE
+
+
+# ---------------------------------------------------------------------- block-sparse layouts
+def _compare_block_attention(lists, batch, heads, kv_heads, n, d_qk, d_v, blocks=Blocks(), seed=0):
+    q, k, v, do = block_inputs(batch, heads, kv_heads, n, d_qk, d_v, seed, torch.bfloat16, device="cuda")
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out, lse = ops.block_attention(*leaves, lists, blocks=blocks)
+    grads = torch.autograd.grad(out, leaves, do)
+    ref_out, ref_lse, ref_grads = block_oracle(q, k, v, do, lists)
+    ref_lse = ref_lse.expand_as(lse)
+    empty = torch.isinf(ref_lse)
+    assert torch.equal(torch.isinf(lse), empty)
+    errors = {"out": rel_err(out, ref_out), "lse": rel_err(lse[~empty], ref_lse[~empty])}
+    errors.update({name: rel_err(g, r) for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads)})
+    assert max(errors.values()) < BF16_TOLERANCE, f"block={lists.block} n={n} d={d_qk}/{d_v} H={heads}/{kv_heads}: {errors}"
+
+
+@pytest.mark.parametrize("block", [16, 32, 64, 128])
+@pytest.mark.parametrize("blocks", [Blocks(16, 16), Blocks()], ids=["16x16 tiles", "autotuned"])
+def test_block_attention_random_layouts(block, blocks):
+    lists = random_lists(2, 4, 1000, block, torch.Generator().manual_seed(block), device="cuda",
+                         per_batch=True, per_head=True)
+    _compare_block_attention(lists, 2, 4, 2, 1000, 64, 64, blocks=blocks, seed=block)
+
+
+@pytest.mark.parametrize("d_qk, d_v", [(64, 64), (96, 96), (128, 128), (192, 192), (256, 256), (64, 128), (80, 48)], ids=str)
+def test_block_attention_head_dims(d_qk, d_v):
+    """Autotuned tiles at every padded size up to 256 (the candidates ops._pruner keeps must fit)."""
+    lists = random_lists(1, 4, 1500, 64, torch.Generator().manual_seed(d_qk), device="cuda", per_head=True)
+    _compare_block_attention(lists, 1, 4, 4, 1500, d_qk, d_v, seed=d_qk)
+
+
+@pytest.mark.parametrize("per_head", [False, True], ids=["shared layout", "layout per head"])
+def test_block_attention_grouped_query_32_8(per_head):
+    lists = random_lists(1, 32, 2048, 128, torch.Generator().manual_seed(5), device="cuda", per_head=per_head)
+    _compare_block_attention(lists, 1, 32, 8, 2048, 128, 128)
+
+
+def test_dense_causal_layout_matches_the_dense_mode():
+    pattern = Pattern("dense", 64)
+    gen = torch.Generator(device="cuda").manual_seed(6)
+    q, k, v, do = (torch.randn(1, 4, 3000, 64, device="cuda", generator=gen).bfloat16() for _ in range(4))
+    runs = []
+    for attend in (lambda *t: ops.block_attention(*t, causal_lists(3000, 128, device="cuda")),
+                   lambda *t: sparse_attention_with_lse(*t, pattern)):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out, lse = attend(*leaves)
+        runs.append((out, lse, *torch.autograd.grad(out, leaves, do)))
+    for got, want in zip(*runs):
+        assert rel_err(got, want) < BF16_TOLERANCE
+
+
+def test_block_attention_inductor_full_graph_without_recompiling():
+    """Under Inductor the lists are tensor inputs: a second layout of the same shapes reuses the graph."""
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    q, k, v, do = (torch.randn(1, 4, 1000, 64, device="cuda", generator=gen).bfloat16() for _ in range(4))
+    first = random_lists(1, 4, 1000, 64, torch.Generator().manual_seed(1), device="cuda", empty_rows=False)
+    second = first._replace(masks=torch.rand(first.masks.shape, device="cuda", generator=gen) < 0.5)
+
+    def loss(q, k, v, lists):
+        return (torch.nn.functional.gelu(ops.block_attention(q, k, v, lists)[0]).float() * do).sum()
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(loss, fullgraph=True)
+    for lists in (first, second):
+        results = []
+        for fn in (loss, compiled):
+            leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+            results.append(torch.autograd.grad(fn(*leaves, lists), leaves))
+        for got, want in zip(*results):
+            assert rel_err(got, want) < BF16_TOLERANCE
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
 # ---------------------------------------------------------------------- decoding
