@@ -1,4 +1,5 @@
-"""Checks of block lists against an element mask, shared by test_layouts and test_patterns."""
+"""Oracles for attention under a mask: block lists against an element mask, and masked
+softmax attention in float64 (shared by test_layouts, test_patterns and test_attention)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,15 @@ def _tile_kinds(count, index, mask_id, nb) -> torch.Tensor:
     b, h, row, slot = used.nonzero().unbind(1)
     kinds[b, h, row, index[b, h, row, slot].long()] = mask_id[b, h, row, slot].long()
     return kinds
+
+
+def masked_float64(q, k, v, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T / sqrt(d) + mask) v and the log-sum-exp in float64, n x n at once;
+    mask broadcasts to (B, H, n, n); k and v may have fewer heads (query head h reads
+    kv head h // (H / H_kv))."""
+    group = q.shape[1] // k.shape[1]
+    q, k, v = q.double(), k.double().repeat_interleave(group, 1), v.double().repeat_interleave(group, 1)
+    scores = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    weights = torch.exp(scores - lse[..., None]).nan_to_num(0.0)  # empty rows: -inf - -inf
+    return weights @ v, lse
