@@ -83,6 +83,7 @@ def test_from_mask_mod_lists_are_the_element_mask(case, block, tiles_per_slab):
     masks = layout.lists.masks.flatten(1)
     assert len(masks.unique(dim=0)) == len(masks)  # distinct across slabs too
     assert torch.equal(layout.element_mask(torch.arange(n), torch.arange(n)), mask)
+    assert torch.equal(layout.pair_count(), mask.sum(dim=(-1, -2)))
 
 
 def test_mask_mods_may_look_positions_up_in_tables_of_length_n():

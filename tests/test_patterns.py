@@ -113,6 +113,7 @@ def test_layout_lists_cover_exactly_the_mask(p, n, block, layer, heads):
     assert layout.heads == (heads if p.depends_on_head() else None)
     mask = torch.stack([p.mask(n, layer, h) for h in range(layout.heads or 1)])[None]  # (1, LH, n, n)
     assert_lists_match(layout.lists, mask)
+    assert layout.pair_count()[0].tolist() == [p.pair_count(n, layer, h) for h in range(layout.heads or 1)]
     assert layout.spec == (kernel_spec(p, layer) if p.causal else None)  # the closed form is the causal fast path
 
 

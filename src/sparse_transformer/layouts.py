@@ -225,6 +225,20 @@ class SparseLayout:
         for positions >= n. LB and LH are 1 where the layout is shared."""
         return _evaluate(self.mask_mod, self.batch or 1, self.heads or 1, rows, keys, self.n)
 
+    def pair_count(self) -> torch.Tensor:
+        """(LB, LH) int64: the allowed (query, key) pairs inside n, from the lists (for
+        useful-FLOP counts)."""
+        lists = self.lists
+        inside = _positions_in_blocks(self.n, self.block, lists.masks.device)
+        # Pairs of each distinct mask within its first r rows and c columns, r, c = 0 .. block.
+        corner = torch.nn.functional.pad(lists.masks.long().cumsum(1).cumsum(2), (1, 0, 1, 0))
+        listed = torch.arange(lists.kv_index.shape[-1], device=inside.device) < lists.kv_count[..., None]
+        rows = inside[:, None].expand(lists.kv_index.shape)  # (LB, LH, NB, W): the query block's rows
+        cols = inside[lists.kv_index.long()]
+        partial = corner[lists.kv_mask.long().clamp(min=0), rows, cols]
+        pairs = torch.where(lists.kv_mask < 0, rows * cols, partial)
+        return torch.where(listed, pairs, 0).sum(dim=(-1, -2))
+
     def to_block_mask(self):
         """This layout as a FlexAttention BlockMask (kept after the first call)."""
         if self._block_mask is None:
