@@ -95,8 +95,10 @@ class SparseLayout:
         device: torch.device | str | None = None, *, slab_elements: int = SLAB_ELEMENTS,
     ) -> SparseLayout:
         """The layout of an element predicate, FlexAttention's mask_mod(b, h, q_idx, kv_idx)
-        -> bool tensor. heads / batch None: the predicate does not depend on h / b (it is
-        called with index 0). Built on `device`, `slab_elements` mask elements at a time."""
+        -> bool tensor, called with broadcasting index tensors. heads / batch None: the
+        predicate does not depend on h / b (it is called with index 0). The positions it
+        sees are < n (the ragged last block's others are masked), so it may look them up
+        in tables of length n. Built on `device`, `slab_elements` mask elements at a time."""
         _check_shape_args(n, block, heads=heads, batch=batch)
         layout = cls(n, block, mask_mod, heads=heads, batch=batch, device=device)
         layout._lists = _lists_of_mask_mod(mask_mod, n, block, heads or 1, batch or 1, layout.device, slab_elements)
