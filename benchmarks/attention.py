@@ -107,16 +107,10 @@ def flex_fn(mask_mod, heads: int | None, n: int, device):
     return (lambda q, k, v: compiled(q, k, v, block_mask=block_mask)), build_s
 
 
-def pattern_mask_mod(pattern: Pattern):
-    def mask_mod(b, h, q_idx, kv_idx):
-        return pattern.allowed(q_idx, kv_idx, 0, h)
-    return mask_mod
-
-
 def stock_strided_multihead(stride: int, n: int, device):
     """Strided multihead from stock parts: FlexAttention (local block mask) on the even
     heads, SDPA per residue class of i mod l on the odd heads (n must divide by l)."""
-    local, build_s = flex_fn(pattern_mask_mod(Pattern("local", stride)), None, n, device)
+    local, build_s = flex_fn(Pattern("local", stride).mask_mod(), None, n, device)
 
     def residue_major(t):  # (B, h, n, D) -> (B, h * l, n / l, D): equal i mod l contiguous
         batch, heads, _, dim = t.shape
@@ -151,7 +145,7 @@ def candidates(args, n: int, stride: int, batch: int, device) -> list[tuple]:
         rows.append((ours, lambda p=pattern: (lambda q, k, v: sparse_attention(q, k, v, p), None), pairs, None))
         if n <= args.flex_max_n and pname in args.flex_patterns:
             heads = args.heads if pattern.depends_on_head() else None
-            rows.append((f"flex: {pname}", lambda p=pattern, h=heads: flex_fn(pattern_mask_mod(p), h, n, device), pairs, ours))
+            rows.append((f"flex: {pname}", lambda p=pattern, h=heads: flex_fn(p.mask_mod(), h, n, device), pairs, ours))
         if pname == "strided multihead" and args.stock and n % stride == 0:
             rows.append(("stock: flex local + sdpa per residue", lambda: stock_strided_multihead(stride, n, device), pairs, ours))
     return rows

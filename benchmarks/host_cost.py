@@ -25,7 +25,8 @@ import triton
 from common import enqueue_ms, environment, graph_ms, write_json
 from sparse_kernels import ops
 from sparse_transformer import Pattern
-from sparse_transformer.triton_attention import kernel_spec, sparse_attention
+from sparse_transformer.layouts import kernel_spec
+from sparse_transformer.triton_attention import sparse_attention
 
 
 def patterns(stride: int, summary: int) -> dict[str, Pattern]:

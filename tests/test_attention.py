@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 
 import pytest
 import torch
 
+from layout_checks import masked_float64
 from sparse_transformer.attention import (BACKENDS, attend, attend_decoding, reference_attention, reference_decoding,
                                          reference_lse)
+from sparse_transformer.layouts import SparseLayout
 from sparse_transformer.patterns import Pattern
 
 PATTERNS = [
@@ -27,13 +28,8 @@ PATTERNS = [
 
 def dense_float64(q, k, v, pattern, layer):
     """softmax(q k^T / sqrt(d) + mask) v and the log-sum-exp in float64, n x n at once."""
-    q, k, v = q.double(), k.double(), v.double()
     n, heads = q.shape[2], q.shape[1]
-    mask = torch.stack([pattern.mask(n, layer, h) for h in range(heads)])  # (H, n, n)
-    scores = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(~mask, float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)
-    weights = torch.exp(scores - lse[..., None]).nan_to_num(0.0)  # empty rows: -inf - -inf
-    return weights @ v, lse
+    return masked_float64(q, k, v, torch.stack([pattern.mask(n, layer, h) for h in range(heads)]))
 
 
 def random_qkv(batch, heads, n, d_qk, d_v, seed=0, requires_grad=False):
@@ -117,12 +113,92 @@ def test_flex_equals_reference():
     assert (attend(q, k, v, pattern, backend="flex") - expected).abs().max() < 1e-5
 
 
+@pytest.mark.slow
+def test_flex_with_a_layout_and_fewer_kv_heads_equals_reference():
+    """A layout through its BlockMask (partial and full blocks), grouped-query attention."""
+    layout = SparseLayout.from_mask_mod(window_with_globals, 50, heads=4, block=16)
+    q, k, v = random_qkv(1, 4, 50, 16, 16)
+    k, v = k[:, :2], v[:, :2]
+    expected = reference_attention(q, k, v, layout)
+    assert (attend(q, k, v, layout, backend="flex") - expected).abs().max() < 1e-5
+
+
+def window_with_globals(b, h, q, kv):
+    """Longformer's mask: a window of 5 (wider for odd heads) plus global tokens 0 and 7."""
+    return ((q - kv).abs() < 5 + 3 * (h % 2)) | (q == 0) | (kv == 0) | (q == 7) | (kv == 7)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_reference_with_a_layout_and_fewer_kv_heads_equals_float64_softmax(kv_heads):
+    """A per-head layout and grouped-query attention: query head h reads kv head h // (4 / kv_heads)."""
+    layout = SparseLayout.from_mask_mod(window_with_globals, 45, heads=4, block=16)
+    gen = torch.Generator().manual_seed(kv_heads)
+    q = torch.randn(2, 4, 45, 8, generator=gen, requires_grad=True)
+    k = torch.randn(2, kv_heads, 45, 8, generator=gen, requires_grad=True)
+    v = torch.randn(2, kv_heads, 45, 12, generator=gen, requires_grad=True)
+    out = reference_attention(q, k, v, layout, chunk_elements=2 * 4 * 45 * 7)  # 7 rows a chunk
+    mask = layout.element_mask(torch.arange(45), torch.arange(45))
+    expected, expected_lse = masked_float64(q, k, v, mask)
+    assert (out.double() - expected).abs().max() / expected.abs().max() < 1e-5
+    assert (reference_lse(q, k, layout).double() - expected_lse).abs().max() < 1e-5
+    out.pow(2).sum().backward()
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    masked_float64(q64, k64, v64, mask)[0].pow(2).sum().backward()
+    for got, want in ((q.grad, q64.grad), (k.grad, k64.grad), (v.grad, v64.grad)):
+        assert (got.double() - want).abs().max() / want.abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("pattern", [Pattern("strided", 4, causal=False), Pattern("fixed", 8, 2, causal=False)],
+                         ids=Pattern.describe)
+def test_reference_of_a_non_causal_pattern_reads_later_keys(pattern):
+    q, k, v = random_qkv(1, 2, 30, 8, 8)
+    k, v = k[:, :1], v[:, :1]  # multi-query: one kv head
+    expected, _ = masked_float64(q, k, v, pattern.mask(30))
+    out = reference_attention(q, k, v, pattern, chunk_elements=2 * 30 * 4)  # 4 rows a chunk
+    assert (out.double() - expected).abs().max() < 1e-5
+    assert torch.allclose(attend(q, k, v, pattern.layout(30, block=16)), out, atol=1e-6)  # its layout, same result
+
+
+def test_shapes_a_layout_or_the_kv_heads_cannot_take_are_refused():
+    layout = SparseLayout.from_mask_mod(window_with_globals, 32, heads=4, block=16)
+    q, k, v = random_qkv(2, 4, 32, 8, 8)
+    with pytest.raises(ValueError, match="length 32, but q has length 31"):
+        attend(q[:, :, :31], k[:, :, :31], v[:, :, :31], layout)
+    with pytest.raises(ValueError, match="4 heads, but q has 2"):
+        attend(q[:, :2], k[:, :2], v[:, :2], layout)
+    per_batch = SparseLayout.from_mask_mod(lambda b, h, q, kv: kv <= q + b, 32, batch=3, block=16)
+    with pytest.raises(ValueError, match="3 batch elements, but q has 2"):
+        attend(q, k, v, per_batch)
+    with pytest.raises(ValueError, match="does not divide"):
+        attend(q, k[:, :3], v[:, :3], Pattern("dense", 1))
+
+
+def test_triton_backend_runs_the_closed_form_for_causal_patterns_and_lists_otherwise(monkeypatch):
+    """What reaches the kernels: a causal Pattern its KernelSpec, a layout or a non-causal
+    Pattern its block lists (the kernels themselves are tested in tests/kernels)."""
+    triton_attention = pytest.importorskip("sparse_transformer.triton_attention")
+    calls = []
+    monkeypatch.setattr(triton_attention, "attention", lambda q, k, v, spec, *rest: calls.append(spec) or (q, None))
+    monkeypatch.setattr(triton_attention, "block_attention", lambda q, k, v, lists, *rest: calls.append(lists) or (q, None))
+    q, k, v = random_qkv(1, 2, 40, 16, 16)
+    strided = Pattern("strided", 4, integration="interleaved")
+    layout = SparseLayout.from_mask_mod(window_with_globals, 40, heads=2, block=16)
+    non_causal = Pattern("local", 3, causal=False)
+    for pattern, layer in ((strided, 1), (strided.layout(40, layer=1), 0), (layout, 0), (non_causal, 0)):
+        attend(q, k, v, pattern, layer, backend="triton")
+    assert calls[0] == calls[1] == strided.layout(40, layer=1).spec and calls[0].passes == (("strided", "strided"),)
+    assert calls[2] is layout.lists
+    assert calls[3] is non_causal.layout(40, 2, device=q.device).lists
+
+
 def test_sdpa_equals_reference_for_dense_and_refuses_sparse():
     q, k, v = random_qkv(2, 2, 33, 8, 8)
     dense = Pattern("dense", 1)
     assert (attend(q, k, v, dense, backend="sdpa") - reference_attention(q, k, v, dense)).abs().max() < 1e-5
-    with pytest.raises(ValueError, match="dense causal attention only"):
+    with pytest.raises(ValueError, match="dense attention only"):
         attend(q, k, v, Pattern("strided", 4), backend="sdpa")
+    bidirectional = Pattern("dense", 1, causal=False)
+    assert (attend(q, k, v, bidirectional, backend="sdpa") - reference_attention(q, k, v, bidirectional)).abs().max() < 1e-5
 
 
 def test_unknown_backend_names_the_choices():

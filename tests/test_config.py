@@ -67,6 +67,7 @@ def test_integer_dropout_is_accepted_as_float():
         (dict(dropout=1.0), "cifar10.model.dropout", "must be in [0, 1)"),
         (dict(width=64), "cifar10.model", "unknown field(s) width"),
         (dict(heads=1, d_model=64, half_qk=False), "cifar10.model.heads", "needs heads >= 2"),
+        (dict(pattern={"kind": "strided", "stride": 8, "causal": False}), "cifar10.model.pattern.causal", "set causal to true"),
     ],
 )
 def test_errors_name_the_field_and_the_fix(changes, field, fix):

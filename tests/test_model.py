@@ -244,6 +244,12 @@ def test_unknown_backend_names_the_choices():
         assert name in str(info.value)
 
 
+def test_a_non_causal_pattern_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match="autoregressive") as info:
+        SparseTransformer(ModelConfig(pattern=PatternConfig("strided", 4, causal=False)))
+    assert "\n" not in str(info.value)
+
+
 def test_sequences_longer_than_the_context_are_refused():
     model = SparseTransformer(ModelConfig(context=8, pattern=PatternConfig("strided", 4)))
     with pytest.raises(ValueError, match="exceeds the model's context 8"):

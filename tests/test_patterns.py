@@ -9,22 +9,24 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from layout_checks import assert_lists_match
+from sparse_transformer.layouts import kernel_spec
 from sparse_transformer.patterns import INTEGRATIONS, Pattern, PatternError
 
 SETTINGS = settings(max_examples=150, deadline=None)
 
 
 def brute_allowed(p: Pattern, i: int, j: int, layer: int, head: int) -> bool:
-    """SPEC section 1, one pair at a time."""
-    if j > i:
+    """SPEC section 1, one pair at a time (without j <= i for a non-causal pattern)."""
+    if p.causal and j > i:
         return False
     l = p.stride
     if p.kind == "dense":
         return True
     if p.kind == "local":
-        return i - j < l
+        return abs(i - j) < l
     if p.kind == "strided":
-        a1 = 0 <= i - j < l
+        a1 = abs(i - j) < l
         a2 = (i - j) % l == 0
     else:
         c = p.summary
@@ -48,20 +50,34 @@ def brute_mask(p: Pattern, n: int, layer: int, head: int) -> torch.Tensor:
 
 
 @st.composite
-def patterns(draw, kinds=("dense", "local", "strided", "fixed")) -> Pattern:
+def patterns(draw, kinds=("dense", "local", "strided", "fixed"), causal=(True,)) -> Pattern:
     kind = draw(st.sampled_from(kinds))
+    is_causal = draw(st.sampled_from(causal))
     if kind == "fixed":
         stride = draw(st.integers(2, 12))
         summary = draw(st.integers(1, stride - 1))
-        return Pattern(kind, stride, summary, draw(st.sampled_from(INTEGRATIONS)), draw(st.booleans()))
+        return Pattern(kind, stride, summary, draw(st.sampled_from(INTEGRATIONS)), draw(st.booleans()), is_causal)
     integration = draw(st.sampled_from(INTEGRATIONS)) if kind == "strided" else "merged"
-    return Pattern(kind, draw(st.integers(1, 12)), integration=integration)
+    return Pattern(kind, draw(st.integers(1, 12)), integration=integration, causal=is_causal)
+
+
+EITHER = (True, False)  # causal or not
 
 
 @SETTINGS
-@given(p=patterns(), n=st.integers(1, 40), layer=st.integers(0, 3), head=st.integers(0, 5))
+@given(p=patterns(causal=EITHER), n=st.integers(1, 40), layer=st.integers(0, 3), head=st.integers(0, 5))
 def test_mask_equals_brute_force(p, n, layer, head):
     assert torch.equal(p.mask(n, layer, head), brute_mask(p, n, layer, head))
+
+
+def test_non_causal_patterns_are_symmetric_where_their_sets_are():
+    """A1 and A2 of strided and local are symmetric in i and j; dense is everything."""
+    for p in (Pattern("dense", 1, causal=False), Pattern("local", 3, causal=False), Pattern("strided", 4, causal=False)):
+        mask = p.mask(30)
+        assert torch.equal(mask, mask.T) and mask.any(1).all()
+    assert Pattern("dense", 1, causal=False).mask(7).all()
+    fixed = Pattern("fixed", 4, 1, causal=False).mask(12)
+    assert fixed[0, 11] and fixed[0, 3] and not fixed[0, 10]  # a later chunk's summary, not its other columns
 
 
 @pytest.mark.parametrize("integration", INTEGRATIONS)
@@ -74,7 +90,7 @@ def test_distinct_summaries_of_every_head_equal_brute_force(integration):
 
 
 @SETTINGS
-@given(p=patterns(), n=st.integers(1, 30), layer=st.integers(0, 3), heads=st.integers(1, 6))
+@given(p=patterns(causal=EITHER), n=st.integers(1, 30), layer=st.integers(0, 3), heads=st.integers(1, 6))
 def test_allowed_with_a_tensor_head_gives_every_head_at_once(p, n, layer, heads):
     idx = torch.arange(n)
     all_heads = p.allowed(idx[:, None], idx[None, :], layer, torch.arange(heads)[:, None, None])
@@ -83,31 +99,34 @@ def test_allowed_with_a_tensor_head_gives_every_head_at_once(p, n, layer, heads)
 
 
 @SETTINGS
-@given(p=patterns(), n=st.integers(1, 60), layer=st.integers(0, 3), head=st.integers(0, 5))
+@given(p=patterns(causal=EITHER), n=st.integers(1, 60), layer=st.integers(0, 3), head=st.integers(0, 5))
 def test_key_counts_are_mask_row_sums(p, n, layer, head):
     assert torch.equal(p.key_counts(n, layer, head), p.mask(n, layer, head).sum(1))
     assert p.pair_count(n, layer, head) == int(p.mask(n, layer, head).sum())
 
 
-@SETTINGS
-@given(
-    p=patterns(),
-    n=st.integers(1, 50),
-    block_m=st.integers(1, 9),
-    block_n=st.integers(1, 9),
-    layer=st.integers(0, 1),
-    head=st.integers(0, 3),
-)
-def test_block_layout_covers_exactly_the_mask(p, n, block_m, block_n, layer, head):
-    mask = p.mask(n, layer, head)
-    layout = p.block_layout(n, block_m, block_n, layer, head, rows_per_step=block_m * 2)
-    assert layout.visit.shape == (math.ceil(n / block_m), math.ceil(n / block_n))
-    assert not (layout.full & ~layout.visit).any()
-    for qb in range(layout.visit.shape[0]):
-        for kb in range(layout.visit.shape[1]):
-            tile = mask[qb * block_m : (qb + 1) * block_m, kb * block_n : (kb + 1) * block_n]
-            assert bool(layout.visit[qb, kb]) == bool(tile.any())  # visited iff some pair allowed
-            assert bool(layout.full[qb, kb]) == bool(tile.all())  # ragged edge tiles count only pairs < n
+@settings(max_examples=40, deadline=None)
+@given(p=patterns(causal=EITHER), n=st.integers(1, 100), block=st.sampled_from((16, 32)), layer=st.integers(0, 1),
+       heads=st.integers(1, 4))
+def test_layout_lists_cover_exactly_the_mask(p, n, block, layer, heads):
+    layout = p.layout(n, heads, layer, block=block)
+    assert layout.heads == (heads if p.depends_on_head() else None)
+    mask = torch.stack([p.mask(n, layer, h) for h in range(layout.heads or 1)])[None]  # (1, LH, n, n)
+    assert_lists_match(layout.lists, mask)
+    assert layout.pair_count()[0].tolist() == [p.pair_count(n, layer, h) for h in range(layout.heads or 1)]
+    assert layout.spec == (kernel_spec(p, layer) if p.causal else None)  # the closed form is the causal fast path
+
+
+def test_layout_is_cached_per_layer_class_and_device():
+    p = Pattern("strided", 4, integration="interleaved")
+    assert p.layout(64, heads=2, layer=0) is p.layout(64, heads=8, layer=2, device="cpu")  # heads shared, same parity
+    assert p.layout(64, layer=1) is not p.layout(64, layer=0)
+    assert p.layout(64).lists is p.layout(64).lists  # built once
+
+
+def test_non_causal_patterns_have_no_closed_form():
+    with pytest.raises(ValueError, match="runs as block lists"):
+        Pattern("strided", 4, causal=False).kernel_passes()
 
 
 def pass_allows(p: Pattern, name: str, i: torch.Tensor, j: torch.Tensor, head: int) -> torch.Tensor:
@@ -187,6 +206,7 @@ def test_strided_attends_to_about_two_sqrt_n_keys(n):
         (dict(kind="fixed", stride=4, summary=4), "summary"),
         (dict(kind="strided", stride=4, summary=2), "summary"),
         (dict(kind="strided", stride=4, distinct_summaries=True), "distinct_summaries"),
+        (dict(kind="strided", stride=4, causal="no"), "causal"),
     ],
 )
 def test_invalid_arguments_name_the_field(kwargs, field):

@@ -32,16 +32,30 @@ def test_ci_runs_the_readmes_two_commands():
     assert ci == setup.splitlines() and len(ci) == 2
 
 
+def attention_examples(on_gpu: bool) -> list[str]:
+    """The section's Python blocks that run on a GPU (they put tensors on cuda), or the others."""
+    return [code for code in code_blocks(section("Using the attention directly"), "python") if ('"cuda"' in code) == on_gpu]
+
+
 def test_the_cpu_attention_example_runs():
-    cpu, _ = code_blocks(section("Using the attention directly"), "python")
+    cpu, _ = attention_examples(on_gpu=False)
     namespace: dict = {}
     exec(cpu, namespace)
     assert namespace["out"].shape == namespace["q"].shape and namespace["q"].grad is not None
 
 
+def test_the_layout_example_runs():
+    _, layouts = attention_examples(on_gpu=False)
+    namespace: dict = {}
+    exec(layouts, namespace)
+    assert namespace["out"].shape == namespace["q"].shape
+    assert namespace["k"].shape[1] < namespace["q"].shape[1]  # it shows grouped-query attention
+    assert namespace["block_mask"].seq_lengths == (namespace["n"],) * 2
+
+
 @pytest.mark.gpu
 def test_the_gpu_attention_example_runs():
-    _, gpu = code_blocks(section("Using the attention directly"), "python")
+    (gpu,) = attention_examples(on_gpu=True)
     namespace: dict = {}
     exec(gpu, namespace)
     assert namespace["out"].shape == namespace["q"].shape

@@ -1,7 +1,7 @@
 """Sparse Transformer (Child et al. 2019): factorized attention patterns, fused Triton
 kernels, and the model built on them.
 
-    from sparse_transformer import Pattern, sparse_attention, SparseTransformer, ModelConfig, attend
+    from sparse_transformer import Pattern, SparseLayout, sparse_attention, SparseTransformer, ModelConfig, attend
 
 Everything but `Pattern` is imported on first use, so that `import sparse_transformer`
 (and the command line) stays light and Triton is loaded only when the kernels are.
@@ -14,6 +14,7 @@ from .patterns import Pattern
 _LAZY = {
     "sparse_attention": ".triton_attention",
     "attend": ".attention",
+    "SparseLayout": ".layouts",
     "SparseTransformer": ".model",
     "ModelConfig": ".config",
 }

@@ -1,18 +1,22 @@
 """One attention function over several backends, all computing the same thing.
 
-    attend(q, k, v, pattern, layer, backend) -> softmax(q k^T / sqrt(d_qk) + mask) v
+    attend(q, k, v, pattern_or_layout, layer, backend) -> softmax(q k^T / sqrt(d_qk) + mask) v
 
-with q, k of shape (batch, heads, n, d_qk), v of shape (batch, heads, n, d_v) and the
-mask `pattern.allowed(i, j, layer, head)`. A query with no allowed key (fixed A2 alone,
-first chunk) gets output 0, log-sum-exp -inf and zero gradients (SPEC section 1).
+with q of shape (batch, H, n, d_qk), k (batch, H_kv, n, d_qk) and v (batch, H_kv, n, d_v),
+H_kv dividing H (grouped-query attention: query head h reads kv head h // (H / H_kv)),
+and the mask `pattern.allowed(i, j, layer, head)` of a `Pattern` or the element mask of a
+`SparseLayout` (`layouts.py`; the layout is already that of one layer, `layer` is
+unused). A query with no allowed key (fixed A2 alone, first chunk) gets output 0,
+log-sum-exp -inf and zero gradients (SPEC section 1).
 
 Backends:
     reference  exact masked attention in PyTorch, fp32 accumulation, chunked over
                queries so memory stays O(chunk x n): the oracle for the kernels and the
                CPU fallback. `reference_lse` gives the per-row log-sum-exp.
-    flex       torch.nn.attention.flex_attention with a mask_mod from the pattern,
-               compiled (eager FlexAttention builds the full score matrix).
-    sdpa       F.scaled_dot_product_attention, dense causal patterns only.
+    flex       torch.nn.attention.flex_attention, compiled (eager FlexAttention builds the
+               full score matrix), with a block mask built compiled from the pattern's
+               mask_mod, or the layout's `to_block_mask()`.
+    sdpa       F.scaled_dot_product_attention, dense patterns only.
     triton     the fused kernels (`triton_attention.sparse_attention`), imported lazily.
     auto       triton for CUDA tensors, reference otherwise.
 No dropout inside attention (SPEC section 2).
@@ -34,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .layouts import SparseLayout
 from .patterns import Pattern
 
 BACKENDS = ("auto", "reference", "flex", "sdpa", "triton")
@@ -44,9 +49,10 @@ REFERENCE_CHUNK_ELEMENTS = 1 << 22
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, layer: int = 0, backend: str = "reference"
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern | SparseLayout, layer: int = 0,
+    backend: str = "reference",
 ) -> torch.Tensor:
-    """Masked attention of layer `layer` under `pattern`: (B, H, n, d_v), dtype of q."""
+    """Masked attention of layer `layer` under `pattern` (or a layout): (B, H, n, d_v), dtype of q."""
     if backend == "auto":
         backend = "triton" if q.is_cuda else "reference"
     try:
@@ -56,12 +62,30 @@ def attend(
     return run(q, k, v, pattern, layer)
 
 
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern | SparseLayout) -> int:
+    """Refuse shapes no backend can take; returns the query heads per kv head (the group)."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"attention: q, k, v must be (batch, heads, n, head_dim), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    batch, heads, n, _ = q.shape
+    kv_heads = k.shape[1]
+    if k.shape[:3] != v.shape[:3] or k.shape[0] != batch or k.shape[2] != n or k.shape[3] != q.shape[3]:
+        raise ValueError(
+            f"attention: shapes must be q (batch, H, n, d_qk), k (batch, H_kv, n, d_qk), v (batch, H_kv, n, d_v), "
+            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if heads % kv_heads:
+        raise ValueError(f"attention: k and v have {kv_heads} heads, which does not divide q's {heads}: use H_kv dividing H")
+    if isinstance(pattern, SparseLayout):
+        pattern.check(batch, heads, n)
+    return heads // kv_heads
+
+
 # ---------------------------------------------------------------------- reference
 def reference_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    pattern: Pattern,
+    pattern: Pattern | SparseLayout,
     layer: int = 0,
     chunk_elements: int = REFERENCE_CHUNK_ELEMENTS,
 ) -> torch.Tensor:
@@ -73,28 +97,35 @@ def reference_attention(
 def reference_lse(
     q: torch.Tensor,
     k: torch.Tensor,
-    pattern: Pattern,
+    pattern: Pattern | SparseLayout,
     layer: int = 0,
     chunk_elements: int = REFERENCE_CHUNK_ELEMENTS,
 ) -> torch.Tensor:
     """(B, H, n) fp32: log sum_j exp(q_i k_j / sqrt(d_qk)) over allowed j (natural log; -inf for empty rows)."""
-    v = q.new_zeros(q.shape[:-1] + (1,))  # the values do not enter the log-sum-exp
+    v = k.new_zeros(k.shape[:-1] + (1,))  # the values do not enter the log-sum-exp
     _, lse = _reference(q, k, v, pattern, layer, chunk_elements)
     return lse
 
 
 def _reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, layer: int, chunk_elements: int
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern | SparseLayout, layer: int, chunk_elements: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    group = check_inputs(q, k, v, pattern)
+    if group > 1:  # the reference may copy: each query head gets its kv head's keys and values
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     batch, heads, n, _ = q.shape
     rows_per_chunk = max(1, chunk_elements // (batch * heads * n))
+    # A causal pattern never allows a key after the query: its chunks read keys up to their last row.
+    causal = isinstance(pattern, Pattern) and pattern.causal
+    allowed = pattern.element_mask if isinstance(pattern, SparseLayout) else _pattern_mask(pattern, layer, heads)
     # Keep only the residual inputs for backward: each chunk's scores are recomputed,
     # so training memory is O(chunk x n) too, not O(n^2).
     grad_needed = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     outs, lses = [], []
     for start in range(0, n, rows_per_chunk):
         stop = min(n, start + rows_per_chunk)
-        args = (q[:, :, start:stop], k[:, :, :stop], v[:, :, :stop], pattern, layer, start)
+        keys = stop if causal else n
+        args = (q[:, :, start:stop], k[:, :, :keys], v[:, :, :keys], allowed, start)
         if grad_needed:
             out, lse = checkpoint(_reference_rows, *args, use_reentrant=False)
         else:
@@ -104,25 +135,33 @@ def _reference(
     return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
 
 
-def _reference_rows(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, layer: int, start: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Queries start .. start+rows-1 against keys 0 .. start+rows-1 (later keys are never allowed).
+def _pattern_mask(pattern: Pattern, layer: int, heads: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(rows, keys) index vectors -> the pattern's mask, (rows, keys) or (H, rows, keys)."""
 
-    q (B, H, rows, d_qk), k (B, H, keys, d_qk), v (B, H, keys, d_v) ->
-    out (B, H, rows, d_v) fp32, lse (B, H, rows) fp32.
+    def allowed(rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        head = torch.arange(heads, device=rows.device)[:, None, None]
+        return pattern.allowed(rows[:, None], keys[None, :], layer, head)
+
+    return allowed
+
+
+def _reference_rows(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: Callable, start: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries start .. start+rows-1 against keys 0 .. keys-1 (for a causal pattern the
+    later keys are never allowed, so they are left out).
+
+    q (B, H, rows, d_qk), k (B, H, keys, d_qk), v (B, H, keys, d_v), allowed(rows, keys)
+    a mask broadcasting to (B, H, rows, keys) -> out (B, H, rows, d_v) fp32, lse (B, H, rows) fp32.
     """
-    heads, rows, keys = q.shape[1], q.shape[2], k.shape[2]
+    rows, keys = q.shape[2], k.shape[2]
     scale = 1.0 / math.sqrt(q.shape[-1])
-    i = torch.arange(start, start + rows, device=q.device)[:, None]
-    j = torch.arange(keys, device=q.device)[None, :]
-    head = torch.arange(heads, device=q.device)[:, None, None]
-    allowed = pattern.allowed(i, j, layer, head)  # (rows, keys) or (H, rows, keys)
+    mask = allowed(torch.arange(start, start + rows, device=q.device), torch.arange(keys, device=q.device))
     # fp32 at least; float64 inputs stay float64, so the reference can serve as a float64 oracle.
     acc = torch.promote_types(q.dtype, torch.float32)
     with torch.autocast(q.device.type, enabled=False):  # autocast would run the matmuls in bf16
         scores = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale  # (B, H, rows, keys)
-        scores = scores.masked_fill(~allowed, float("-inf"))
+        scores = scores.masked_fill(~mask, float("-inf"))
         # The row maximum only stabilizes exp; it cancels exactly, so no gradient flows through it.
         row_max = scores.amax(dim=-1, keepdim=True).detach()
         row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))  # empty rows
@@ -153,11 +192,17 @@ def reference_decoding(
 
 
 # ---------------------------------------------------------------------- flex
-def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, layer: int = 0) -> torch.Tensor:
-    """FlexAttention with the pattern as a mask_mod; the block mask is cached per (pattern, n, layer, device)."""
-    # One block mask serves every layer of a class (Pattern.layer_class).
-    block_mask = _flex_block_mask(pattern, q.shape[2], pattern.layer_class(layer), q.shape[1], str(q.device))
-    return _compiled_flex()(q, k, v, block_mask=block_mask)
+def flex_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern | SparseLayout, layer: int = 0
+) -> torch.Tensor:
+    """FlexAttention with the pattern as a mask_mod (its block mask cached per (pattern,
+    n, layer class, heads, device)) or the layout's block mask."""
+    group = check_inputs(q, k, v, pattern)
+    if isinstance(pattern, SparseLayout):
+        block_mask = pattern.to_block_mask()
+    else:  # one block mask serves every layer of a class (Pattern.layer_class)
+        block_mask = _flex_block_mask(pattern, q.shape[2], pattern.layer_class(layer), q.shape[1], str(q.device))
+    return _compiled_flex()(q, k, v, block_mask=block_mask, enable_gqa=group > 1)
 
 
 @functools.lru_cache(maxsize=1)
@@ -172,22 +217,24 @@ def _compiled_flex() -> Callable:
 def _flex_block_mask(pattern: Pattern, n: int, layer: int, heads: int, device: str):
     from torch.nn.attention.flex_attention import create_block_mask
 
-    def mask_mod(b, h, q_idx, kv_idx):
-        return pattern.allowed(q_idx, kv_idx, layer, h)
-
     mask_heads = heads if pattern.depends_on_head() else None  # None: one mask broadcast over heads
-    return create_block_mask(mask_mod, None, mask_heads, n, n, device=device)
+    # Compiled, the mask is built tile by tile; eager, create_block_mask materializes n x n.
+    return torch.compile(create_block_mask)(pattern.mask_mod(layer), None, mask_heads, n, n, device=device)
 
 
 # ---------------------------------------------------------------------- sdpa, triton
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, layer: int = 0) -> torch.Tensor:
-    """PyTorch's fused dense causal attention; refuses sparse patterns rather than ignore them."""
-    if pattern.kind != "dense":
+def sdpa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern | SparseLayout, layer: int = 0
+) -> torch.Tensor:
+    """PyTorch's fused dense attention; refuses sparse patterns and layouts rather than ignore them."""
+    if not isinstance(pattern, Pattern) or pattern.kind != "dense":
+        described = pattern.describe() if isinstance(pattern, Pattern) else "a layout"
         raise ValueError(
-            f"attention backend 'sdpa' computes dense causal attention only, not {pattern.describe()}: "
+            f"attention backend 'sdpa' computes dense attention only, not {described}: "
             "use backend 'triton', 'flex' or 'reference'"
         )
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    group = check_inputs(q, k, v, pattern)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=pattern.causal, enable_gqa=group > 1)
 
 
 def _triton_module():
@@ -203,7 +250,9 @@ def _triton_module():
         ) from None
 
 
-def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, layer: int = 0) -> torch.Tensor:
+def triton_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern | SparseLayout, layer: int = 0
+) -> torch.Tensor:
     return _triton_module().sparse_attention(q, k, v, pattern, layer)
 
 

@@ -36,9 +36,10 @@ class PatternConfig:
     summary: int | None = None
     integration: str = "merged"
     distinct_summaries: bool = False
+    causal: bool = True
 
     def build(self) -> Pattern:
-        return Pattern(self.kind, self.stride, self.summary, self.integration, self.distinct_summaries)
+        return Pattern(self.kind, self.stride, self.summary, self.integration, self.distinct_summaries, self.causal)
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,9 @@ class ModelConfig:
             pattern = self.pattern.build()
         except PatternError as err:
             raise ConfigError(f"{where}.pattern.{err.field}: {err.problem}") from None
+        if not pattern.causal:
+            fail("pattern.causal", "the model is autoregressive (each byte is predicted from the ones before it), "
+                 "so its attention must be causal: set causal to true")
         if pattern.integration == "multihead" and pattern.factorized and self.heads < 2:
             fail("heads", "integration 'multihead' gives A1 to even heads and A2 to odd heads, so it needs heads >= 2")
         if self.attention == "sdpa" and pattern.kind != "dense":

@@ -2,14 +2,18 @@
 
 Every other part of the project derives what it needs from `Pattern`: the reference
 attention takes its element masks, the Triton kernels take its plain parameters
-(`Pattern.kernel_passes`), the sampler's cache takes its key sets, benchmarks take its
-analytic pair counts.
+(`Pattern.kernel_passes`, through `Pattern.layout`), the sampler's cache takes its key
+sets, benchmarks take its analytic pair counts.
 
-Positions are 0-based and attention is causal (key j <= query i). With stride l:
+Positions are 0-based and attention is causal (key j <= query i) unless the pattern is
+made with causal=False, the bidirectional version for encoders, which drops that
+condition and keeps the sets. With stride l:
 
     pattern   A1(i)                          A2(i)
-    strided   0 <= i - j < l                 (i - j) mod l == 0
+    strided   |i - j| < l                    (i - j) mod l == 0
     fixed     floor(j / l) == floor(i / l)   (j mod l) in the head's summary columns
+    local     |i - j| < l (A1 alone)
+    dense     every j
 
 The summary columns of `fixed` are the last c positions of every chunk of l
 (`summary_columns`); with `distinct_summaries` the v = l // c sub-blocks of width c are
@@ -26,12 +30,13 @@ layer r uses A^(r mod 2) for all heads; `multihead` - head h uses A^(h mod 2).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     import torch
+
+    from .layouts import SparseLayout
 
 # torch is imported inside the methods that build tensors, not here: the command line
 # reads KINDS and INTEGRATIONS (and config.py validates a Pattern) without loading
@@ -51,19 +56,6 @@ class PatternError(ValueError):
         self.problem = problem
 
 
-class BlockLayout(NamedTuple):
-    """Which key blocks each query block visits.
-
-    visit[qb, kb]  - some (query, key) pair of the two blocks is allowed
-    full[qb, kb]   - every pair with both indices < n is allowed (no mask needed)
-    """
-
-    block_m: int
-    block_n: int
-    visit: torch.Tensor  # (ceil(n / block_m), ceil(n / block_n)) bool
-    full: torch.Tensor  # same shape, bool; full implies visit
-
-
 @dataclass(frozen=True)
 class Pattern:
     """A factorized attention pattern.
@@ -75,6 +67,8 @@ class Pattern:
         summary: c, the number of summary columns per chunk (fixed only), 1 <= c < l.
         integration: "merged", "interleaved" or "multihead" (strided and fixed only).
         distinct_summaries: give each A2 head its own width-c sub-block (fixed only).
+        causal: keys j <= i only (the autoregressive model's); False keeps the sets
+            without that condition (bidirectional, for encoders).
     """
 
     kind: str
@@ -82,6 +76,7 @@ class Pattern:
     summary: int | None = None
     integration: str = "merged"
     distinct_summaries: bool = False
+    causal: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -103,6 +98,8 @@ class Pattern:
             raise PatternError("summary", f"is only used by kind 'fixed'; remove it for kind {self.kind!r}")
         if self.distinct_summaries and self.kind != "fixed":
             raise PatternError("distinct_summaries", f"applies only to kind 'fixed'; set it to false for kind {self.kind!r}")
+        if not isinstance(self.causal, bool):
+            raise PatternError("causal", f"must be true or false, got {self.causal!r}")
 
     # ------------------------------------------------------------------ index sets
     @property
@@ -149,12 +146,13 @@ class Pattern:
         arithmetic, never by Python branching on a tensor, so the predicate can be traced.
         Operators only (`%` and `//` floor like torch.remainder and floor division).
         """
-        causal = j <= i
+        # Non-causal: every pair of positions (which are >= 0), in the shape of i and j.
+        causal = (j <= i) if self.causal else (i >= 0) & (j >= 0)
         if self.kind == "dense":
             return causal
         l = self.stride
         if self.kind in ("local", "strided"):
-            a1 = (i - j) < l
+            a1 = abs(i - j) < l
             if self.kind == "local":
                 return causal & a1
             a2 = (i - j) % l == 0
@@ -172,6 +170,14 @@ class Pattern:
             return causal & (a2 if head % 2 == 1 else a1)
         odd = head % 2 == 1  # a tensor of heads
         return causal & ((odd & a2) | (~odd & a1))
+
+    def mask_mod(self, layer: int = 0) -> Callable:
+        """`allowed` at `layer` in FlexAttention's convention, mask_mod(b, h, q_idx, kv_idx)."""
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return self.allowed(q_idx, kv_idx, layer, h)
+
+        return mask_mod
 
     def depends_on_head(self) -> bool:
         """True when different heads of one layer see different keys."""
@@ -200,60 +206,50 @@ class Pattern:
 
         i = torch.arange(n, dtype=torch.int64)
         if self.kind == "dense":
-            return i + 1
+            return i + 1 if self.causal else torch.full_like(i, n)
         l = self.stride
         sets = self.sets(layer, head)
         chunk, col = i // l, i % l
         if self.kind in ("local", "strided"):
-            local = torch.clamp(i + 1, max=l)
+            if self.causal:
+                band, every_l = torch.clamp(i + 1, max=l), chunk + 1
+            else:
+                band = torch.clamp(i + l - 1, max=n - 1) - torch.clamp(i - l + 1, min=0) + 1
+                every_l = (n - 1 - col) // l + 1  # the j < n with j = i mod l
             if self.kind == "local" or sets == ("A1",):
-                return local
+                return band
             if sets == ("A2",):
-                return chunk + 1
-            return local + chunk  # the overlap of A1 and A2 is j = i alone
+                return every_l
+            return band + every_l - 1  # the overlap of A1 and A2 is j = i alone
         # fixed
+        own = col + 1 if self.causal else torch.clamp(n - chunk * l, max=l)  # A1: the own chunk (up to i)
         if sets == ("A1",):
-            return col + 1
+            return own
         c = self.summary
+        lo, _ = self.summary_columns(head)
+        if self.causal:
+            if sets == ("A2",):
+                return chunk * c + torch.clamp(col + 1 - lo, min=0, max=c)
+            return own + chunk * c  # own-chunk summaries are already in A1
+        # Non-causal A2: c summaries in each whole chunk, and those of the ragged last one.
+        summaries = torch.full_like(i, n // l * c + min(max(n % l - lo, 0), c))
         if sets == ("A2",):
-            lo, _ = self.summary_columns(head)
-            return chunk * c + torch.clamp(col + 1 - lo, min=0, max=c)
-        return col + 1 + chunk * c  # own-chunk summaries are already in A1
+            return summaries
+        return own + summaries - torch.clamp(own - lo, min=0, max=c)  # own-chunk summaries counted once
 
     def pair_count(self, n: int, layer: int = 0, head: int = 0) -> int:
         """Number of allowed (query, key) pairs at length n (for useful-FLOP counts)."""
         return int(self.key_counts(n, layer, head).sum())
 
-    # ------------------------------------------------------------------ blocks
-    def block_layout(
-        self, n: int, block_m: int, block_n: int | None = None, layer: int = 0, head: int = 0, rows_per_step: int = 1024
-    ) -> BlockLayout:
-        """Block-level view of `mask(n, layer, head)` for tiles of block_m x block_n.
+    # ------------------------------------------------------------------ layouts
+    def layout(self, n: int, heads: int = 1, layer: int = 0, device=None, block: int = 128) -> SparseLayout:
+        """What the kernels run for (n, heads, layer) on `device`: a `SparseLayout` with
+        the closed-form passes (`spec`) for a causal pattern, and block lists of `block`
+        positions built on first use (the only form of a non-causal pattern). Cached per
+        (pattern, n, heads it tells apart, layer class, device, block)."""
+        from .layouts import pattern_layout
 
-        Derived from the element predicate, a slab of query rows at a time, so memory
-        stays O(rows_per_step * n) and time O(n^2): meant for analysis and tests up to
-        n of a few ten thousand, not for the kernels (which use `kernel_passes`).
-        """
-        import torch
-
-        block_n = block_n or block_m
-        qb_count, kb_count = math.ceil(n / block_m), math.ceil(n / block_n)
-        rows_per_step = max(block_m, rows_per_step // block_m * block_m)
-        keys = torch.arange(n)
-        key_block = keys // block_n
-        allowed_count = torch.zeros(qb_count, kb_count, dtype=torch.int64)
-        for start in range(0, n, rows_per_step):
-            rows = torch.arange(start, min(n, start + rows_per_step))
-            slab = self.allowed(rows[:, None], keys[None, :], layer, head)  # (rows, n)
-            per_key_block = torch.zeros(len(rows), kb_count, dtype=torch.int64)
-            per_key_block.index_add_(1, key_block, slab.to(torch.int64))
-            row_block = rows // block_m
-            allowed_count.index_add_(0, row_block, per_key_block)
-        visit = allowed_count > 0
-        rows_in = torch.clamp(n - torch.arange(qb_count) * block_m, max=block_m)
-        cols_in = torch.clamp(n - torch.arange(kb_count) * block_n, max=block_n)
-        full = allowed_count == rows_in[:, None] * cols_in[None, :]
-        return BlockLayout(block_m, block_n, visit, full)
+        return pattern_layout(self, n, heads if self.depends_on_head() else None, self.layer_class(layer), device, block)
 
     # ------------------------------------------------------------------ kernels
     def kernel_passes(self, layer: int = 0) -> tuple[tuple[str, str], ...]:
@@ -264,7 +260,10 @@ class Pattern:
         "summary" (fixed A2). Later passes continue the online softmax of the earlier
         ones and skip keys already counted (strided A2 skips j = i, fixed A2 the
         summaries of the query's own chunk), so a merged layer is A1 ∪ A2 exactly.
+        Causal patterns only: a non-causal one runs as block lists (`layout(n).lists`).
         """
+        if not self.causal:
+            raise ValueError(f"the kernels' closed-form passes are causal; {self.describe()} runs as block lists: use its layout(n)")
         if self.kind == "dense":
             return (("dense", "dense"),)
         if self.kind == "local":
@@ -285,4 +284,6 @@ class Pattern:
             parts.append(self.integration)
         if self.distinct_summaries:
             parts.append("distinct summaries")
+        if not self.causal:
+            parts.append("non-causal")
         return ", ".join(parts)
