@@ -191,6 +191,18 @@ def test_triton_backend_runs_the_closed_form_for_causal_patterns_and_lists_other
     assert calls[3] is non_causal.layout(40, 2, device=q.device).lists
 
 
+def test_triton_backend_with_a_layout_equals_reference():
+    """The kernels (under the interpreter here) through `attend`: a per-head mask_mod layout,
+    a non-causal pattern and grouped-query attention give the reference's output."""
+    pytest.importorskip("sparse_transformer.triton_attention")
+    q, k, v = random_qkv(1, 4, 40, 16, 16)
+    k, v = k[:, :2], v[:, :2]
+    layout = SparseLayout.from_mask_mod(window_with_globals, 40, heads=4, block=16)
+    for pattern in (layout, Pattern("strided", 4, causal=False)):
+        expected = reference_attention(q, k, v, pattern)
+        assert (attend(q, k, v, pattern, backend="triton") - expected).abs().max() < 1e-5
+
+
 def test_sdpa_equals_reference_for_dense_and_refuses_sparse():
     q, k, v = random_qkv(2, 2, 33, 8, 8)
     dense = Pattern("dense", 1)

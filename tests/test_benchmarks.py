@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--device", "cpu", "--eval-every", "1", "--set", "model.layers=2", "--set", "model.d_model=32",
         "--set", "model.context=64", "--set", "model.attention=reference", "--set", "data.batch_size=2"]
@@ -104,3 +106,29 @@ def test_the_sampling_benchmark_completes_the_test_images_of_a_prepared_file(tmp
     cached = json.loads(record.read_text())["cached"]
     assert cached["positions"] == 64 and cached["given"] == 32  # the top half of each 8x8 digit given
     assert json.loads(record.read_text())["meta"]["model"]["image_shape"] == [8, 8, 1]
+
+
+def test_layout_benchmark_gives_ours_and_flexattention_the_same_mask():
+    """benchmarks/layouts.py times our layout against FlexAttention's block mask of a
+    mask_mod: for every case the two must allow the same pairs (checked on the CPU at a
+    small length; the timings need a GPU)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import layouts
+    finally:
+        sys.path.pop(0)
+    n = 200
+    args = layouts.argparse.Namespace(layouts=["longformer", "bigbird", "prefix-lm", "documents", "local", "fixed", "gqa"],
+                                      block=32, window=20, globals=5, document=40, stride=16, summary=4, heads=2,
+                                      gqa_heads=4)
+    cases = layouts.cases(args, n, torch.device("cpu"))
+    assert len(cases) == 8  # gqa at two kv head counts
+    idx = torch.arange(n)
+    zero = torch.tensor(0)
+    for case in cases:
+        expected = case["mask_mod"](zero, zero, idx[:, None], idx[None, :])
+        for build in (case["ours"], case.get("closed")):
+            if build is not None:
+                assert torch.equal(build().element_mask(idx, idx)[0, 0], expected), case["name"]
+    _, ids = layouts.document_ids(n, 40, seed=0)
+    assert len(ids) == n and ids.min() == 0 and bool((ids.diff() >= 0).all())
