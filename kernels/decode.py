@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import Launcher, _interpreted
+from .launch import Launcher, _interpreted, cdiv, next_power_of_2
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
@@ -131,7 +131,7 @@ def _buffer(*shape: int, device: torch.device, dtype: torch.dtype) -> torch.Tens
 
 
 def _padded(dim: int) -> int:
-    return max(16, triton.next_power_of_2(dim))
+    return max(16, next_power_of_2(dim))
 
 
 def decode_splits(batch_heads: int, keys: int) -> int:
@@ -182,12 +182,12 @@ def decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torc
     d_v, keys = value_cache.shape[3], slots.shape[1]
     if keys_per_split is None:
         splits = decode_splits(batch * heads, keys)
-        keys_per_split = triton.cdiv(keys, splits)
-    splits = triton.cdiv(keys, keys_per_split) if keys else 1
+        keys_per_split = cdiv(keys, splits)
+    splits = cdiv(keys, keys_per_split) if keys else 1
     block_n = min(64 if max(d_qk, d_v) <= 128 else 32, _padded(keys_per_split))
     if splits > 1:  # whole blocks per split: only the last block of the last split is ragged
-        keys_per_split = triton.cdiv(keys_per_split, block_n) * block_n
-        splits = triton.cdiv(keys, keys_per_split)
+        keys_per_split = cdiv(keys_per_split, block_n) * block_n
+        splits = cdiv(keys, keys_per_split)
     v_block = _padded(d_v)
     out = _buffer(batch, heads, d_v, device=q.device, dtype=q.dtype)
     if splits > 1:
@@ -207,6 +207,6 @@ def decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torc
         _COMBINE(
             lambda meta: (batch * heads,),
             partial_m, partial_l, partial_acc, out, *out.stride()[:2], heads, splits,
-            tiles={}, V_DIM=d_v, V_BLOCK=v_block, SPLIT_BLOCK=triton.next_power_of_2(splits),
+            tiles={}, V_DIM=d_v, V_BLOCK=v_block, SPLIT_BLOCK=next_power_of_2(splits),
         )
     return out

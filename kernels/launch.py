@@ -28,6 +28,18 @@ from triton.compiler import CompiledKernel
 Grid = Callable[[dict], tuple[int, ...]]
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for launch arithmetic. Triton's own `triton.cdiv` and
+    `triton.next_power_of_2` are constexpr functions whose wrapper costs microseconds of
+    host time per call, which a short attention call cannot spare."""
+    return -(-a // b)
+
+
+def next_power_of_2(x: int) -> int:
+    """The smallest power of two >= x, as `triton.next_power_of_2` (0 for 0)."""
+    return 0 if x <= 0 else 1 << (x - 1).bit_length()
+
+
 def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 

@@ -34,7 +34,7 @@ from .block_sparse import block_dkdv_kernel, block_dq_kernel, block_forward_kern
 from .blocks import BlockLists
 from .forward import attention_forward_kernel
 from .geometry import MODES
-from .launch import Launcher, _interpreted
+from .launch import Launcher, _interpreted, cdiv, next_power_of_2
 
 HEAD_DIMS = tuple(range(16, 257, 16))
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -85,7 +85,7 @@ def _configs(kind: str) -> list[triton.Config]:
 
 def _padded(dim: int) -> int:
     """The power of two a head dim is padded to inside the kernels."""
-    return triton.next_power_of_2(dim)
+    return next_power_of_2(dim)
 
 
 def shared_bytes(kind: str, block_m: int, block_n: int, stages: int, qk_pad: int, v_pad: int, item: int) -> int:
@@ -156,14 +156,20 @@ def tuned_tiles() -> dict[str, dict[str, str]]:
 INTERPRETER_BLOCKS = Blocks(32, 32)
 
 
-def _tiles(blocks: Blocks, layout_block: int | None = None) -> dict | None:
-    """The tile constexprs to launch with: fixed when given (tests) or under the
-    interpreter (at most the layout's block), None to autotune."""
+def _tiles(blocks: Blocks, q: torch.Tensor, v: torch.Tensor, layout_block: int | None = None) -> dict | None:
+    """The tiles to launch with: fixed when given (tests) or under the interpreter (at
+    most the layout's block), None to autotune. Fixed tiles run with as many pipeline
+    stages (3, else 2, else 1) as fit in shared memory for every kernel kind at these
+    head dims, since Triton would otherwise refuse them at dims above 128."""
     if blocks.block_m is None and _interpreted():
         blocks = INTERPRETER_BLOCKS if layout_block is None else Blocks(min(32, layout_block), min(32, layout_block))
     if blocks.block_m is None:
         return None
-    return {"BLOCK_M": blocks.block_m, "BLOCK_N": blocks.block_n or blocks.block_m}
+    m, n = blocks.block_m, blocks.block_n or blocks.block_m
+    qk_pad, v_pad, item = _padded(q.shape[-1]), _padded(v.shape[-1]), q.element_size()
+    stages = next((s for s in (3, 2) if all(shared_bytes(kind, m, n, s, qk_pad, v_pad, item) <= SHARED_MEMORY
+                                            for kind in _SHAPES)), 1)
+    return {"BLOCK_M": m, "BLOCK_N": n, "num_stages": stages}
 
 
 # ---------------------------------------------------------------------- checks
@@ -230,14 +236,14 @@ def check_block_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lists:
 # ---------------------------------------------------------------------- launches
 def _rows(modes: tuple[str, str], n: int, stride: int) -> int:
     """Extent of the virtual row index over the modes of one pass."""
-    return stride * triton.cdiv(n, stride) if "strided" in modes else n
+    return stride * cdiv(n, stride) if "strided" in modes else n
 
 
 def _common_args(spec: KernelSpec, n: int, heads: int, kv_heads: int) -> dict:
     return dict(
-        H=heads, GROUP=heads // kv_heads, n=n, L=spec.stride, G=triton.cdiv(n, spec.stride), C=spec.summary,
+        H=heads, GROUP=heads // kv_heads, n=n, L=spec.stride, G=cdiv(n, spec.stride), C=spec.summary,
         SUMMARY_GROUPS=spec.summary_groups, SUMMARY_HEAD_DIV=spec.summary_head_div,
-        N_BUCKET=triton.next_power_of_2(n),
+        N_BUCKET=next_power_of_2(n),
     )
 
 
@@ -272,11 +278,11 @@ def forward(q, k, v, spec: KernelSpec, sm_scale: float, blocks: Blocks = Blocks(
     batch, heads, n, _ = q.shape
     out = _like(v, heads)
     lse = _row_stats(q)
-    tiles, common = _tiles(blocks), _common_args(spec, n, heads, k.shape[1])
+    tiles, common = _tiles(blocks, q, v), _common_args(spec, n, heads, k.shape[1])
     for index, (even, odd) in enumerate(spec.passes):
         rows = _rows((even, odd), n, spec.stride)
         _FORWARD(
-            lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads),
+            lambda meta: (cdiv(rows, meta["BLOCK_M"]), batch * heads),
             q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], tiles=tiles,
             qk_scale=sm_scale * 1.4426950408889634, MODE_EVEN=MODES[even], MODE_ODD=MODES[odd], CONTINUE=index > 0,
             **_dims(q, v), **common,
@@ -303,21 +309,21 @@ def backward(do, q, k, v, out, lse, spec: KernelSpec, sm_scale: float, blocks: B
     if "summary" in spec.passes[0]:
         dk.zero_()
         dv.zero_()
-    tiles, common = _tiles(blocks), _common_args(spec, n, heads, kv_heads)
+    tiles, common = _tiles(blocks, q, v), _common_args(spec, n, heads, kv_heads)
     scales = dict(qk_scale=sm_scale * 1.4426950408889634, sm_scale=sm_scale)
     dims = _dims(q, v)
     for index, (even, odd) in enumerate(spec.passes):
         rows = _rows((even, odd), n, spec.stride)
         flags = dict(MODE_EVEN=MODES[even], MODE_ODD=MODES[odd], CONTINUE=index > 0)
         _DQ(
-            lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), batch * heads),
+            lambda meta: (cdiv(rows, meta["BLOCK_M"]), batch * heads),
             q, k, v, out, do, lse, delta, dq, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
             *out.stride()[:3], *do.stride()[:3], *dq.stride()[:3], tiles=tiles,
             **scales, **common, **flags, WRITE_DELTA=index == 0, **dims,
         )
         for number, (first, count) in enumerate(_dkdv_launches(even, odd, spec, common["GROUP"])):
             _DKDV(
-                lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]), batch * kv_heads),
+                lambda meta: (cdiv(rows, meta["BLOCK_N"]), batch * kv_heads),
                 q, k, v, do, lse, delta, dk, dv, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
                 *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], tiles=tiles, **scales, **common, **flags,
                 HEAD_FIRST=first, HEADS=count, ACCUMULATE=index > 0 or number > 0, **dims,
@@ -330,7 +336,7 @@ def _list_args(lists: BlockLists, n: int, heads: int, kv_heads: int) -> dict:
     (stride 0 along a dimension the layout shares) and the layout's block."""
     lb, lh, nb = lists.kv_count.shape
     return dict(H=heads, GROUP=heads // kv_heads, n=n, NB=nb, LIST_SB=lh * nb if lb > 1 else 0,
-                LIST_SH=nb if lh > 1 else 0, N_BUCKET=triton.next_power_of_2(n), BLOCK=lists.block)
+                LIST_SH=nb if lh > 1 else 0, N_BUCKET=next_power_of_2(n), BLOCK=lists.block)
 
 
 def block_forward(q, k, v, lists: BlockLists, sm_scale: float, blocks: Blocks = Blocks()):
@@ -340,10 +346,10 @@ def block_forward(q, k, v, lists: BlockLists, sm_scale: float, blocks: Blocks = 
     lse = _row_stats(q)
     kv_index = lists.kv_index.contiguous()
     _BLOCK_FORWARD(
-        lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), batch * heads),
+        lambda meta: (cdiv(n, meta["BLOCK_M"]), batch * heads),
         q, k, v, out, lse, lists.kv_count.contiguous(), kv_index, lists.kv_mask.contiguous(),
         lists.masks.contiguous().view(torch.uint8),
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], tiles=_tiles(blocks, lists.block),
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], tiles=_tiles(blocks, q, v, lists.block),
         KV_WIDTH=kv_index.shape[-1], qk_scale=sm_scale * 1.4426950408889634,
         **_list_args(lists, n, heads, k.shape[1]), **_dims(q, v),
     )
@@ -356,18 +362,18 @@ def block_backward(do, q, k, v, out, lse, lists: BlockLists, sm_scale: float, bl
     batch, heads, n, _ = q.shape
     kv_heads = k.shape[1]
     do, delta, dq, dk, dv = _gradient_buffers(do, q, k, v)
-    tiles, common, dims = _tiles(blocks, lists.block), _list_args(lists, n, heads, kv_heads), _dims(q, v)
+    tiles, common, dims = _tiles(blocks, q, v, lists.block), _list_args(lists, n, heads, kv_heads), _dims(q, v)
     scales = dict(qk_scale=sm_scale * 1.4426950408889634, sm_scale=sm_scale)
     masks = lists.masks.contiguous().view(torch.uint8)
     kv_index, q_index = lists.kv_index.contiguous(), lists.q_index.contiguous()
     _BLOCK_DQ(
-        lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), batch * heads),
+        lambda meta: (cdiv(n, meta["BLOCK_M"]), batch * heads),
         q, k, v, out, do, lse, delta, dq, lists.kv_count.contiguous(), kv_index, lists.kv_mask.contiguous(), masks,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
         tiles=tiles, KV_WIDTH=kv_index.shape[-1], **scales, **common, **dims,
     )
     _BLOCK_DKDV(
-        lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), batch * kv_heads),
+        lambda meta: (cdiv(n, meta["BLOCK_N"]), batch * kv_heads),
         q, k, v, do, lse, delta, dk, dv, lists.q_count.contiguous(), q_index, lists.q_mask.contiguous(), masks,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],
         tiles=tiles, Q_WIDTH=q_index.shape[-1], **scales, **common, **dims,
