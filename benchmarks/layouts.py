@@ -164,59 +164,68 @@ def timed(fn, q, k, v, grad) -> dict:
     return dict(fwd_ms=fwd, fwdbwd_ms=fwdbwd)
 
 
+def inputs(batch: int, heads: int, kv_heads: int, n: int, head_dim: int, device):
+    """The same q, k, v and output gradient whenever asked (a fixed seed)."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(batch, heads, n, head_dim, device=device, dtype=torch.bfloat16, generator=gen)
+    k, v = (torch.randn(batch, kv_heads, n, head_dim, device=device, dtype=torch.bfloat16, generator=gen) for _ in range(2))
+    grad = torch.randn(q.shape, device=device, dtype=torch.bfloat16, generator=gen)
+    return q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), grad
+
+
 def run_attention(args, record) -> list[dict]:
+    """All our rows first, then FlexAttention's (each of its compiles takes minutes), so
+    that a run cut short keeps every row of ours."""
     device = torch.device("cuda")
-    results = []
-    for n in args.n:
-        batch = max(1, args.tokens // n)
-        for head_dim in args.head_dim:
-            for case in cases(args, n, device):
-                heads, kv_heads = case.get("heads", args.heads), case.get("kv_heads", case.get("heads", args.heads))
-                gen = torch.Generator(device="cuda").manual_seed(0)
-                q = torch.randn(batch, heads, n, head_dim, device=device, dtype=torch.bfloat16, generator=gen)
-                k, v = (torch.randn(batch, kv_heads, n, head_dim, device=device, dtype=torch.bfloat16, generator=gen)
-                        for _ in range(2))
-                grad = torch.randn_like(q)
-                for t in (q, k, v):
-                    t.requires_grad_()
-                pairs = batch * heads * count_pairs(case["mask_mod"], n, device)
-                flops = 4 * head_dim * pairs
-                layout = case["ours"]()
-                impls = {"ours": lambda q, k, v, layout=layout: sparse_attention(q, k, v, layout)}
-                if "closed" in case:
-                    closed = case["closed"]()
-                    impls["ours, closed form"] = lambda q, k, v, closed=closed: sparse_attention(q, k, v, closed)
-                impls["flex"] = None  # built when its turn comes: its compile is slow
-                outputs = {}
-                for impl in impls:
-                    row = dict(device=torch.cuda.get_device_name(), layout=case["name"], impl=impl, n=n, batch=batch,
-                               heads=heads, kv_heads=kv_heads, head_dim=head_dim, block=args.block, pairs=pairs)
-                    results.append(row)
-                    try:
-                        fn = impls[impl] or flex(case["mask_mod"], n, device)
-                        with torch.no_grad():
-                            out = fn(q, k, v).float()
-                        if outputs:
-                            ref = outputs["ours"]
-                            row["rel_difference_vs_ours"] = float((out - ref).norm() / ref.norm())
-                        else:
-                            outputs["ours"] = out
-                        row.update(timed(fn, q, k, v, grad))
-                        row["fwdbwd_tflops"] = flops * (1 + BACKWARD_FLOP_FACTOR) / row["fwdbwd_ms"] / 1e9
-                        diff = f" diff {row['rel_difference_vs_ours']:.1e}" if "rel_difference_vs_ours" in row else ""
-                        print(f"n={n:>7} d={head_dim:>3} {case['name']:<44} {impl:<18} fwd {row['fwd_ms']:8.3f} | "
-                              f"fwd+bwd {row['fwdbwd_ms']:8.3f} ms {row['fwdbwd_tflops']:6.1f} TF/s{diff}", flush=True)
-                    except torch.OutOfMemoryError as err:
-                        row["error"] = f"out of memory: {str(err)[:120]}"
-                        torch.cuda.empty_cache()
-                    except Exception as err:
-                        if impl.startswith("ours"):
-                            raise
-                        row["error"] = repr(err)[:200]
-                        print(f"n={n:>7} d={head_dim:>3} {case['name']:<44} {impl:<18} {row['error']}", flush=True)
-                    record(results)
-                del q, k, v, grad, outputs, layout
-                torch.cuda.empty_cache()
+    results, ours_outputs = [], {}
+    for phase in ("ours", "flex"):
+        for n in args.n:
+            batch = max(1, args.tokens // n)
+            for head_dim in args.head_dim:
+                for case in cases(args, n, device):
+                    heads, kv_heads = case.get("heads", args.heads), case.get("kv_heads", case.get("heads", args.heads))
+                    key = (n, head_dim, case["name"])
+                    if phase == "ours":
+                        layout = case["ours"]()
+                        impls = {"ours": lambda q, k, v, layout=layout: sparse_attention(q, k, v, layout)}
+                        if "closed" in case:
+                            closed = case["closed"]()
+                            impls["ours, closed form"] = lambda q, k, v, closed=closed: sparse_attention(q, k, v, closed)
+                    else:
+                        impls = {"flex": lambda mod=case["mask_mod"], n=n: flex(mod, n, device)}
+                    q, k, v, grad = inputs(batch, heads, kv_heads, n, head_dim, device)
+                    pairs = batch * heads * count_pairs(case["mask_mod"], n, device)
+                    flops = 4 * head_dim * pairs
+                    for impl, make in impls.items():
+                        row = dict(device=torch.cuda.get_device_name(), layout=case["name"], impl=impl, n=n, batch=batch,
+                                   heads=heads, kv_heads=kv_heads, head_dim=head_dim, block=args.block, pairs=pairs)
+                        results.append(row)
+                        try:
+                            fn = make() if impl == "flex" else make
+                            with torch.no_grad():
+                                out = fn(q, k, v).float()
+                            if key in ours_outputs:
+                                ref = ours_outputs[key].to(device)
+                                row["rel_difference_vs_ours"] = float((out - ref).norm() / ref.norm())
+                            else:
+                                ours_outputs[key] = out.cpu()
+                            del out
+                            row.update(timed(fn, q, k, v, grad))
+                            row["fwdbwd_tflops"] = flops * (1 + BACKWARD_FLOP_FACTOR) / row["fwdbwd_ms"] / 1e9
+                            diff = f" diff {row['rel_difference_vs_ours']:.1e}" if "rel_difference_vs_ours" in row else ""
+                            print(f"n={n:>7} d={head_dim:>3} {case['name']:<44} {impl:<18} fwd {row['fwd_ms']:8.3f} | "
+                                  f"fwd+bwd {row['fwdbwd_ms']:8.3f} ms {row['fwdbwd_tflops']:6.1f} TF/s{diff}", flush=True)
+                        except torch.OutOfMemoryError as err:
+                            row["error"] = f"out of memory: {str(err)[:120]}"
+                            torch.cuda.empty_cache()
+                        except Exception as err:
+                            if impl.startswith("ours"):
+                                raise
+                            row["error"] = repr(err)[:200]
+                            print(f"n={n:>7} d={head_dim:>3} {case['name']:<44} {impl:<18} {row['error']}", flush=True)
+                        record(results)
+                    del q, k, v, grad, impls
+                    torch.cuda.empty_cache()
     return results
 
 
