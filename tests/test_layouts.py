@@ -80,8 +80,8 @@ def test_from_mask_mod_lists_are_the_element_mask(case, block, tiles_per_slab):
                                         slab_elements=tiles_per_slab * tile)
     mask = dense_mask(mask_mod, n, heads, batch)
     assert_lists_match(layout.lists, mask)
-    masks = layout.lists.masks.flatten(1)
-    assert len(masks.unique(dim=0)) == len(masks)  # distinct across slabs too
+    used = layout.lists.masks[: int(layout.lists.kv_mask.max()) + 1].flatten(1)  # the rest pads to a power of two
+    assert len(used.unique(dim=0)) == len(used)  # distinct across slabs too
     assert torch.equal(layout.element_mask(torch.arange(n), torch.arange(n)), mask)
     assert torch.equal(layout.pair_count(), mask.sum(dim=(-1, -2)))
 
@@ -109,7 +109,8 @@ def test_a_sliding_window_keeps_only_its_distinct_edge_masks():
     window = 40
     layout = SparseLayout.from_mask_mod(lambda b, h, q, kv: (kv <= q) & (q - kv < window), 1024, block=32,
                                         slab_elements=32 * 32 * 7)
-    assert len(layout.lists.masks) == 3
+    assert int(layout.lists.kv_mask.max()) + 1 == 3  # mask ids 0, 1, 2
+    assert len(layout.lists.masks) == 4 and not layout.lists.masks[3].any()  # padded to a power of two
     assert_lists_match(layout.lists, dense_mask(lambda b, h, q, kv: (kv <= q) & (q - kv < window), 1024, None, None))
 
 
@@ -177,6 +178,19 @@ def test_a_packed_batch_gives_what_each_document_gives_alone(seed, documents, pa
             one = attend(q[:, :, start:stop], k[:, :, start:stop], v[:, :, start:stop], alone(stop - start))
             assert torch.allclose(packed[:, :, start:stop], one, atol=1e-6)
         assert torch.equal(packed[:, :, int(cu[-1]):], torch.zeros(1, 4, padding, 8))
+
+
+def test_packed_batches_of_one_length_have_lists_of_one_shape():
+    """The lists' widths are rounded up to powers of two, so a new packed batch of the same
+    length with other document lengths keeps the shapes of its lists. (The masks table,
+    also rounded, can still change size: it holds one mask per distinct document boundary
+    offset within a block.)"""
+    first = SparseLayout.packed(torch.tensor([0, 100, 160, 256]), Pattern("dense", 1), block=16).lists
+    second = SparseLayout.packed(torch.tensor([0, 60, 156, 256]), Pattern("dense", 1), block=16).lists
+    for name in ("kv_count", "kv_index", "kv_mask", "q_count", "q_index", "q_mask"):
+        assert getattr(first, name).shape == getattr(second, name).shape, name
+    assert not torch.equal(first.kv_count, second.kv_count)
+    assert len(first.masks) in (1, 2, 4, 8) and len(second.masks) in (1, 2, 4, 8)
 
 
 def test_document_ids_per_batch_element_build_per_batch_lists():

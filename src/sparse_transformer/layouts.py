@@ -368,17 +368,22 @@ def _assemble(block: int, lb: int, lh: int, nb: int, listed: torch.Tensor, mask_
     b, h, qb, kb = listed.unbind(1)
     kv = _ragged_rows(b, h, qb, kb, mask_id, lb, lh, nb)
     q = _ragged_rows(b, h, kb, qb, mask_id, lb, lh, nb)
+    unused = (1 << (len(masks) - 1).bit_length()) - len(masks)  # a power of two of masks, as the widths
+    masks = torch.cat([masks, masks.new_zeros(unused, block, block)])
     return BlockLists(block, *kv, *q, masks)
 
 
 def _ragged_rows(b, h, row, col, value, lb: int, lh: int, nb: int):
     """Per (b, h, row): how many entries, their cols ascending and their values, padded
-    with 0 to the longest row: (lb, lh, nb), (lb, lh, nb, W), (lb, lh, nb, W) int32."""
+    with 0 to W, the longest row rounded up to a power of two (at most nb):
+    (lb, lh, nb), (lb, lh, nb, W), (lb, lh, nb, W) int32. Rounding keeps the shapes of
+    layouts that differ a little (a new packed batch) equal, so that a compiled call
+    taking them is not compiled again."""
     row_id = (b * lh + h) * nb + row
     order = torch.argsort(row_id * nb + col)
     row_id, col, value = row_id[order], col[order], value[order]
     count = torch.bincount(row_id, minlength=lb * lh * nb)
-    width = max(1, int(count.max())) if len(row_id) else 1
+    width = min(nb, 1 << (int(count.max()) - 1).bit_length()) if len(row_id) else 1
     slot = torch.arange(len(row_id), device=row_id.device) - (torch.cumsum(count, 0) - count)[row_id]
     index = torch.zeros(lb * lh * nb, width, dtype=torch.int32, device=row_id.device)
     values = torch.zeros_like(index)
