@@ -44,6 +44,15 @@ def test_defaults_fill_missing_fields():
     assert cfg.layers == ModelConfig().layers and cfg.pattern.integration == "merged"
 
 
+def test_a_named_mask_loads_with_its_parameters_and_is_off_by_default():
+    assert load(VALID).pattern.mask is None and load(VALID).pattern.mask_spec() is None
+    mask = {"name": "sliding_window_global", "window": 256, "globals": 64}
+    cfg = load(VALID, pattern={"kind": "dense", "stride": 32, "mask": mask})
+    assert cfg.pattern.mask == mask
+    assert cfg.pattern.mask_spec().describe() == "sliding_window_global, window=256, globals=64"
+    assert cfg.pattern.describe() == "dense, l=32, mask sliding_window_global, window=256, globals=64"  # tracking's tag
+
+
 def test_integer_dropout_is_accepted_as_float():
     assert load(VALID, dropout=0).dropout == 0.0
 
@@ -68,6 +77,14 @@ def test_integer_dropout_is_accepted_as_float():
         (dict(width=64), "cifar10.model", "unknown field(s) width"),
         (dict(heads=1, d_model=64, half_qk=False), "cifar10.model.heads", "needs heads >= 2"),
         (dict(pattern={"kind": "strided", "stride": 8, "causal": False}), "cifar10.model.pattern.causal", "set causal to true"),
+        (dict(pattern={"kind": "dense", "stride": 8, "mask": {"name": "dilated"}}), "cifar10.model.pattern.mask",
+         "unknown name 'dilated': choose one of sliding_window, sliding_window_global"),
+        (dict(pattern={"kind": "dense", "stride": 8, "mask": {"name": "sliding_window", "window": -1}}),
+         "cifar10.model.pattern.mask", "window must be a positive integer, got -1"),
+        (dict(pattern={"kind": "dense", "stride": 8, "mask": "sliding_window"}), "cifar10.model.pattern.mask",
+         "expected a mapping"),
+        (dict(attention="sdpa", pattern={"kind": "dense", "stride": 8, "mask": {"name": "sliding_window", "window": 4}}),
+         "cifar10.model.attention", "but pattern.mask is sliding_window, window=4: use triton, flex or reference"),
     ],
 )
 def test_errors_name_the_field_and_the_fix(changes, field, fix):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from sparse_transformer.config import load_experiment
+from sparse_transformer.config import load_experiment, load_model_config
 from sparse_transformer.model import SparseTransformer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,3 +70,14 @@ def test_parameter_counts_are_those_of_params_yaml(model, experiment):
     with torch.device("meta"):  # counted without allocating the weights
         built = SparseTransformer(load_experiment(ROOT / "params.yaml", experiment).model)
     assert row.group(1) == f"{built.num_params():,}"
+
+
+def test_the_named_mask_example_and_its_override_load():
+    quickstart = section("Quickstart (CPU, offline, minutes)")
+    (snippet,) = code_blocks(quickstart, "yaml")
+    model = load_model_config(yaml.safe_load(snippet)["model"])
+    assert model.pattern.mask_spec().describe() == "sliding_window_global, window=64, globals=8"
+    (line,) = re.findall(r"or, for one run, `(--set .*?)`", quickstart)
+    overrides = shlex.split(line)[1::2]
+    cfg = load_experiment(ROOT / "params.yaml", "quickstart-text", tuple(overrides))
+    assert cfg.model.pattern.kind == "dense" and cfg.model.pattern.mask_spec().describe() == "sliding_window, window=64"

@@ -27,6 +27,13 @@ PATTERNS = [
     PatternConfig("fixed", 8, 2, integration="interleaved", distinct_summaries=True),
     PatternConfig("fixed", 8, 2, integration="multihead", distinct_summaries=True),
 ]
+# Named masks: a window with global tokens alone (dense: the whole cache), and narrowing a
+# pattern with a pruned cache (local: the band) that differs per head (multihead strided).
+MASKED = [
+    PatternConfig("dense", 6, mask={"name": "sliding_window_global", "window": 5, "globals": 3}),
+    PatternConfig("local", 6, mask={"name": "sliding_window_global", "window": 2, "globals": 1}),
+    PatternConfig("strided", 6, integration="multihead", mask={"name": "sliding_window", "window": 8}),
+]
 IMAGE_SHAPE = (3, 4, 2)  # 24 bytes
 
 
@@ -58,6 +65,19 @@ def test_decoding_keys_are_the_patterns_row_each_once(pattern):
                 assert len(keys) == p.key_counts(n, layer, head)[i]  # no key twice
 
 
+@pytest.mark.parametrize("pattern", MASKED, ids=PatternConfig.describe)
+def test_decoding_keys_under_a_mask_are_the_rows_both_allow_each_once(pattern):
+    p, mask, n, heads = pattern.build(), pattern.mask_spec(), 40, 4
+    rows = torch.arange(n)
+    named = mask.mask_mod()(0, 0, rows[:, None], rows[None, :])
+    for i in range(n):
+        index, valid = decoding_keys(p, heads, n, torch.tensor(i), 0, mask)
+        for head in range(heads):
+            keys = index[head][valid[head]].tolist()
+            assert sorted(keys) == torch.nonzero(p.mask(n, 0, head)[i] & named[i]).flatten().tolist(), (head, i)
+            assert len(keys) == len(set(keys))
+
+
 def test_a_decoding_step_reads_about_two_sqrt_n_keys():
     n, stride = 1024, 32
     position = torch.tensor(n - 1)
@@ -83,9 +103,9 @@ class HostReads(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("pattern, attention", [
-    *((pattern, "reference") for pattern in PATTERNS),
+    *((pattern, "reference") for pattern in [*PATTERNS, MASKED[0]]),
     pytest.param(PATTERNS[8], "triton", marks=pytest.mark.interpreter),  # the fused decode kernel's launches
-], ids=lambda v: v if isinstance(v, str) else v.build().describe())
+], ids=lambda v: v if isinstance(v, str) else v.describe())
 def test_a_decoding_step_never_reads_a_tensor_on_the_host(pattern, attention):
     """What lets CUDAGraphDecoder capture a step (checked here on the CPU; the capture itself by the gpu tests)."""
     model = model_for(pattern, image=True, half_qk=pattern.kind == "fixed", attention=attention)
@@ -97,7 +117,7 @@ def test_a_decoding_step_never_reads_a_tensor_on_the_host(pattern, attention):
 
 
 @pytest.mark.parametrize("image", [False, True], ids=["stream", "image"])
-@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p.build().describe())
+@pytest.mark.parametrize("pattern", [*PATTERNS, *MASKED], ids=PatternConfig.describe)
 def test_cached_decoding_gives_the_distributions_of_a_full_forward_pass(pattern, image):
     """A prompt read in one pass (prefill; 1 position: a decoding step), then decoding step
     by step through the pruned cache: the distributions of one full forward pass."""
@@ -117,7 +137,7 @@ def test_cached_decoding_gives_the_distributions_of_a_full_forward_pass(pattern,
         model.prefill(tokens[:, :3], cache)
 
 
-FUSED_PATTERNS = [PATTERNS[i] for i in (0, 1, 2, 3, 5, 7, 8)]  # every kind, layout and integration
+FUSED_PATTERNS = [*(PATTERNS[i] for i in (0, 1, 2, 3, 5, 7, 8)), MASKED[0]]  # every kind, layout and integration, a mask
 
 
 def decoded_logits(model: SparseTransformer, tokens: torch.Tensor) -> torch.Tensor:
@@ -127,7 +147,7 @@ def decoded_logits(model: SparseTransformer, tokens: torch.Tensor) -> torch.Tens
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("pattern", FUSED_PATTERNS, ids=lambda p: p.build().describe())
+@pytest.mark.parametrize("pattern", FUSED_PATTERNS, ids=PatternConfig.describe)
 def test_the_fused_decode_kernel_gives_the_reference_steps_logits(pattern, monkeypatch):
     """The triton backend decodes with the fused kernel (reading the pruned cache in place),
     the reference backend with PyTorch's gather: the same logits at every position. Two

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError, cut, shown
+from .masks import MaskError, MaskSpec
 from .patterns import Pattern, PatternError
 
 
@@ -31,15 +32,31 @@ class ConfigError(UserError, ValueError):
 # ---------------------------------------------------------------------- model
 @dataclass(frozen=True)
 class PatternConfig:
+    """A `Pattern`'s arguments, and optionally a named mask (masks.py) that attention
+    is further restricted to: {name: NAME, <its parameters>}, e.g. {name: sliding_window,
+    window: 64}. With a mask, attention reads the pairs both the pattern and the mask
+    allow (kind dense: the mask alone, kept causal); the stride still sets the position
+    embedding of 1-D data. null: the pattern alone."""
+
     kind: str = "strided"
     stride: int = 128
     summary: int | None = None
     integration: str = "merged"
     distinct_summaries: bool = False
     causal: bool = True
+    mask: dict[str, Any] | None = None
 
     def build(self) -> Pattern:
         return Pattern(self.kind, self.stride, self.summary, self.integration, self.distinct_summaries, self.causal)
+
+    def mask_spec(self) -> MaskSpec | None:
+        """The named mask, checked (MaskError), or None."""
+        return None if self.mask is None else MaskSpec.parse(self.mask)
+
+    def describe(self) -> str:
+        """The pattern, and the mask if any: "dense, l=16, mask sliding_window, window=64"."""
+        mask = self.mask_spec()
+        return self.build().describe() + ("" if mask is None else f", mask {mask.describe()}")
 
 
 @dataclass(frozen=True)
@@ -92,6 +109,10 @@ class ModelConfig:
             pattern = self.pattern.build()
         except PatternError as err:
             raise ConfigError(f"{where}.pattern.{err.field}: {err.problem}") from None
+        try:
+            mask = self.pattern.mask_spec()
+        except MaskError as err:
+            raise ConfigError(f"{where}.pattern.mask: {err}") from None
         if not pattern.causal:
             fail("pattern.causal", "the model is autoregressive (each byte is predicted from the ones before it), "
                  "so its attention must be causal: set causal to true")
@@ -99,6 +120,8 @@ class ModelConfig:
             fail("heads", "integration 'multihead' gives A1 to even heads and A2 to odd heads, so it needs heads >= 2")
         if self.attention == "sdpa" and pattern.kind != "dense":
             fail("attention", f"'sdpa' computes dense causal attention only, but pattern.kind is {pattern.kind!r}: use triton, flex or reference")
+        if self.attention == "sdpa" and mask is not None:
+            fail("attention", f"'sdpa' computes dense causal attention only, but pattern.mask is {mask.describe()}: use triton, flex or reference")
         if self.image_shape is not None:
             if len(self.image_shape) != 3 or min(self.image_shape) < 1:
                 fail("image_shape", f"must be [height, width, channels], got {list(self.image_shape)}")

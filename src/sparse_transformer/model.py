@@ -8,7 +8,10 @@
 Bytes in, logits over the next byte out: `SparseTransformer(config)(tokens)` maps
 (batch, n) byte values to (batch, n, 256) logits, logits[:, i] predicting the byte after
 position i. The attention backend (reference, flex, sdpa, triton) comes from
-`config.attention`. This module knows nothing of training loops, files or tracking.
+`config.attention`. With a named mask (`config.pattern.mask`, masks.py) every layer
+attends through the layout of the pairs both its pattern and the mask allow
+(`MaskSpec.layout`: block lists, built once per length and device), through the same
+backends. This module knows nothing of training loops, files or tracking.
 
 Examples and targets (`inputs_and_targets`): an image is scored on every byte, so its
 input is a learned start symbol (token 256, an extra row of the token embedding)
@@ -21,7 +24,8 @@ l positions, plus the summary columns of closed chunks under fixed attention; ev
 under dense and strided attention); the new query reads only the cached keys its pattern
 allows (`decoding_keys`: about l + n/l of them, not n; on the GPU the fused decode kernel
 reads them in place, `attention.attend_decoding`), and gives the same logits as
-`forward`. A step never reads its position back to the host, so it can be replayed as a
+`forward`. A named mask keeps the pattern's cache (the whole of it under dense attention)
+and narrows the keys read to those the mask allows. A step never reads its position back to the host, so it can be replayed as a
 CUDA graph. A prompt is read in one forward pass (`prefill`), which fills the cache.
 """
 
@@ -37,6 +41,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import attend, attend_decoding
 from .config import ModelConfig
+from .masks import MaskSpec
 from .patterns import Pattern
 
 
@@ -88,13 +93,15 @@ class PositionEmbedding(nn.Module):
 
 
 class SparseAttention(nn.Module):
-    """attention(X) = W_p attend(X W_q, X W_k, X W_v) with the layer's pattern, per head."""
+    """attention(X) = W_p attend(X W_q, X W_k, X W_v) with the layer's pattern, per head;
+    with a named mask, with the layout of the pairs both allow (`MaskSpec.layout`)."""
 
-    def __init__(self, config: ModelConfig, pattern: Pattern, layer: int):
+    def __init__(self, config: ModelConfig, pattern: Pattern, layer: int, mask: MaskSpec | None = None):
         super().__init__()
         d, heads = config.d_model, config.heads
         qk_width = d // 2 if config.half_qk else d
         self.heads, self.layer, self.pattern, self.backend = heads, layer, pattern, config.attention
+        self.mask = mask
         # What attention needs of the layer index: blocks of one class then trace alike,
         # so torch.compile builds one graph for all of them, not one per layer.
         self.layer_class = pattern.layer_class(layer)
@@ -126,7 +133,11 @@ class SparseAttention(nn.Module):
         empty cache (prefill)."""
         if cache is not None and q.shape[2] == 1:
             return self._decode(q, k, v, cache)
-        out = attend(q, k, v, self.pattern, self.layer_class, self.backend)
+        if self.mask is None:
+            out = attend(q, k, v, self.pattern, self.layer_class, self.backend)
+        else:  # the layout is built once per (length, device) and kept
+            layout = self.mask.layout(self.pattern, q.shape[2], self.heads, self.layer_class, q.device)
+            out = attend(q, k, v, layout, self.layer_class, self.backend)
         if cache is not None:
             cache.fill(self.layer, k, v)
         return out
@@ -162,10 +173,10 @@ class FeedForward(nn.Module):
 class ResidualBlock(nn.Module):
     """resblock(H) = a(H) + b(H); returns the update, the caller adds it to H."""
 
-    def __init__(self, config: ModelConfig, pattern: Pattern, layer: int):
+    def __init__(self, config: ModelConfig, pattern: Pattern, layer: int, mask: MaskSpec | None = None):
         super().__init__()
         self.attn_norm = nn.LayerNorm(config.d_model)
-        self.attn = SparseAttention(config, pattern, layer)
+        self.attn = SparseAttention(config, pattern, layer, mask)
         self.ff_norm = nn.LayerNorm(config.d_model)
         self.ff = FeedForward(config)
         self.dropout = nn.Dropout(config.dropout)
@@ -197,7 +208,8 @@ class SparseTransformer(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size + 1, d)
         nn.init.normal_(self.token_embedding.weight, std=math.sqrt(0.125 / d))
         self.position_embedding = PositionEmbedding(config.context, d, config.image_shape, pattern.stride)
-        self.blocks = nn.ModuleList(ResidualBlock(config, pattern, layer) for layer in range(config.layers))
+        mask = config.pattern.mask_spec()
+        self.blocks = nn.ModuleList(ResidualBlock(config, pattern, layer, mask) for layer in range(config.layers))
         self.final_norm = nn.LayerNorm(d)
         self.out = nn.Linear(d, config.vocab_size, bias=False)  # W_out
         nn.init.zeros_(self.out.weight)
@@ -305,11 +317,11 @@ class SparseTransformer(nn.Module):
 
 # ---------------------------------------------------------------------- decoding
 def decoding_keys(pattern: Pattern, heads: int, context: int, position: torch.Tensor,
-                  layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+                  layer: int, mask: MaskSpec | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The keys query `position` (a 0-dim integer tensor) reads in `layer`: (index, valid), both (H, K).
 
-    Head h reads keys index[h, valid[h]], which are exactly the row `Pattern.allowed` gives,
-    each once. K depends only on (pattern, context), never on the position, and nothing
+    Head h reads keys index[h, valid[h]], which are exactly the row `Pattern.allowed` gives
+    (and `mask` allows, if given: the candidates stay the pattern's, a superset), each once. K depends only on (pattern, context), never on the position, and nothing
     here leaves the device, so a decoding step can be captured as a CUDA graph. The
     candidates are built from the pattern's structure, in two disjoint groups:
     the last l positions (the band; it holds the query's own chunk), and the strided or
@@ -333,6 +345,8 @@ def decoding_keys(pattern: Pattern, heads: int, context: int, position: torch.Te
         keys = torch.cat([band.expand(heads, l), columns.expand(heads, -1)], dim=1)  # (H, K)
     head = torch.arange(heads, device=device)[:, None]  # (H, 1)
     valid = (keys >= 0) & pattern.allowed(position, keys, layer, head)
+    if mask is not None:
+        valid &= mask.mask_mod()(0, head, position, keys)
     return keys.clamp(min=0), valid
 
 
@@ -404,6 +418,7 @@ class DecodingCache:
         config = model.config
         qk_width = config.d_model // 2 if config.half_qk else config.d_model
         self.pattern, self.heads, self.context = config.pattern.build(), config.heads, config.context
+        self.mask = config.pattern.mask_spec()  # a named mask keeps the pattern's cache and narrows its reads
         self.layouts = [CacheLayout.for_layer(self.pattern, config.heads, config.context, layer)
                         for layer in range(config.layers)]
         self.keys = [torch.zeros(batch, config.heads, layout.size, qk_width // config.heads, device=device, dtype=dtype)
@@ -467,7 +482,7 @@ class DecodingCache:
         # Layers of one class (Pattern.layer_class) read the same keys: one key set per class and step.
         layer_class = self.pattern.layer_class(layer)
         if layer_class not in self._reads:
-            keys, valid = decoding_keys(self.pattern, self.heads, self.context, self.position, layer_class)
+            keys, valid = decoding_keys(self.pattern, self.heads, self.context, self.position, layer_class, self.mask)
             slots = self.layouts[layer].read_slots(keys, self.position, self.lo)
             self._reads[layer_class] = (slots, valid)
         return self._reads[layer_class]

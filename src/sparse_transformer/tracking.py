@@ -246,7 +246,7 @@ def run_tags(cfg: ExperimentConfig, parameters: int | None = None) -> dict[str, 
     model = cfg.model
     tags = {
         "dataset": Path(cfg.data.hdf5).stem,
-        "pattern": model.pattern.build().describe(),
+        "pattern": model.pattern.describe(),
         "model": f"{model.layers} layers, d={model.d_model}, {model.heads} heads, context {model.context}",
     }
     if parameters is not None:
