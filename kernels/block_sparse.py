@@ -5,9 +5,12 @@ The paper's patterns are closed-form ranges (geometry.py); any other layout is l
 partial with a mask id. A program owns a BLOCK_M x (head dim) query tile, which lies in
 one query block since BLOCK_M divides BLOCK, and walks the listed key blocks in BLOCK_N
 sub-tiles, with the same softmax and backward steps as the paper's kernels (tiles.py).
-Full blocks skip the mask; a partial block loads its (BLOCK_M, BLOCK_N) piece of the
-mask; positions >= n are masked wherever the last block is ragged. The dK/dV program
-owns a key tile and walks the transposed lists: the query blocks that read its key block.
+A list holds its partial blocks first: every program walks them in one loop, loading
+its (BLOCK_M, BLOCK_N) piece of each block's mask, then the full blocks in a second loop
+with no mask and no branch in its body (as FlexAttention's kernels do), which Triton
+pipelines as it does a dense loop. Positions >= n are masked only when n is not a
+multiple of the block (EVEN_N false). The dK/dV program owns a key tile and walks the
+transposed lists: the query blocks that read its key block.
 
 Layouts shared by the batch (LB = 1) or the heads (LH = 1) are read with a zero stride,
 so one launch serves every (batch, head). Grouped-query attention: query head h reads
@@ -43,21 +46,25 @@ def _listed_key_tile(
     q, k_ptr, v_ptr, INDEX, MASK, MASKS, entry, step, r0, stride_kn, stride_vn, n, qk_scale,
     BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     QK_DIM: tl.constexpr, V_DIM: tl.constexpr, QK_PAD: tl.constexpr, V_PAD: tl.constexpr,
+    PARTIAL: tl.constexpr, EVEN_N: tl.constexpr,
 ):
     """The step-th key sub-tile a query tile's list visits: its keys, values and the
-    (BLOCK_M, BLOCK_N) scores in log2 units, -inf where a pair is not allowed."""
+    (BLOCK_M, BLOCK_N) scores in log2 units, -inf where a pair is not allowed. PARTIAL:
+    the step lies among the list's partial blocks (apply their mask)."""
     j, mask_id, sub = _listed_block(INDEX, MASK, entry, step, BLOCK // BLOCK_N)
     c0 = sub * BLOCK_N
     row_k = j.to(tl.int64) * BLOCK + c0 + tl.arange(0, BLOCK_N)
     valid_k = row_k < n
-    k = load_rows(k_ptr, row_k, stride_kn, valid_k, tl.arange(0, QK_PAD), QK_DIM, QK_PAD)
-    v = load_rows(v_ptr, row_k, stride_vn, valid_k, tl.arange(0, V_PAD), V_DIM, V_PAD)
+    k = load_rows(k_ptr, row_k, stride_kn, valid_k, tl.arange(0, QK_PAD), QK_DIM, QK_PAD, EVEN_N)
+    v = load_rows(v_ptr, row_k, stride_vn, valid_k, tl.arange(0, V_PAD), V_DIM, V_PAD, EVEN_N)
     s = tl.dot(q, tl.trans(k)) * qk_scale
-    if (mask_id >= 0) | (j * BLOCK + c0 + BLOCK_N > n):  # a full block inside n needs no mask
-        ok = tl.broadcast_to(valid_k[None, :], (BLOCK_M, BLOCK_N))
-        if mask_id >= 0:
-            ok = ok & _mask_tile(MASKS, mask_id, r0, c0, BLOCK, BLOCK_M, BLOCK_N)
+    if PARTIAL:
+        ok = _mask_tile(MASKS, mask_id, r0, c0, BLOCK, BLOCK_M, BLOCK_N)
+        if not EVEN_N:
+            ok = ok & valid_k[None, :]
         s = tl.where(ok, s, float("-inf"))
+    elif not EVEN_N:
+        s = tl.where(valid_k[None, :], s, float("-inf"))
     return k, v, s
 
 
@@ -70,13 +77,13 @@ def _list_entry(b, h, i, LIST_SB, LIST_SH, NB):
 
 @triton.jit
 def _query_tile(
-    Q, K, V, KV_COUNT, bh, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb, stride_vh,
+    Q, K, V, KV_COUNT, KV_PARTIAL, bh, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb, stride_vh,
     H, GROUP, n, NB, LIST_SB, LIST_SH,
     BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QK_DIM: tl.constexpr, QK_PAD: tl.constexpr,
 ):
     """What a forward or dQ program starts from: its (batch, head), query rows and their
     validity, the tile's first row inside its query block, q, the key/value head's k and
-    v, where its list starts and how many key sub-tiles it visits."""
+    v, where its list starts, and how many key sub-tiles it visits in partial blocks and in all."""
     tile = tl.program_id(0)
     b = (bh // H).to(tl.int64)
     h = bh % H
@@ -87,31 +94,37 @@ def _query_tile(
     k_ptr = K + b * stride_kb + (h // GROUP) * stride_kh
     v_ptr = V + b * stride_vb + (h // GROUP) * stride_vh
     entry = _list_entry(b, h, (tile * BLOCK_M) // BLOCK, LIST_SB, LIST_SH, NB)
+    partial_steps = tl.load(KV_PARTIAL + entry) * (BLOCK // BLOCK_N)
     steps = tl.load(KV_COUNT + entry) * (BLOCK // BLOCK_N)
-    return b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, steps
+    return b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, partial_steps, steps
 
 
 @triton.jit
 def block_forward_kernel(
-    Q, K, V, O, LSE, KV_COUNT, KV_INDEX, KV_MASK, MASKS,
+    Q, K, V, O, LSE, KV_COUNT, KV_PARTIAL, KV_INDEX, KV_MASK, MASKS,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
     H, GROUP, n, NB, LIST_SB, LIST_SH, KV_WIDTH, qk_scale, N_BUCKET,
     BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    QK_DIM: tl.constexpr, V_DIM: tl.constexpr, QK_PAD: tl.constexpr, V_PAD: tl.constexpr,
+    QK_DIM: tl.constexpr, V_DIM: tl.constexpr, QK_PAD: tl.constexpr, V_PAD: tl.constexpr, EVEN_N: tl.constexpr,
 ):
     """Grid: (query tiles, batch * heads)."""
     bh = tl.program_id(1)
-    b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, steps = _query_tile(
-        Q, K, V, KV_COUNT, bh, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb, stride_vh,
+    b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, partial_steps, steps = _query_tile(
+        Q, K, V, KV_COUNT, KV_PARTIAL, bh, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb, stride_vh,
         H, GROUP, n, NB, LIST_SB, LIST_SH, BLOCK, BLOCK_M, BLOCK_N, QK_DIM, QK_PAD)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, V_PAD], tl.float32)
-    for step in range(0, steps):
+    for step in range(0, partial_steps):
         k, v, s = _listed_key_tile(q, k_ptr, v_ptr, KV_INDEX, KV_MASK, MASKS, entry * KV_WIDTH, step, r0,
                                    stride_kn, stride_vn, n, qk_scale,
-                                   BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD)
+                                   BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD, True, EVEN_N)
+        m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc)
+    for step in range(partial_steps, steps):
+        k, v, s = _listed_key_tile(q, k_ptr, v_ptr, KV_INDEX, KV_MASK, MASKS, entry * KV_WIDTH, step, r0,
+                                   stride_kn, stride_vn, n, qk_scale,
+                                   BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD, False, EVEN_N)
         m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc)
 
     out, lse = softmax_result(m_i, l_i, acc)
@@ -121,18 +134,18 @@ def block_forward_kernel(
 
 @triton.jit
 def block_dq_kernel(
-    Q, K, V, O, DO, LSE, DELTA, DQ, KV_COUNT, KV_INDEX, KV_MASK, MASKS,
+    Q, K, V, O, DO, LSE, DELTA, DQ, KV_COUNT, KV_PARTIAL, KV_INDEX, KV_MASK, MASKS,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on, stride_dob, stride_doh, stride_don, stride_dqb, stride_dqh, stride_dqn,
     H, GROUP, n, NB, LIST_SB, LIST_SH, KV_WIDTH, qk_scale, sm_scale, N_BUCKET,
     BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    QK_DIM: tl.constexpr, V_DIM: tl.constexpr, QK_PAD: tl.constexpr, V_PAD: tl.constexpr,
+    QK_DIM: tl.constexpr, V_DIM: tl.constexpr, QK_PAD: tl.constexpr, V_PAD: tl.constexpr, EVEN_N: tl.constexpr,
 ):
     """Grid: (query tiles, batch * heads). Also stores delta = rowsum(dO * O) for the
     dK/dV launch after it."""
     bh = tl.program_id(1)
-    b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, steps = _query_tile(
-        Q, K, V, KV_COUNT, bh, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb, stride_vh,
+    b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, partial_steps, steps = _query_tile(
+        Q, K, V, KV_COUNT, KV_PARTIAL, bh, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb, stride_vh,
         H, GROUP, n, NB, LIST_SB, LIST_SH, BLOCK, BLOCK_M, BLOCK_N, QK_DIM, QK_PAD)
     offs_v = tl.arange(0, V_PAD)
     stat_base = bh.to(tl.int64) * n
@@ -142,11 +155,17 @@ def block_dq_kernel(
     tl.store(DELTA + stat_base + row_q, delta, mask=valid_q)
     lse = load_lse(LSE, stat_base, row_q, valid_q)
     dq = tl.zeros([BLOCK_M, QK_PAD], tl.float32)
-    for step in range(0, steps):
+    for step in range(0, partial_steps):
         k, v, s = _listed_key_tile(q, k_ptr, v_ptr, KV_INDEX, KV_MASK, MASKS, entry * KV_WIDTH, step, r0,
                                    stride_kn, stride_vn, n, qk_scale,
-                                   BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD)
+                                   BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD, True, EVEN_N)
         p = tl.math.exp2(s - lse[:, None])  # 0 where s is -inf (lse is finite or +inf)
+        dq = dq_step(p, do, v, k, delta, dq)
+    for step in range(partial_steps, steps):
+        k, v, s = _listed_key_tile(q, k_ptr, v_ptr, KV_INDEX, KV_MASK, MASKS, entry * KV_WIDTH, step, r0,
+                                   stride_kn, stride_vn, n, qk_scale,
+                                   BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD, False, EVEN_N)
+        p = tl.math.exp2(s - lse[:, None])
         dq = dq_step(p, do, v, k, delta, dq)
 
     dq *= sm_scale
@@ -154,13 +173,38 @@ def block_dq_kernel(
 
 
 @triton.jit
+def _listed_query_tile(
+    k, v, dk, dv, q_ptr, do_ptr, LSE, DELTA, INDEX, MASK, MASKS, entry, step, c0, stat_base,
+    stride_qn, stride_don, n, qk_scale,
+    BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    QK_DIM: tl.constexpr, V_DIM: tl.constexpr, QK_PAD: tl.constexpr, V_PAD: tl.constexpr,
+    PARTIAL: tl.constexpr, EVEN_N: tl.constexpr,
+):
+    """dK and dV of a key tile, updated by the step-th query sub-tile its transposed list
+    visits (PARTIAL: among the partial blocks)."""
+    i, mask_id, sub = _listed_block(INDEX, MASK, entry, step, BLOCK // BLOCK_M)
+    r0 = sub * BLOCK_M
+    row_q = i.to(tl.int64) * BLOCK + r0 + tl.arange(0, BLOCK_M)
+    valid_q = row_q < n
+    q = load_rows(q_ptr, row_q, stride_qn, valid_q, tl.arange(0, QK_PAD), QK_DIM, QK_PAD, EVEN_N)
+    do = load_rows(do_ptr, row_q, stride_don, valid_q, tl.arange(0, V_PAD), V_DIM, V_PAD, EVEN_N)
+    lse = load_lse(LSE, stat_base, row_q, valid_q)  # +inf on rows >= n: their P is 0
+    delta = tl.load(DELTA + stat_base + row_q, mask=valid_q, other=0.0)
+    s_t = tl.dot(k, tl.trans(q)) * qk_scale  # (BLOCK_N, BLOCK_M): scores transposed
+    p_t = tl.math.exp2(s_t - lse[None, :])
+    if PARTIAL:  # columns >= n need no mask: their dK and dV are never stored
+        p_t = tl.where(tl.trans(_mask_tile(MASKS, mask_id, r0, c0, BLOCK, BLOCK_M, BLOCK_N)), p_t, 0.0)
+    return dkdv_step(p_t, q, do, v, delta, dk, dv)
+
+
+@triton.jit
 def block_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, Q_COUNT, Q_INDEX, Q_MASK, MASKS,
+    Q, K, V, DO, LSE, DELTA, DK, DV, Q_COUNT, Q_PARTIAL, Q_INDEX, Q_MASK, MASKS,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_don, stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
     H, GROUP, n, NB, LIST_SB, LIST_SH, Q_WIDTH, qk_scale, sm_scale, N_BUCKET,
     BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    QK_DIM: tl.constexpr, V_DIM: tl.constexpr, QK_PAD: tl.constexpr, V_PAD: tl.constexpr,
+    QK_DIM: tl.constexpr, V_DIM: tl.constexpr, QK_PAD: tl.constexpr, V_PAD: tl.constexpr, EVEN_N: tl.constexpr,
 ):
     """Grid: (key tiles, batch * key/value heads). Sums over the GROUP query heads of its
     key/value head."""
@@ -184,22 +228,16 @@ def block_dkdv_kernel(
         do_ptr = DO + b * stride_dob + h * stride_doh
         stat_base = (b * H + h) * n
         entry = _list_entry(b, h, (tile * BLOCK_N) // BLOCK, LIST_SB, LIST_SH, NB)
+        partial_steps = tl.load(Q_PARTIAL + entry) * (BLOCK // BLOCK_M)
         steps = tl.load(Q_COUNT + entry) * (BLOCK // BLOCK_M)
-        for step in range(0, steps):
-            i, mask_id, sub = _listed_block(Q_INDEX, Q_MASK, entry * Q_WIDTH, step, BLOCK // BLOCK_M)
-            r0 = sub * BLOCK_M
-            row_q = i.to(tl.int64) * BLOCK + r0 + tl.arange(0, BLOCK_M)
-            valid_q = row_q < n
-            q = load_rows(q_ptr, row_q, stride_qn, valid_q, offs_qk, QK_DIM, QK_PAD)
-            do = load_rows(do_ptr, row_q, stride_don, valid_q, offs_v, V_DIM, V_PAD)
-            lse = load_lse(LSE, stat_base, row_q, valid_q)  # +inf on rows >= n: their P is 0
-            delta = tl.load(DELTA + stat_base + row_q, mask=valid_q, other=0.0)
-            s_t = tl.dot(k, tl.trans(q)) * qk_scale  # (BLOCK_N, BLOCK_M): scores transposed
-            p_t = tl.math.exp2(s_t - lse[None, :])
-            if mask_id >= 0:  # columns >= n need no mask: their dK and dV are never stored
-                ok_t = tl.trans(_mask_tile(MASKS, mask_id, r0, c0, BLOCK, BLOCK_M, BLOCK_N))
-                p_t = tl.where(ok_t, p_t, 0.0)
-            dk, dv = dkdv_step(p_t, q, do, v, delta, dk, dv)
+        for step in range(0, partial_steps):
+            dk, dv = _listed_query_tile(k, v, dk, dv, q_ptr, do_ptr, LSE, DELTA, Q_INDEX, Q_MASK, MASKS,
+                                        entry * Q_WIDTH, step, c0, stat_base, stride_qn, stride_don, n, qk_scale,
+                                        BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD, True, EVEN_N)
+        for step in range(partial_steps, steps):
+            dk, dv = _listed_query_tile(k, v, dk, dv, q_ptr, do_ptr, LSE, DELTA, Q_INDEX, Q_MASK, MASKS,
+                                        entry * Q_WIDTH, step, c0, stat_base, stride_qn, stride_don, n, qk_scale,
+                                        BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD, False, EVEN_N)
 
     dk *= sm_scale
     store_rows(DK + b * stride_dkb + g * stride_dkh, row_k, stride_dkn, valid_k, offs_qk, dk, QK_DIM, QK_PAD)

@@ -25,13 +25,19 @@ class BlockLists(NamedTuple):
 
     block: the granularity, a power of two 16..128; the kernels' tiles divide it.
     kv_count: (LB, LH, NB) how many key blocks query block i reads.
-    kv_index: (LB, LH, NB, W) those key blocks, ascending; entries past the count are
-        ignored (0).
+    kv_partial: (LB, LH, NB) how many of them are partial; they come first in the list.
+    kv_index: (LB, LH, NB, W) those key blocks: the partial ones ascending, then the full
+        ones ascending; entries past the count are ignored (0).
     kv_mask: (LB, LH, NB, W) -1 = every pair of the block allowed ("full"), m >= 0 =
         partial: masks[m] says which pairs.
     q_count: (LB, LH, NB) the transpose: how many query blocks read key block j.
-    q_index: (LB, LH, NB, W2) those query blocks, ascending.
+    q_partial: (LB, LH, NB) how many of them are partial (first in the list).
+    q_index: (LB, LH, NB, W2) those query blocks, partial ones first, each part ascending.
     q_mask: (LB, LH, NB, W2) -1 full, else an index into masks (the same ids as kv_mask).
+
+    The kernels walk the partial blocks in one loop and the full blocks in another whose
+    body has no mask and no branch, so the order and the partial counts must agree with
+    the masks: a listed block before the partial count is read as partial, after it as full.
     masks: (U, block, block) bool, U >= 1 (one all-False dummy when no block is
         partial): masks[m][r, c] = query row r of the query block may read key column c
         of the key block.
@@ -42,9 +48,11 @@ class BlockLists(NamedTuple):
 
     block: int
     kv_count: torch.Tensor
+    kv_partial: torch.Tensor
     kv_index: torch.Tensor
     kv_mask: torch.Tensor
     q_count: torch.Tensor
+    q_partial: torch.Tensor
     q_index: torch.Tensor
     q_mask: torch.Tensor
     masks: torch.Tensor
@@ -57,7 +65,7 @@ def check(lists: BlockLists, batch: int, heads: int, n: int) -> None:
         raise ValueError(f"BlockLists.block is {lists.block}; use one of {BLOCK_SIZES}")
     blocks = -(-n // lists.block)
     device = lists.kv_count.device
-    for name in ("kv_count", "kv_index", "kv_mask", "q_count", "q_index", "q_mask", "masks"):
+    for name in ("kv_count", "kv_partial", "kv_index", "kv_mask", "q_count", "q_partial", "q_index", "q_mask", "masks"):
         t = getattr(lists, name)
         want = torch.bool if name == "masks" else torch.int32
         if t.dtype != want:
@@ -70,10 +78,12 @@ def check(lists: BlockLists, batch: int, heads: int, n: int) -> None:
             f"BlockLists.kv_count has shape {tuple(lists.kv_count.shape)}; it must be (LB, LH, {blocks}) with LB 1 or "
             f"{batch} (batch) and LH 1 or {heads} (query heads), for n = {n} in blocks of {lists.block}"
         )
-    for count, index, mask in (("kv_count", "kv_index", "kv_mask"), ("q_count", "q_index", "q_mask")):
+    for count, partial, index, mask in (("kv_count", "kv_partial", "kv_index", "kv_mask"),
+                                        ("q_count", "q_partial", "q_index", "q_mask")):
         lead = (lb, lh, blocks)
-        if tuple(getattr(lists, count).shape) != lead:
-            raise ValueError(f"BlockLists.{count} has shape {tuple(getattr(lists, count).shape)}; it must be {lead}")
+        for name in (count, partial):
+            if tuple(getattr(lists, name).shape) != lead:
+                raise ValueError(f"BlockLists.{name} has shape {tuple(getattr(lists, name).shape)}; it must be {lead}")
         index_shape = tuple(getattr(lists, index).shape)
         if len(index_shape) != 4 or index_shape[:3] != lead:
             raise ValueError(f"BlockLists.{index} has shape {index_shape}; it must be {lead} + (width,)")

@@ -336,7 +336,8 @@ def _list_args(lists: BlockLists, n: int, heads: int, kv_heads: int) -> dict:
     (stride 0 along a dimension the layout shares) and the layout's block."""
     lb, lh, nb = lists.kv_count.shape
     return dict(H=heads, GROUP=heads // kv_heads, n=n, NB=nb, LIST_SB=lh * nb if lb > 1 else 0,
-                LIST_SH=nb if lh > 1 else 0, N_BUCKET=next_power_of_2(n), BLOCK=lists.block)
+                LIST_SH=nb if lh > 1 else 0, N_BUCKET=next_power_of_2(n), BLOCK=lists.block,
+                EVEN_N=n % lists.block == 0)
 
 
 def block_forward(q, k, v, lists: BlockLists, sm_scale: float, blocks: Blocks = Blocks()):
@@ -347,7 +348,8 @@ def block_forward(q, k, v, lists: BlockLists, sm_scale: float, blocks: Blocks = 
     kv_index = lists.kv_index.contiguous()
     _BLOCK_FORWARD(
         lambda meta: (cdiv(n, meta["BLOCK_M"]), batch * heads),
-        q, k, v, out, lse, lists.kv_count.contiguous(), kv_index, lists.kv_mask.contiguous(),
+        q, k, v, out, lse, lists.kv_count.contiguous(), lists.kv_partial.contiguous(), kv_index,
+        lists.kv_mask.contiguous(),
         lists.masks.contiguous().view(torch.uint8),
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], tiles=_tiles(blocks, q, v, lists.block),
         KV_WIDTH=kv_index.shape[-1], qk_scale=sm_scale * 1.4426950408889634,
@@ -368,13 +370,15 @@ def block_backward(do, q, k, v, out, lse, lists: BlockLists, sm_scale: float, bl
     kv_index, q_index = lists.kv_index.contiguous(), lists.q_index.contiguous()
     _BLOCK_DQ(
         lambda meta: (cdiv(n, meta["BLOCK_M"]), batch * heads),
-        q, k, v, out, do, lse, delta, dq, lists.kv_count.contiguous(), kv_index, lists.kv_mask.contiguous(), masks,
+        q, k, v, out, do, lse, delta, dq, lists.kv_count.contiguous(), lists.kv_partial.contiguous(), kv_index,
+        lists.kv_mask.contiguous(), masks,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
         tiles=tiles, KV_WIDTH=kv_index.shape[-1], **scales, **common, **dims,
     )
     _BLOCK_DKDV(
         lambda meta: (cdiv(n, meta["BLOCK_N"]), batch * kv_heads),
-        q, k, v, do, lse, delta, dk, dv, lists.q_count.contiguous(), q_index, lists.q_mask.contiguous(), masks,
+        q, k, v, do, lse, delta, dk, dv, lists.q_count.contiguous(), lists.q_partial.contiguous(), q_index,
+        lists.q_mask.contiguous(), masks,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],
         tiles=tiles, Q_WIDTH=q_index.shape[-1], **scales, **common, **dims,
     )
@@ -488,33 +492,35 @@ def _lists(block: int, tensors) -> BlockLists:
 
 @torch.library.custom_op("sparse_kernels::block_attention_forward", mutates_args=())
 def block_attention_forward_op(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_count: torch.Tensor, kv_index: torch.Tensor,
-    kv_mask: torch.Tensor, q_count: torch.Tensor, q_index: torch.Tensor, q_mask: torch.Tensor, masks: torch.Tensor,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_count: torch.Tensor, kv_partial: torch.Tensor,
+    kv_index: torch.Tensor, kv_mask: torch.Tensor, q_count: torch.Tensor, q_partial: torch.Tensor,
+    q_index: torch.Tensor, q_mask: torch.Tensor, masks: torch.Tensor,
     block: int, sm_scale: float, block_m: int, block_n: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    lists = _lists(block, (kv_count, kv_index, kv_mask, q_count, q_index, q_mask, masks))
+    lists = _lists(block, (kv_count, kv_partial, kv_index, kv_mask, q_count, q_partial, q_index, q_mask, masks))
     return block_forward(q, k, v, lists, sm_scale, Blocks(block_m or None, block_n or None))
 
 
 @block_attention_forward_op.register_fake
-def _(q, k, v, kv_count, kv_index, kv_mask, q_count, q_index, q_mask, masks, block, sm_scale, block_m, block_n):
+def _(q, k, v, kv_count, kv_partial, kv_index, kv_mask, q_count, q_partial, q_index, q_mask, masks, block, sm_scale,
+      block_m, block_n):
     return _like(v, q.shape[1]), _row_stats(q)
 
 
 @torch.library.custom_op("sparse_kernels::block_attention_backward", mutates_args=())
 def block_attention_backward_op(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-    kv_count: torch.Tensor, kv_index: torch.Tensor, kv_mask: torch.Tensor, q_count: torch.Tensor,
-    q_index: torch.Tensor, q_mask: torch.Tensor, masks: torch.Tensor,
+    kv_count: torch.Tensor, kv_partial: torch.Tensor, kv_index: torch.Tensor, kv_mask: torch.Tensor,
+    q_count: torch.Tensor, q_partial: torch.Tensor, q_index: torch.Tensor, q_mask: torch.Tensor, masks: torch.Tensor,
     block: int, sm_scale: float, block_m: int, block_n: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    lists = _lists(block, (kv_count, kv_index, kv_mask, q_count, q_index, q_mask, masks))
+    lists = _lists(block, (kv_count, kv_partial, kv_index, kv_mask, q_count, q_partial, q_index, q_mask, masks))
     return block_backward(do, q, k, v, out, lse, lists, sm_scale, Blocks(block_m or None, block_n or None))
 
 
 @block_attention_backward_op.register_fake
-def _(do, q, k, v, out, lse, kv_count, kv_index, kv_mask, q_count, q_index, q_mask, masks, block, sm_scale,
-      block_m, block_n):
+def _(do, q, k, v, out, lse, kv_count, kv_partial, kv_index, kv_mask, q_count, q_partial, q_index, q_mask, masks,
+      block, sm_scale, block_m, block_n):
     return _like(q), _like(k), _like(v)
 
 

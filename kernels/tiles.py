@@ -14,12 +14,18 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
-def load_rows(ptr, row, stride, valid, offs, DIM: tl.constexpr, PAD: tl.constexpr):
+def load_rows(ptr, row, stride, valid, offs, DIM: tl.constexpr, PAD: tl.constexpr, ALL_VALID: tl.constexpr = False):
     """A (rows, PAD) tile: rows `row` (int64) of a (.., n, DIM) tensor at `ptr`, read as 0
-    where the row is not valid or the column is padding (DIM < PAD)."""
+    where the row is not valid or the column is padding (DIM < PAD). ALL_VALID: the
+    caller knows every row is valid, so the rows need no mask."""
     ptrs = ptr + row[:, None] * stride + offs[None, :]
     if DIM == PAD:  # a power-of-two head dim: no column mask, the loads of the paper's shapes
-        tile = tl.load(ptrs, mask=valid[:, None], other=0.0)
+        if ALL_VALID:
+            tile = tl.load(ptrs)
+        else:
+            tile = tl.load(ptrs, mask=valid[:, None], other=0.0)
+    elif ALL_VALID:
+        tile = tl.load(ptrs, mask=(offs < DIM)[None, :], other=0.0)
     else:
         tile = tl.load(ptrs, mask=valid[:, None] & (offs < DIM)[None, :], other=0.0)
     return tile

@@ -32,7 +32,7 @@ def assert_lists_match(lists: BlockLists, mask: torch.Tensor) -> None:
     lb, lh, n, _ = mask.shape
     block = lists.block
     nb = math.ceil(n / block)
-    for name in ("kv_count", "kv_index", "kv_mask", "q_count", "q_index", "q_mask"):
+    for name in ("kv_count", "kv_partial", "kv_index", "kv_mask", "q_count", "q_partial", "q_index", "q_mask"):
         t = getattr(lists, name)
         assert t.dtype == torch.int32, name
         assert t.shape[:3] == (lb, lh, nb), (name, tuple(t.shape))
@@ -49,11 +49,16 @@ def assert_lists_match(lists: BlockLists, mask: torch.Tensor) -> None:
     assert torch.equal(kind == -1, tile_full)  # full iff every pair inside n allowed
     transposed = _tile_kinds(lists.q_count, lists.q_index, lists.q_mask, nb)
     assert torch.equal(transposed.transpose(-1, -2), kind)
-    for count, index in ((lists.kv_count, lists.kv_index), (lists.q_count, lists.q_index)):
-        used = torch.arange(index.shape[-1]) < count[..., None]
+    for count, partial, index, mask_id in ((lists.kv_count, lists.kv_partial, lists.kv_index, lists.kv_mask),
+                                           (lists.q_count, lists.q_partial, lists.q_index, lists.q_mask)):
+        slot = torch.arange(index.shape[-1])
+        used = slot < count[..., None]
         assert torch.equal(index[~used], torch.zeros_like(index[~used]))  # past the count: 0
-        ascending = index[..., 1:] > index[..., :-1]
-        assert ascending[used[..., 1:]].all()
+        first = slot < partial[..., None]  # the partial blocks come first, then the full ones
+        assert torch.equal(used & (mask_id >= 0), first & used) and (partial <= count).all()
+        ascending = index[..., 1:] > index[..., :-1]  # each part ascending
+        same_part = used[..., 1:] & (first[..., 1:] == first[..., :-1])
+        assert ascending[same_part].all()
 
 
 def _tile_kinds(count, index, mask_id, nb) -> torch.Tensor:

@@ -98,8 +98,10 @@ def test_a_causal_mask_has_one_distinct_partial_mask_across_slabs():
     lists = layout.lists
     assert torch.equal(lists.masks, torch.ones(1, 32, 32, dtype=torch.bool).tril())
     assert torch.equal(lists.kv_count[0, 0], torch.arange(1, 17, dtype=torch.int32))
-    diagonal = lists.kv_mask[0, 0, torch.arange(16), torch.arange(16)]
-    assert torch.equal(diagonal, torch.zeros(16, dtype=torch.int32))  # the last listed block: mask 0
+    # The diagonal block is the one partial block of each list: listed first, with mask 0.
+    assert torch.equal(lists.kv_partial[0, 0], torch.ones(16, dtype=torch.int32))
+    assert torch.equal(lists.kv_index[0, 0, :, 0], torch.arange(16, dtype=torch.int32))
+    assert torch.equal(lists.kv_mask[0, 0, :, 0], torch.zeros(16, dtype=torch.int32))
     assert int((lists.kv_mask[0, 0] == -1).sum()) == 16 * 15 // 2  # below the diagonal: full
 
 
@@ -187,7 +189,7 @@ def test_packed_batches_of_one_length_have_lists_of_one_shape():
     offset within a block.)"""
     first = SparseLayout.packed(torch.tensor([0, 100, 160, 256]), Pattern("dense", 1), block=16).lists
     second = SparseLayout.packed(torch.tensor([0, 60, 156, 256]), Pattern("dense", 1), block=16).lists
-    for name in ("kv_count", "kv_index", "kv_mask", "q_count", "q_index", "q_mask"):
+    for name in ("kv_count", "kv_partial", "kv_index", "kv_mask", "q_count", "q_partial", "q_index", "q_mask"):
         assert getattr(first, name).shape == getattr(second, name).shape, name
     assert not torch.equal(first.kv_count, second.kv_count)
     assert len(first.masks) in (1, 2, 4, 8) and len(second.masks) in (1, 2, 4, 8)

@@ -374,15 +374,18 @@ def _assemble(block: int, lb: int, lh: int, nb: int, listed: torch.Tensor, mask_
 
 
 def _ragged_rows(b, h, row, col, value, lb: int, lh: int, nb: int):
-    """Per (b, h, row): how many entries, their cols ascending and their values, padded
-    with 0 to W, the longest row rounded up to a power of two (at most nb):
-    (lb, lh, nb), (lb, lh, nb, W), (lb, lh, nb, W) int32. Rounding keeps the shapes of
-    layouts that differ a little (a new packed batch) equal, so that a compiled call
-    taking them is not compiled again."""
+    """Per (b, h, row): how many entries, how many of them partial (mask id `value` >= 0),
+    their cols (partial ones first, each part ascending) and their values, padded with 0
+    to W, the longest row rounded up to a power of two (at most nb): (lb, lh, nb) twice,
+    then (lb, lh, nb, W) twice, int32. Rounding keeps the shapes of layouts that differ a
+    little (a new packed batch) equal, so that a compiled call taking them is not
+    compiled again."""
     row_id = (b * lh + h) * nb + row
-    order = torch.argsort(row_id * nb + col)
+    full = (value < 0).long()
+    order = torch.argsort((row_id * 2 + full) * nb + col)
     row_id, col, value = row_id[order], col[order], value[order]
     count = torch.bincount(row_id, minlength=lb * lh * nb)
+    partial = torch.bincount(row_id[value >= 0], minlength=lb * lh * nb)
     width = min(nb, 1 << (int(count.max()) - 1).bit_length()) if len(row_id) else 1
     slot = torch.arange(len(row_id), device=row_id.device) - (torch.cumsum(count, 0) - count)[row_id]
     index = torch.zeros(lb * lh * nb, width, dtype=torch.int32, device=row_id.device)
@@ -390,7 +393,7 @@ def _ragged_rows(b, h, row, col, value, lb: int, lh: int, nb: int):
     index[row_id, slot] = col.int()
     values[row_id, slot] = value.int()
     shape = (lb, lh, nb)
-    return count.int().view(shape), index.view(*shape, width), values.view(*shape, width)
+    return count.int().view(shape), partial.int().view(shape), index.view(*shape, width), values.view(*shape, width)
 
 
 def _compact(index: torch.Tensor, keep: torch.Tensor, nb: int) -> tuple[torch.Tensor, torch.Tensor]:

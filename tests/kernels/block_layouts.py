@@ -16,17 +16,20 @@ EMPTY, WHOLE, PARTIAL = 0, 1, 2  # block kinds
 
 
 def _lists(kinds: torch.Tensor, ids: torch.Tensor):
-    """count, index, mask of the listed blocks along the last dimension of kinds (.., NB, NB)."""
+    """count, partial count, index, mask of the listed blocks along the last dimension of
+    kinds (.., NB, NB): partial blocks first, then full ones, each ascending."""
     listed = kinds != EMPTY
     nb = kinds.shape[-1]
     count = listed.sum(-1).to(torch.int32)
+    partial = (kinds == PARTIAL).sum(-1).to(torch.int32)
     width = max(1, int(count.max()))
     columns = torch.arange(nb, device=kinds.device).expand_as(kinds)
-    order = torch.where(listed, columns, columns + nb).argsort(-1)[..., :width]  # listed blocks first, ascending
+    rank = torch.where(kinds == PARTIAL, columns, torch.where(kinds == WHOLE, columns + nb, columns + 2 * nb))
+    order = rank.argsort(-1)[..., :width]
     present = torch.arange(width, device=kinds.device) < count[..., None]
     index = torch.where(present, order, 0).to(torch.int32)
     mask = torch.where(kinds.gather(-1, order) == WHOLE, FULL, ids.gather(-1, order))
-    return count, index, torch.where(present, mask, 0).to(torch.int32)
+    return count, partial, index, torch.where(present, mask, 0).to(torch.int32)
 
 
 def lists_from_kinds(kinds: torch.Tensor, masks: torch.Tensor, ids: torch.Tensor, block: int) -> BlockLists:

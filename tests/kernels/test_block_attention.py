@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sparse_kernels import blocks as block_lists
@@ -52,6 +52,9 @@ def check_block_attention(lists, batch, heads, kv_heads, n, d_qk=16, d_v=16, blo
     sub_tiles=st.booleans(),
     seed=st.integers(0, 1000),
 )
+# n a multiple of the block: the kernels' unmasked loads and branch-free full-block loops (EVEN_N)
+@example(block=16, n=64, batch=2, group=2, kv_heads=2, per_batch=True, per_head=True, sub_tiles=False, seed=3)
+@example(block=32, n=64, batch=1, group=4, kv_heads=1, per_batch=False, per_head=False, sub_tiles=True, seed=4)
 def test_random_layouts(block, n, batch, group, kv_heads, per_batch, per_head, sub_tiles, seed):
     """Random full, partial and empty blocks, layouts shared or per batch and head, GQA,
     ragged n; tiles of the block or 16 x 16 sub-tiles of it."""
