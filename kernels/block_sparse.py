@@ -76,42 +76,58 @@ def _list_entry(b, h, i, LIST_SB, LIST_SH, NB):
 
 
 @triton.jit
+def _scheduled_tile(H, NB, BLOCK: tl.constexpr, TILE: tl.constexpr):
+    """The (batch, head) pair a program serves, the pair's batch element and head, the
+    rank of its block in the pair's ORDER, and its TILE-row tile's first row in the block.
+
+    Programs run longest list first: the 1-D grid holds NB * (BLOCK // TILE) ranks for
+    each of its pairs, pairs varying fastest, and rank r takes the r-th block of the
+    pair's ORDER (its blocks by list length, descending). The longest lists of every head
+    so start in the first wave, instead of whenever their head's turn comes, and do not
+    run on alone after everything else has finished. H: heads of the pairs (query heads
+    for a query tile, key/value heads for a key tile)."""
+    pairs = tl.num_programs(0) // (NB * (BLOCK // TILE))
+    pair = tl.program_id(0) % pairs
+    rank = tl.program_id(0) // pairs
+    return pair, (pair // H).to(tl.int64), pair % H, rank // (BLOCK // TILE), (rank % (BLOCK // TILE)) * TILE
+
+
+@triton.jit
 def _query_tile(
-    Q, K, V, KV_COUNT, KV_PARTIAL, bh, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb, stride_vh,
-    H, GROUP, n, NB, LIST_SB, LIST_SH,
+    Q, K, V, KV_COUNT, KV_PARTIAL, KV_ORDER, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb,
+    stride_vh, H, GROUP, n, NB, LIST_SB, LIST_SH,
     BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QK_DIM: tl.constexpr, QK_PAD: tl.constexpr,
 ):
-    """What a forward or dQ program starts from: its (batch, head), query rows and their
-    validity, the tile's first row inside its query block, q, the key/value head's k and
-    v, where its list starts, and how many key sub-tiles it visits in partial blocks and in all."""
-    tile = tl.program_id(0)
-    b = (bh // H).to(tl.int64)
-    h = bh % H
-    row_q = tile.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    """What a forward or dQ program starts from: its (batch, head) pair, query rows and
+    their validity, the tile's first row inside its query block, q, the key/value head's
+    k and v, where its list starts, and how many key sub-tiles it visits in partial
+    blocks and in all (none for a tile wholly past n)."""
+    bh, b, h, block_rank, r0 = _scheduled_tile(H, NB, BLOCK, BLOCK_M)
+    i = tl.load(KV_ORDER + _list_entry(b, h, block_rank, LIST_SB, LIST_SH, NB))
+    row_q = i.to(tl.int64) * BLOCK + r0 + tl.arange(0, BLOCK_M)
     valid_q = row_q < n
-    r0 = (tile * BLOCK_M) % BLOCK
     q = load_rows(Q + b * stride_qb + h * stride_qh, row_q, stride_qn, valid_q, tl.arange(0, QK_PAD), QK_DIM, QK_PAD)
     k_ptr = K + b * stride_kb + (h // GROUP) * stride_kh
     v_ptr = V + b * stride_vb + (h // GROUP) * stride_vh
-    entry = _list_entry(b, h, (tile * BLOCK_M) // BLOCK, LIST_SB, LIST_SH, NB)
-    partial_steps = tl.load(KV_PARTIAL + entry) * (BLOCK // BLOCK_N)
-    steps = tl.load(KV_COUNT + entry) * (BLOCK // BLOCK_N)
-    return b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, partial_steps, steps
+    entry = _list_entry(b, h, i, LIST_SB, LIST_SH, NB)
+    inside = (i * BLOCK + r0 < n).to(tl.int32)
+    partial_steps = tl.load(KV_PARTIAL + entry) * (BLOCK // BLOCK_N) * inside
+    steps = tl.load(KV_COUNT + entry) * (BLOCK // BLOCK_N) * inside
+    return bh, b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, partial_steps, steps
 
 
 @triton.jit
 def block_forward_kernel(
-    Q, K, V, O, LSE, KV_COUNT, KV_PARTIAL, KV_INDEX, KV_MASK, MASKS,
+    Q, K, V, O, LSE, KV_COUNT, KV_PARTIAL, KV_ORDER, KV_INDEX, KV_MASK, MASKS,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
     H, GROUP, n, NB, LIST_SB, LIST_SH, KV_WIDTH, qk_scale, N_BUCKET,
     BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     QK_DIM: tl.constexpr, V_DIM: tl.constexpr, QK_PAD: tl.constexpr, V_PAD: tl.constexpr, EVEN_N: tl.constexpr,
 ):
-    """Grid: (query tiles, batch * heads)."""
-    bh = tl.program_id(1)
-    b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, partial_steps, steps = _query_tile(
-        Q, K, V, KV_COUNT, KV_PARTIAL, bh, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb, stride_vh,
+    """Grid: (blocks * BLOCK // BLOCK_M * batch * heads,), longest list first (`_scheduled_tile`)."""
+    bh, b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, partial_steps, steps = _query_tile(
+        Q, K, V, KV_COUNT, KV_PARTIAL, KV_ORDER, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb, stride_vh,
         H, GROUP, n, NB, LIST_SB, LIST_SH, BLOCK, BLOCK_M, BLOCK_N, QK_DIM, QK_PAD)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -134,18 +150,17 @@ def block_forward_kernel(
 
 @triton.jit
 def block_dq_kernel(
-    Q, K, V, O, DO, LSE, DELTA, DQ, KV_COUNT, KV_PARTIAL, KV_INDEX, KV_MASK, MASKS,
+    Q, K, V, O, DO, LSE, DELTA, DQ, KV_COUNT, KV_PARTIAL, KV_ORDER, KV_INDEX, KV_MASK, MASKS,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on, stride_dob, stride_doh, stride_don, stride_dqb, stride_dqh, stride_dqn,
     H, GROUP, n, NB, LIST_SB, LIST_SH, KV_WIDTH, qk_scale, sm_scale, N_BUCKET,
     BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     QK_DIM: tl.constexpr, V_DIM: tl.constexpr, QK_PAD: tl.constexpr, V_PAD: tl.constexpr, EVEN_N: tl.constexpr,
 ):
-    """Grid: (query tiles, batch * heads). Also stores delta = rowsum(dO * O) for the
+    """Grid: as the forward's. Also stores delta = rowsum(dO * O) for the
     dK/dV launch after it."""
-    bh = tl.program_id(1)
-    b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, partial_steps, steps = _query_tile(
-        Q, K, V, KV_COUNT, KV_PARTIAL, bh, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb, stride_vh,
+    bh, b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, partial_steps, steps = _query_tile(
+        Q, K, V, KV_COUNT, KV_PARTIAL, KV_ORDER, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb, stride_vh,
         H, GROUP, n, NB, LIST_SB, LIST_SH, BLOCK, BLOCK_M, BLOCK_N, QK_DIM, QK_PAD)
     offs_v = tl.arange(0, V_PAD)
     stat_base = bh.to(tl.int64) * n
@@ -199,25 +214,23 @@ def _listed_query_tile(
 
 @triton.jit
 def block_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, Q_COUNT, Q_PARTIAL, Q_INDEX, Q_MASK, MASKS,
+    Q, K, V, DO, LSE, DELTA, DK, DV, Q_COUNT, Q_PARTIAL, Q_ORDER, Q_INDEX, Q_MASK, MASKS,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_don, stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
     H, GROUP, n, NB, LIST_SB, LIST_SH, Q_WIDTH, qk_scale, sm_scale, N_BUCKET,
     BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     QK_DIM: tl.constexpr, V_DIM: tl.constexpr, QK_PAD: tl.constexpr, V_PAD: tl.constexpr, EVEN_N: tl.constexpr,
 ):
-    """Grid: (key tiles, batch * key/value heads). Sums over the GROUP query heads of its
-    key/value head."""
-    tile = tl.program_id(0)
-    bg = tl.program_id(1)
-    kv_heads = H // GROUP
-    b = (bg // kv_heads).to(tl.int64)
-    g = bg % kv_heads
+    """Grid: (blocks * BLOCK // BLOCK_N * batch * key/value heads,), longest list first.
+    Sums over the GROUP query heads of its key/value head."""
+    bg, b, g, block_rank, c0 = _scheduled_tile(H // GROUP, NB, BLOCK, BLOCK_N)  # c0: first column in the key block
+    # Any permutation of the key blocks serves the whole group; the group's first head's order is the one taken.
+    j = tl.load(Q_ORDER + _list_entry(b, g * GROUP, block_rank, LIST_SB, LIST_SH, NB))
+    inside = (j * BLOCK + c0 < n).to(tl.int32)  # 0 for a tile wholly past n: nothing to visit
     offs_qk = tl.arange(0, QK_PAD)
     offs_v = tl.arange(0, V_PAD)
-    row_k = tile.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_k = j.to(tl.int64) * BLOCK + c0 + tl.arange(0, BLOCK_N)
     valid_k = row_k < n
-    c0 = (tile * BLOCK_N) % BLOCK  # the tile's first column inside its key block
     k = load_rows(K + b * stride_kb + g * stride_kh, row_k, stride_kn, valid_k, offs_qk, QK_DIM, QK_PAD)
     v = load_rows(V + b * stride_vb + g * stride_vh, row_k, stride_vn, valid_k, offs_v, V_DIM, V_PAD)
     dk = tl.zeros([BLOCK_N, QK_PAD], tl.float32)
@@ -227,9 +240,9 @@ def block_dkdv_kernel(
         q_ptr = Q + b * stride_qb + h * stride_qh
         do_ptr = DO + b * stride_dob + h * stride_doh
         stat_base = (b * H + h) * n
-        entry = _list_entry(b, h, (tile * BLOCK_N) // BLOCK, LIST_SB, LIST_SH, NB)
-        partial_steps = tl.load(Q_PARTIAL + entry) * (BLOCK // BLOCK_M)
-        steps = tl.load(Q_COUNT + entry) * (BLOCK // BLOCK_M)
+        entry = _list_entry(b, h, j, LIST_SB, LIST_SH, NB)
+        partial_steps = tl.load(Q_PARTIAL + entry) * (BLOCK // BLOCK_M) * inside
+        steps = tl.load(Q_COUNT + entry) * (BLOCK // BLOCK_M) * inside
         for step in range(0, partial_steps):
             dk, dv = _listed_query_tile(k, v, dk, dv, q_ptr, do_ptr, LSE, DELTA, Q_INDEX, Q_MASK, MASKS,
                                         entry * Q_WIDTH, step, c0, stat_base, stride_qn, stride_don, n, qk_scale,

@@ -26,12 +26,15 @@ class BlockLists(NamedTuple):
     block: the granularity, a power of two 16..128; the kernels' tiles divide it.
     kv_count: (LB, LH, NB) how many key blocks query block i reads.
     kv_partial: (LB, LH, NB) how many of them are partial; they come first in the list.
+    kv_order: (LB, LH, NB) the query blocks by list length, longest first (`longest_first`):
+        the order the kernels' programs start in.
     kv_index: (LB, LH, NB, W) those key blocks: the partial ones ascending, then the full
         ones ascending; entries past the count are ignored (0).
     kv_mask: (LB, LH, NB, W) -1 = every pair of the block allowed ("full"), m >= 0 =
         partial: masks[m] says which pairs.
     q_count: (LB, LH, NB) the transpose: how many query blocks read key block j.
     q_partial: (LB, LH, NB) how many of them are partial (first in the list).
+    q_order: (LB, LH, NB) the key blocks by transposed list length, longest first.
     q_index: (LB, LH, NB, W2) those query blocks, partial ones first, each part ascending.
     q_mask: (LB, LH, NB, W2) -1 full, else an index into masks (the same ids as kv_mask).
 
@@ -49,10 +52,12 @@ class BlockLists(NamedTuple):
     block: int
     kv_count: torch.Tensor
     kv_partial: torch.Tensor
+    kv_order: torch.Tensor
     kv_index: torch.Tensor
     kv_mask: torch.Tensor
     q_count: torch.Tensor
     q_partial: torch.Tensor
+    q_order: torch.Tensor
     q_index: torch.Tensor
     q_mask: torch.Tensor
     masks: torch.Tensor
@@ -65,7 +70,7 @@ def check(lists: BlockLists, batch: int, heads: int, n: int) -> None:
         raise ValueError(f"BlockLists.block is {lists.block}; use one of {BLOCK_SIZES}")
     blocks = -(-n // lists.block)
     device = lists.kv_count.device
-    for name in ("kv_count", "kv_partial", "kv_index", "kv_mask", "q_count", "q_partial", "q_index", "q_mask", "masks"):
+    for name in BlockLists._fields[1:]:
         t = getattr(lists, name)
         want = torch.bool if name == "masks" else torch.int32
         if t.dtype != want:
@@ -78,10 +83,10 @@ def check(lists: BlockLists, batch: int, heads: int, n: int) -> None:
             f"BlockLists.kv_count has shape {tuple(lists.kv_count.shape)}; it must be (LB, LH, {blocks}) with LB 1 or "
             f"{batch} (batch) and LH 1 or {heads} (query heads), for n = {n} in blocks of {lists.block}"
         )
-    for count, partial, index, mask in (("kv_count", "kv_partial", "kv_index", "kv_mask"),
-                                        ("q_count", "q_partial", "q_index", "q_mask")):
+    for count, partial, order, index, mask in (("kv_count", "kv_partial", "kv_order", "kv_index", "kv_mask"),
+                                               ("q_count", "q_partial", "q_order", "q_index", "q_mask")):
         lead = (lb, lh, blocks)
-        for name in (count, partial):
+        for name in (count, partial, order):
             if tuple(getattr(lists, name).shape) != lead:
                 raise ValueError(f"BlockLists.{name} has shape {tuple(getattr(lists, name).shape)}; it must be {lead}")
         index_shape = tuple(getattr(lists, index).shape)
@@ -92,3 +97,11 @@ def check(lists: BlockLists, batch: int, heads: int, n: int) -> None:
     masks = tuple(lists.masks.shape)
     if len(masks) != 3 or masks[0] < 1 or masks[1:] != (lists.block, lists.block):
         raise ValueError(f"BlockLists.masks has shape {masks}; it must be (U >= 1, {lists.block}, {lists.block})")
+
+
+def longest_first(count: torch.Tensor) -> torch.Tensor:
+    """(..., NB) int32: the blocks of each list by `count` descending (ties by block), the
+    order in which the kernels start their programs. Starting the longest lists first
+    (a global row or column, the last rows of a causal layout) overlaps them with the
+    rest of the launch instead of leaving them to run alone at its end."""
+    return torch.sort(count, dim=-1, descending=True, stable=True).indices.to(torch.int32)

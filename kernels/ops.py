@@ -340,6 +340,12 @@ def _list_args(lists: BlockLists, n: int, heads: int, kv_heads: int) -> dict:
                 EVEN_N=n % lists.block == 0)
 
 
+def _scheduled_programs(lists: BlockLists, tile: int) -> int:
+    """Programs per (batch, head) pair of a block launch: every tile of every block, in
+    the lists' longest-first order (block_sparse._scheduled_tile)."""
+    return lists.kv_count.shape[-1] * (lists.block // tile)
+
+
 def block_forward(q, k, v, lists: BlockLists, sm_scale: float, blocks: Blocks = Blocks()):
     """Output (layout of q) and logsumexp (batch, heads, n) fp32 of a block-sparse layout."""
     batch, heads, n, _ = q.shape
@@ -347,8 +353,8 @@ def block_forward(q, k, v, lists: BlockLists, sm_scale: float, blocks: Blocks = 
     lse = _row_stats(q)
     kv_index = lists.kv_index.contiguous()
     _BLOCK_FORWARD(
-        lambda meta: (cdiv(n, meta["BLOCK_M"]), batch * heads),
-        q, k, v, out, lse, lists.kv_count.contiguous(), lists.kv_partial.contiguous(), kv_index,
+        lambda meta: (_scheduled_programs(lists, meta["BLOCK_M"]) * batch * heads,),
+        q, k, v, out, lse, lists.kv_count.contiguous(), lists.kv_partial.contiguous(), lists.kv_order.contiguous(), kv_index,
         lists.kv_mask.contiguous(),
         lists.masks.contiguous().view(torch.uint8),
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], tiles=_tiles(blocks, q, v, lists.block),
@@ -369,15 +375,17 @@ def block_backward(do, q, k, v, out, lse, lists: BlockLists, sm_scale: float, bl
     masks = lists.masks.contiguous().view(torch.uint8)
     kv_index, q_index = lists.kv_index.contiguous(), lists.q_index.contiguous()
     _BLOCK_DQ(
-        lambda meta: (cdiv(n, meta["BLOCK_M"]), batch * heads),
-        q, k, v, out, do, lse, delta, dq, lists.kv_count.contiguous(), lists.kv_partial.contiguous(), kv_index,
+        lambda meta: (_scheduled_programs(lists, meta["BLOCK_M"]) * batch * heads,),
+        q, k, v, out, do, lse, delta, dq, lists.kv_count.contiguous(), lists.kv_partial.contiguous(),
+        lists.kv_order.contiguous(), kv_index,
         lists.kv_mask.contiguous(), masks,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
         tiles=tiles, KV_WIDTH=kv_index.shape[-1], **scales, **common, **dims,
     )
     _BLOCK_DKDV(
-        lambda meta: (cdiv(n, meta["BLOCK_N"]), batch * kv_heads),
-        q, k, v, do, lse, delta, dk, dv, lists.q_count.contiguous(), lists.q_partial.contiguous(), q_index,
+        lambda meta: (_scheduled_programs(lists, meta["BLOCK_N"]) * batch * kv_heads,),
+        q, k, v, do, lse, delta, dk, dv, lists.q_count.contiguous(), lists.q_partial.contiguous(),
+        lists.q_order.contiguous(), q_index,
         lists.q_mask.contiguous(), masks,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],
         tiles=tiles, Q_WIDTH=q_index.shape[-1], **scales, **common, **dims,
@@ -493,34 +501,37 @@ def _lists(block: int, tensors) -> BlockLists:
 @torch.library.custom_op("sparse_kernels::block_attention_forward", mutates_args=())
 def block_attention_forward_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_count: torch.Tensor, kv_partial: torch.Tensor,
-    kv_index: torch.Tensor, kv_mask: torch.Tensor, q_count: torch.Tensor, q_partial: torch.Tensor,
-    q_index: torch.Tensor, q_mask: torch.Tensor, masks: torch.Tensor,
+    kv_order: torch.Tensor, kv_index: torch.Tensor, kv_mask: torch.Tensor, q_count: torch.Tensor,
+    q_partial: torch.Tensor, q_order: torch.Tensor, q_index: torch.Tensor, q_mask: torch.Tensor, masks: torch.Tensor,
     block: int, sm_scale: float, block_m: int, block_n: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    lists = _lists(block, (kv_count, kv_partial, kv_index, kv_mask, q_count, q_partial, q_index, q_mask, masks))
+    lists = _lists(block, (kv_count, kv_partial, kv_order, kv_index, kv_mask, q_count, q_partial, q_order, q_index,
+                           q_mask, masks))
     return block_forward(q, k, v, lists, sm_scale, Blocks(block_m or None, block_n or None))
 
 
 @block_attention_forward_op.register_fake
-def _(q, k, v, kv_count, kv_partial, kv_index, kv_mask, q_count, q_partial, q_index, q_mask, masks, block, sm_scale,
-      block_m, block_n):
+def _(q, k, v, kv_count, kv_partial, kv_order, kv_index, kv_mask, q_count, q_partial, q_order, q_index, q_mask, masks,
+      block, sm_scale, block_m, block_n):
     return _like(v, q.shape[1]), _row_stats(q)
 
 
 @torch.library.custom_op("sparse_kernels::block_attention_backward", mutates_args=())
 def block_attention_backward_op(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-    kv_count: torch.Tensor, kv_partial: torch.Tensor, kv_index: torch.Tensor, kv_mask: torch.Tensor,
-    q_count: torch.Tensor, q_partial: torch.Tensor, q_index: torch.Tensor, q_mask: torch.Tensor, masks: torch.Tensor,
+    kv_count: torch.Tensor, kv_partial: torch.Tensor, kv_order: torch.Tensor, kv_index: torch.Tensor,
+    kv_mask: torch.Tensor, q_count: torch.Tensor, q_partial: torch.Tensor, q_order: torch.Tensor,
+    q_index: torch.Tensor, q_mask: torch.Tensor, masks: torch.Tensor,
     block: int, sm_scale: float, block_m: int, block_n: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    lists = _lists(block, (kv_count, kv_partial, kv_index, kv_mask, q_count, q_partial, q_index, q_mask, masks))
+    lists = _lists(block, (kv_count, kv_partial, kv_order, kv_index, kv_mask, q_count, q_partial, q_order, q_index,
+                           q_mask, masks))
     return block_backward(do, q, k, v, out, lse, lists, sm_scale, Blocks(block_m or None, block_n or None))
 
 
 @block_attention_backward_op.register_fake
-def _(do, q, k, v, out, lse, kv_count, kv_partial, kv_index, kv_mask, q_count, q_partial, q_index, q_mask, masks,
-      block, sm_scale, block_m, block_n):
+def _(do, q, k, v, out, lse, kv_count, kv_partial, kv_order, kv_index, kv_mask, q_count, q_partial, q_order, q_index,
+      q_mask, masks, block, sm_scale, block_m, block_n):
     return _like(q), _like(k), _like(v)
 
 

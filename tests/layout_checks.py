@@ -32,7 +32,8 @@ def assert_lists_match(lists: BlockLists, mask: torch.Tensor) -> None:
     lb, lh, n, _ = mask.shape
     block = lists.block
     nb = math.ceil(n / block)
-    for name in ("kv_count", "kv_partial", "kv_index", "kv_mask", "q_count", "q_partial", "q_index", "q_mask"):
+    for name in ("kv_count", "kv_partial", "kv_order", "kv_index", "kv_mask", "q_count", "q_partial", "q_order", "q_index",
+                 "q_mask"):
         t = getattr(lists, name)
         assert t.dtype == torch.int32, name
         assert t.shape[:3] == (lb, lh, nb), (name, tuple(t.shape))
@@ -49,8 +50,13 @@ def assert_lists_match(lists: BlockLists, mask: torch.Tensor) -> None:
     assert torch.equal(kind == -1, tile_full)  # full iff every pair inside n allowed
     transposed = _tile_kinds(lists.q_count, lists.q_index, lists.q_mask, nb)
     assert torch.equal(transposed.transpose(-1, -2), kind)
-    for count, partial, index, mask_id in ((lists.kv_count, lists.kv_partial, lists.kv_index, lists.kv_mask),
-                                           (lists.q_count, lists.q_partial, lists.q_index, lists.q_mask)):
+    for count, partial, order, index, mask_id in (
+            (lists.kv_count, lists.kv_partial, lists.kv_order, lists.kv_index, lists.kv_mask),
+            (lists.q_count, lists.q_partial, lists.q_order, lists.q_index, lists.q_mask)):
+        # the order the kernels start their programs in: every block once, longest list first
+        assert torch.equal(order.sort(-1).values, torch.arange(nb, dtype=torch.int32).expand_as(order))
+        ordered = count.gather(-1, order.long())
+        assert (ordered[..., 1:] <= ordered[..., :-1]).all()
         slot = torch.arange(index.shape[-1])
         used = slot < count[..., None]
         assert torch.equal(index[~used], torch.zeros_like(index[~used]))  # past the count: 0

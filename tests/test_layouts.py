@@ -189,7 +189,8 @@ def test_packed_batches_of_one_length_have_lists_of_one_shape():
     offset within a block.)"""
     first = SparseLayout.packed(torch.tensor([0, 100, 160, 256]), Pattern("dense", 1), block=16).lists
     second = SparseLayout.packed(torch.tensor([0, 60, 156, 256]), Pattern("dense", 1), block=16).lists
-    for name in ("kv_count", "kv_partial", "kv_index", "kv_mask", "q_count", "q_partial", "q_index", "q_mask"):
+    for name in ("kv_count", "kv_partial", "kv_order", "kv_index", "kv_mask", "q_count", "q_partial", "q_order", "q_index",
+                 "q_mask"):
         assert getattr(first, name).shape == getattr(second, name).shape, name
     assert not torch.equal(first.kv_count, second.kv_count)
     assert len(first.masks) in (1, 2, 4, 8) and len(second.masks) in (1, 2, 4, 8)

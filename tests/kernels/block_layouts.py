@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from sparse_kernels.blocks import FULL, BlockLists
+from sparse_kernels.blocks import FULL, BlockLists, longest_first
 
 EMPTY, WHOLE, PARTIAL = 0, 1, 2  # block kinds
 
 
 def _lists(kinds: torch.Tensor, ids: torch.Tensor):
-    """count, partial count, index, mask of the listed blocks along the last dimension of
-    kinds (.., NB, NB): partial blocks first, then full ones, each ascending."""
+    """count, partial count, order, index, mask of the listed blocks along the last
+    dimension of kinds (.., NB, NB): partial blocks first, then full ones, each ascending."""
     listed = kinds != EMPTY
     nb = kinds.shape[-1]
     count = listed.sum(-1).to(torch.int32)
@@ -29,7 +29,7 @@ def _lists(kinds: torch.Tensor, ids: torch.Tensor):
     present = torch.arange(width, device=kinds.device) < count[..., None]
     index = torch.where(present, order, 0).to(torch.int32)
     mask = torch.where(kinds.gather(-1, order) == WHOLE, FULL, ids.gather(-1, order))
-    return count, partial, index, torch.where(present, mask, 0).to(torch.int32)
+    return count, partial, longest_first(count), index, torch.where(present, mask, 0).to(torch.int32)
 
 
 def lists_from_kinds(kinds: torch.Tensor, masks: torch.Tensor, ids: torch.Tensor, block: int) -> BlockLists:
