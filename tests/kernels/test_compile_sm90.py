@@ -30,8 +30,8 @@ SCALARS = {"H", "GROUP", "HEAD_FIRST", "HEADS", "L", "G", "C", "n", "N_BUCKET", 
            "KEYS", "KEYS_PER_SPLIT", "SPLITS", "NB", "LIST_SB", "LIST_SH", "KV_WIDTH", "Q_WIDTH"}
 FLOATS = {"qk_scale", "sm_scale"}
 STATS = {"LSE", "DELTA", "PARTIAL_M", "PARTIAL_L", "PARTIAL_ACC"}
-POINTERS = {"SLOTS": "*i64", "VALID": "*u8", "MASKS": "*u8", "KV_COUNT": "*i32", "KV_INDEX": "*i32", "KV_MASK": "*i32",
-            "Q_COUNT": "*i32", "Q_INDEX": "*i32", "Q_MASK": "*i32"}
+POINTERS = {"SLOTS": "*i64", "VALID": "*u8", "MASKS": "*u8", **{f"{side}_{field}": "*i32" for side in ("KV", "Q")
+                                                                for field in ("COUNT", "PARTIAL", "INDEX", "MASK")}}
 
 def signature(kernel, constexprs):
     sig = {}
@@ -66,15 +66,16 @@ for kname, kernel in [("forward", attention_forward_kernel), ("dkdv", attention_
 # (ops.shared_bytes's estimate must keep every candidate it accepts within shared memory).
 from sparse_kernels import ops
 for kname, kernel in [("forward", block_forward_kernel), ("dkdv", block_dkdv_kernel), ("dq", block_dq_kernel)]:
-    report[f"block {kname}"] = compile_sm90(kernel, dict(BLOCK=128, BLOCK_M=64, BLOCK_N=64, QK_DIM=96, V_DIM=96,
-                                                         QK_PAD=128, V_PAD=128))
+    for even_n in (False, True):  # n not filling the blocks (masked rows), and filling them (no row masks)
+        report[f"block {kname} even_n={even_n}"] = compile_sm90(kernel, dict(
+            BLOCK=128, BLOCK_M=64, BLOCK_N=64, QK_DIM=96, V_DIM=96, QK_PAD=128, V_PAD=128, EVEN_N=even_n))
     for dim in (192, 256):
         fitting = [c for c in ops._configs(kname)
                    if ops.shared_bytes(kname, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, 256, 256, 2)
                    <= ops.SHARED_MEMORY]
         largest = max(fitting, key=lambda c: (ops.shared_bytes(kname, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"],
                                                                 c.num_stages, 256, 256, 2), c.num_stages))
-        constexprs = dict(BLOCK=128, QK_DIM=dim, V_DIM=dim, QK_PAD=256, V_PAD=256, **largest.kwargs)
+        constexprs = dict(BLOCK=128, QK_DIM=dim, V_DIM=dim, QK_PAD=256, V_PAD=256, EVEN_N=True, **largest.kwargs)
         report[f"block {kname} d={dim} {largest}"] = compile_sm90(kernel, constexprs, largest.num_stages)
 for split in (False, True):  # the decoding kernel at the largest head dims it takes, and its combine step
     constexprs = dict(QK_DIM=256, V_DIM=192, QK_BLOCK=256, V_BLOCK=256, BLOCK_N=32, SPLIT=split)
@@ -90,7 +91,7 @@ def test_every_kernel_and_mode_compiles_for_sm90():
     result = subprocess.run([sys.executable, "-c", COMPILE_ALL], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(report) == 27
+    assert len(report) == 30
     for name, info in report.items():
         assert info["cubin"] > 0, f"{name}: no machine code"
         assert info["shared"] <= 227 * 1024, f"{name}: {info['shared']} bytes of shared memory exceed Hopper's limit"
