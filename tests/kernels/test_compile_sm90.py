@@ -31,7 +31,7 @@ SCALARS = {"H", "GROUP", "HEAD_FIRST", "HEADS", "L", "G", "C", "n", "N_BUCKET", 
 FLOATS = {"qk_scale", "sm_scale"}
 STATS = {"LSE", "DELTA", "PARTIAL_M", "PARTIAL_L", "PARTIAL_ACC"}
 POINTERS = {"SLOTS": "*i64", "VALID": "*u8", "MASKS": "*u8", **{f"{side}_{field}": "*i32" for side in ("KV", "Q")
-                                                                for field in ("COUNT", "PARTIAL", "INDEX", "MASK")}}
+                                                                for field in ("COUNT", "PARTIAL", "ORDER", "INDEX", "MASK")}}
 
 def signature(kernel, constexprs):
     sig = {}
