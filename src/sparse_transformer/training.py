@@ -1,7 +1,7 @@
 """Training with Lightning: the LightningModule, the Trainer built from the config, and
 `train(cfg)` behind `sparse-transformer train` (commands/train.py).
 
-Optimization (SPEC section 2, `TrainConfig`): AdamW, betas 0.9/0.999, weight decay 0.01
+Optimization (the paper's section 6, `TrainConfig`): AdamW, betas 0.9/0.999, weight decay 0.01
 on the weight matrices of the linear layers only - biases, LayerNorm gains and the
 embeddings are left undecayed, the usual choice since decaying them only shrinks
 offsets and scales without regularizing anything; linear warmup then cosine decay to 0,
