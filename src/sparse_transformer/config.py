@@ -1,8 +1,8 @@
 """Typed configuration: params.yaml sections -> frozen dataclasses, validated.
 
 The one place where configuration is defined. A section of params.yaml maps onto
-`ExperimentConfig`; every stage (prepare, train, evaluate, sample) receives it from the
-CLI, which is the only code that reads params.yaml from disk.
+`ExperimentConfig`; `load_experiment` is the one reader of the file, called by the
+commands (every stage: prepare, train, evaluate, sample) and by the benchmarks.
 
 Errors name the offending field with its full path (``enwik8.model.heads``) and say
 what to change.
