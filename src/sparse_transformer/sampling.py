@@ -38,8 +38,7 @@ from tqdm import tqdm
 from . import outputs, prompts, tracking
 from .checkpoints import check_data_fits_model, model_from_checkpoint
 from .config import ExperimentConfig, SampleConfig
-from .data import mulaw
-from .data import hdf5
+from .data import hdf5, mulaw
 from .errors import memory_errors_explained
 from .evaluation import autocast, precision_for, resolve_device
 from .model import DecodingCache, SparseTransformer
