@@ -113,7 +113,7 @@ def prepared_file(data: Path, workdir: Path) -> Path:
     if data.suffix == ".h5":
         return data
     output = workdir / "data.h5"
-    prepare("bytes", data, output)
+    prepare(DataConfig(dataset="bytes", input=str(data), hdf5=str(output)))
     return output
 
 

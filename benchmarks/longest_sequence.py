@@ -7,8 +7,8 @@ does not fit (issue 7, "Scale on GPUs").
 The model is params.yaml's audio section with THREE_M_MODEL below applied first and any
 `--set` after it (as in train_step.py, e.g. `--set model.pattern.integration=multihead`):
 14 layers, d_model 128, 2 heads of 64, recomputation on, strided (merged) through the
-Triton kernels; 3.10M parameters at n = 1,048,576 (2.81M without the embeddings). SPEC
-gives only "3M" and that it was the largest model fitting one 16 GB GPU at this length,
+Triton kernels; 3.10M parameters at n = 1,048,576 (2.81M without the embeddings). The
+paper (section 7.4) gives only "3M" and that it was the largest model fitting one 16 GB GPU at this length,
 not its depth or width (as for the 152M model at 65,536). Narrow and deep is what fits:
 with recomputation a step holds the residual stream of every layer plus the activations
 of one block, and the latter grow with d_model; 3 layers of 256 have as many parameters

@@ -8,7 +8,7 @@ update under bf16 autocast, on `--batch` sequences (1). The model is the Enwik8
 experiment's from params.yaml (d_model 512, 8 heads, dropout 0.4; `--experiment` and
 `--set` as in train_step.py) seen as 1-D data of length n, with the strided pattern
 (merged) through the Triton kernels and l the power of two nearest sqrt(n). For each
-depth (`--depths`), without and then with recomputation (SPEC 5.4), n doubles from
+depth (`--depths`), without and then with recomputation (the paper's section 5.4), n doubles from
 `--min-n` to `--max-n`; a step that raises torch.OutOfMemoryError is recorded as "does
 not fit" and ends its series, since longer sequences need more memory still.
 
@@ -54,7 +54,7 @@ from train_step import model_config, time_steps  # noqa: E402
 
 # ---------------------------------------------------------------------- helpers shared with longest_sequence.py
 def sqrt_stride(n: int) -> int:
-    """The power of two nearest sqrt(n) (SPEC: the stride l is chosen near sqrt(n))."""
+    """The power of two nearest sqrt(n) (the paper's section 4.3 takes l close to sqrt(n))."""
     root = math.isqrt(n)
     lower = 1 << (root.bit_length() - 1)
     return lower if root - lower <= 2 * lower - root else 2 * lower

@@ -59,8 +59,9 @@ from lightning.pytorch.callbacks import Callback
 
 from sparse_transformer.config import ExperimentConfig, load_experiment
 from sparse_transformer.data.datamodule import data_module_from_config
-from sparse_transformer.data.prepare import prepare_config
-from sparse_transformer.training import SparseTransformerModule, build_trainer, check_data_fits_model
+from sparse_transformer.data.prepare import prepare
+from sparse_transformer.checkpoints import check_data_fits_model
+from sparse_transformer.training import SparseTransformerModule, build_trainer
 from common import write_json  # benchmarks/ is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,9 +117,9 @@ def run_overrides(args: argparse.Namespace, workdir: Path) -> list[str]:
 def measure(cfg: ExperimentConfig, warmup: int) -> dict | None:
     """Train as training.train does (without tracking) and time the steps after `warmup`;
     the measurement on global rank 0, None on the other ranks."""
-    prepare_config(cfg.data)  # rank 0 before Lightning starts the other ranks; they find it up to date
+    prepare(cfg.data)  # rank 0 before Lightning starts the other ranks; they find it up to date
     datamodule = data_module_from_config(cfg.data, cfg.model.context)
-    check_data_fits_model(datamodule, cfg.model, cfg.data.hdf5)
+    check_data_fits_model(datamodule.attributes, cfg.model, cfg.data.hdf5)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     module = SparseTransformerModule(dataclasses.asdict(cfg.model), dataclasses.asdict(cfg.train))
     params = module.model.num_params()  # before FSDP shards them

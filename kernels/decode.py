@@ -3,8 +3,8 @@
 `decode_attention(q, key_cache, value_cache, slots, valid, scale)` is what a decoding
 step of sparse attention needs: each head h reads the cache rows slots[h, valid[h]],
 softmax(q k^T * scale) v over them. The kernel reads those rows in place by slot (no
-gathered copy of the keys), computes q.k and the softmax in fp32 (SPEC 5.6 asks fp32 q.k
-when sampling) with an online softmax over blocks of BLOCK_N keys, and outputs 0 for a
+gathered copy of the keys), computes q.k and the softmax in fp32 (the paper's section 5.6 asks
+fp32 q.k when sampling) with an online softmax over blocks of BLOCK_N keys, and outputs 0 for a
 head with no valid key.
 
 Split over keys (flash-decoding): a step has only batch * heads queries, often too few

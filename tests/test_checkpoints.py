@@ -12,9 +12,9 @@ import torch
 from training_setup import experiment, text_h5  # noqa: F401 (fixture)
 
 from sparse_transformer import cli
-from sparse_transformer.checkpoints import AtomicCheckpointIO, CheckpointError
+from sparse_transformer.checkpoints import CheckpointError
 from sparse_transformer.evaluation import evaluate
-from sparse_transformer.training import read_checkpoint, train
+from sparse_transformer.training import AtomicCheckpointIO, read_checkpoint, train
 
 
 def test_a_checkpoint_is_written_whole_or_not_at_all(tmp_path, monkeypatch):

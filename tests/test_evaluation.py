@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -174,3 +176,15 @@ def test_outputs_and_devices_are_checked_before_any_work(trained, tmp_path):
 
 def last_checkpoint(cfg) -> str:
     return f"{cfg.train.checkpoint_dir}/last.ckpt"
+
+
+def test_evaluation_and_sampling_run_without_lightning():
+    """The CLI, evaluation and sampling import no Lightning: they read the checkpoint and
+    the HDF5 splits themselves (checkpoints.model_from_checkpoint, data.hdf5)."""
+    code = ("import sys\n"
+            "from sparse_transformer.cli import build_parser\n"
+            "import sparse_transformer.evaluation, sparse_transformer.sampling\n"
+            "build_parser()\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'lightning_fabric')))")
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert imported.strip() == "[]"

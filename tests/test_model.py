@@ -1,4 +1,4 @@
-"""The model of SPEC section 2: information flow, recomputation, initialization, learning."""
+"""The model of the paper's section 5: information flow, recomputation, initialization, learning."""
 
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ def test_compiled_blocks_match_eager_with_one_graph_per_layer_class():
 
 
 def weight_groups(model: SparseTransformer) -> dict[str, torch.Tensor]:
-    """Every parameter of the model, concatenated by the role SPEC section 2 gives it."""
+    """Every parameter of the model, concatenated by the role the paper (sections 5.2 and 6) gives it."""
     groups: dict[str, list[torch.Tensor]] = {}
     for name, p in model.named_parameters():
         parts = name.split(".")
@@ -292,7 +292,7 @@ def test_sequences_longer_than_the_context_are_refused():
         model(torch.zeros(1, 9, dtype=torch.long))
 
 
-# The paper's three models (SPEC section 3), as params.yaml would give them.
+# The paper's three models (its section 7), as params.yaml would give them.
 PAPER_MODELS = {
     "cifar10": (
         59e6,

@@ -27,7 +27,7 @@ import torch
 from training_setup import text_h5  # noqa: F401 (fixture)
 
 from sparse_transformer.data.hdf5 import open_split
-from sparse_transformer.training import model_from_checkpoint, read_checkpoint
+from sparse_transformer.checkpoints import model_from_checkpoint, read_checkpoint
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 GPUS = 2

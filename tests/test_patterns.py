@@ -1,4 +1,4 @@
-"""Pattern against brute force written straight from the SPEC table, plus its properties."""
+"""Pattern against brute force written straight from the paper's definitions (section 4.3), plus its properties."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ SETTINGS = settings(max_examples=150, deadline=None)
 
 
 def brute_allowed(p: Pattern, i: int, j: int, layer: int, head: int) -> bool:
-    """SPEC section 1, one pair at a time (without j <= i for a non-causal pattern)."""
+    """The paper's section 4.3, one pair at a time (without j <= i for a non-causal pattern)."""
     if p.causal and j > i:
         return False
     l = p.stride
@@ -130,7 +130,7 @@ def test_non_causal_patterns_have_no_closed_form():
 
 
 def pass_allows(p: Pattern, name: str, i: torch.Tensor, j: torch.Tensor, head: int) -> torch.Tensor:
-    """The key sets named by `kernel_passes`, written from the SPEC table."""
+    """The key sets named by `kernel_passes`, written from the paper's definitions."""
     l, causal = p.stride, j <= i
     if name == "dense":
         return causal

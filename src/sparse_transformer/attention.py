@@ -7,7 +7,7 @@ H_kv dividing H (grouped-query attention: query head h reads kv head h // (H / H
 and the mask `pattern.allowed(i, j, layer, head)` of a `Pattern` or the element mask of a
 `SparseLayout` (`layouts.py`; the layout is already that of one layer, `layer` is
 unused). A query with no allowed key (fixed A2 alone, first chunk) gets output 0,
-log-sum-exp -inf and zero gradients (SPEC section 1).
+log-sum-exp -inf and zero gradients (docs/kernels.md, "Interface and checks").
 
 Backends:
     reference  exact masked attention in PyTorch, fp32 accumulation, chunked over
@@ -19,7 +19,8 @@ Backends:
     sdpa       F.scaled_dot_product_attention, dense patterns only.
     triton     the fused kernels (`triton_attention.sparse_attention`), imported lazily.
     auto       triton for CUDA tensors, reference otherwise.
-No dropout inside attention (SPEC section 2).
+No dropout inside attention (the paper's section 5.2 drops out only at the end of each
+residual branch).
 
 A decoding step (one query per head against a decoding cache) has two implementations,
 `attend_decoding`: the reference gathers the keys each head reads and runs the softmax
@@ -272,7 +273,7 @@ def attend_decoding(
     """One query per head against a decoding cache: q (B, H, d_qk), key_cache (B, H, S, d_qk),
     value_cache (B, H, S, d_v); head h reads the cache rows slots[h, valid[h]] (slots, valid
     (H, K)) -> (B, H, d_v) in q's dtype, 0 for a head with no valid key. q.k and the softmax
-    in fp32 at least, as SPEC 5.6 asks when sampling. Nothing is read back to the host."""
+    in fp32 at least, as the paper's section 5.6 asks when sampling. Nothing is read back to the host."""
     if backend == "triton" or (backend != "reference" and q.is_cuda):
         return _triton_module().decode_attention(q, key_cache, value_cache, slots, valid, 1 / math.sqrt(q.shape[-1]))
     return reference_decoding(q, key_cache, value_cache, slots, valid)

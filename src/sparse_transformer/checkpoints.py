@@ -1,10 +1,8 @@
 """The checkpoint folder of an experiment (train.checkpoint_dir): how it is written,
-read, guarded and told apart from another run's.
+read, guarded and told apart from another run's, and the trained model read back.
 
-- Every checkpoint is written whole or not at all (`AtomicCheckpointIO`): under a
-  temporary name in the folder itself, renamed over the target when complete.
-  (Lightning's own writer stages the file in the system's temporary folder and moves
-  it, which is a copy, not a rename, when that folder is on another file system.)
+- Every checkpoint is written whole or not at all (`training.AtomicCheckpointIO`, the
+  writer Lightning is given; this module does not import Lightning).
 - One run at a time (`checkpoint_lock`): `<folder>.lock`, held by global rank 0 while
   it trains; a second run stops at once, naming the host and process of the first
   (written beside the lock in `<folder>.lock.owner`).
@@ -15,24 +13,29 @@ read, guarded and told apart from another run's.
 - `finished.json` in the folder is written when training reaches its end and only
   then: a stopped run has none, so a workflow that waits for it (the Snakefile) never
   takes a stopped run for a finished one.
+- Evaluation and sampling rebuild the model from a checkpoint's own saved model section
+  (`model_from_checkpoint`) and check that it fits the prepared data
+  (`check_data_fits_model`), without Lightning or a DataModule.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from . import outputs
-from .config import flatten
+from .config import ConfigError, ModelConfig, flatten, from_dict
 from .errors import UserError, cut, shown
+from .model import SparseTransformer
 
 LAST_CHECKPOINT = "last.ckpt"
 FINISHED = "finished.json"
@@ -67,16 +70,6 @@ def check_finite_weights(checkpoint: dict, path: str | Path, what_to_do: str) ->
     for name, tensor in checkpoint.get("state_dict", {}).items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"checkpoint {path} holds non-finite weights (first in {name}): it is damaged; {what_to_do}")
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, writing through `outputs.replacing`."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options")
-        with outputs.replacing(path) as temporary:
-            torch.save(checkpoint, temporary)
 
 
 # ---------------------------------------------------------------------- one run at a time
@@ -158,3 +151,37 @@ def clear_finished(folder: str | Path) -> None:
 
 def mark_finished(folder: str | Path, record: dict) -> None:
     outputs.write_text(Path(folder) / FINISHED, json.dumps(record, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------- the trained model
+def model_from_checkpoint(path: str | Path, attention: str | None = None,
+                          expected: ModelConfig | None = None) -> tuple[SparseTransformer, dict]:
+    """The trained model (eval mode) and the checkpoint it came from. `attention` replaces the
+    stored backend: the backend belongs to the machine, not to the weights. When the stored
+    model differs from `expected` (the experiment's model section), one line says so."""
+    checkpoint = read_checkpoint(path)
+    check_finite_weights(checkpoint, path, "train again, or point to an earlier checkpoint")
+    model_section = dict(checkpoint["hyper_parameters"]["model"])
+    if expected is not None:
+        differences = changed_settings({"model": model_section}, {"model": dataclasses.asdict(expected)})
+        if differences:
+            print(f"note: using the model stored in {path}, whose settings differ from the experiment's model "
+                  f"section ({'; '.join(differences)})", file=sys.stderr)
+    if attention is not None:
+        model_section["attention"] = attention
+    model = SparseTransformer(from_dict(ModelConfig, model_section, "checkpoint.model"))
+    prefix = "model."
+    model.load_state_dict({k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
+    return model.eval(), checkpoint
+
+
+def check_data_fits_model(attributes: dict, model_cfg: ModelConfig, data_path: str) -> None:
+    """Images need a model with their image_shape (row/column/channel embeddings, start
+    symbol); streams a model without one. attributes: the prepared file's
+    (`data.hdf5.read_attributes`)."""
+    if attributes["modality"] == "image":
+        if model_cfg.image_shape != tuple(attributes["example_shape"]):
+            raise ConfigError(f"model.image_shape: {data_path} holds images of shape {list(attributes['example_shape'])}: "
+                              f"set image_shape to that, got {model_cfg.image_shape}")
+    elif model_cfg.image_shape is not None:
+        raise ConfigError(f"model.image_shape: {data_path} holds a byte stream, not images: set image_shape to null")

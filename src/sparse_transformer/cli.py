@@ -14,7 +14,8 @@ libraries are imported inside `run`). Every error a user can cause derives from 
 (configuration, data, checkpoints): it is printed as one line and exits with status 2.
 A run stopped by a signal (`Stopped`: SIGTERM, Ctrl-C) prints one line saying how to
 resume and exits with 128 + the signal's number (143, 130), never 0.
-This is the only module that reads params.yaml from disk.
+The commands read params.yaml through `config.load_experiment` (as the benchmarks do);
+nothing else reads it.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from .errors import Stopped, UserError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "pattern": ("sparse_transformer.pattern_figure", "draw which keys each query attends to, as a PNG"),
-    "prepare": ("sparse_transformer.data.prepare", "raw data (enwik8, CIFAR-10, ImageNet64, audio, bytes, images, digits) -> HDF5"),
+    "pattern": ("sparse_transformer.commands.pattern", "draw which keys each query attends to, as a PNG"),
+    "prepare": ("sparse_transformer.commands.prepare", "raw data (enwik8, CIFAR-10, ImageNet64, audio, bytes, images, digits) -> HDF5"),
     "train": ("sparse_transformer.commands.train", "train a model on prepared data (resumes from its last checkpoint)"),
     "evaluate": ("sparse_transformer.commands.evaluate", "bits per dim of a trained model over a whole split -> metrics JSON"),
     "sample": ("sparse_transformer.commands.sample", "unconditional samples of a trained model -> PNG / WAV / TXT"),

@@ -1,8 +1,8 @@
 """Typed configuration: params.yaml sections -> frozen dataclasses, validated.
 
 The one place where configuration is defined. A section of params.yaml maps onto
-`ExperimentConfig`; every stage (prepare, train, evaluate, sample) receives it from the
-CLI, which is the only code that reads params.yaml from disk.
+`ExperimentConfig`; `load_experiment` is the one reader of the file, called by the
+commands (every stage: prepare, train, evaluate, sample) and by the benchmarks.
 
 Errors name the offending field with its full path (``enwik8.model.heads``) and say
 what to change.
@@ -61,7 +61,7 @@ class PatternConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The Sparse Transformer of SPEC section 2.
+    """The Sparse Transformer of the paper's section 5 (docs/architecture.md, "Model").
 
     context: sequence length n (bytes per example: 3072 for a 32x32x3 image).
     image_shape: (height, width, channels) for image data: row, column and channel
@@ -71,7 +71,7 @@ class ModelConfig:
     attention: backend: "triton" (fused kernels), "flex" (FlexAttention),
         "reference" (chunked masked attention in PyTorch), "sdpa" (dense patterns only)
         or "auto" (triton on CUDA, reference elsewhere).
-    recompute: recompute each residual block in the backward pass (SPEC 5.4).
+    recompute: recompute each residual block in the backward pass (the paper's section 5.4).
     """
 
     context: int = 1024

@@ -25,13 +25,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import outputs, tracking
+from .checkpoints import check_data_fits_model, model_from_checkpoint
 from .config import ConfigError, ExperimentConfig
 from .data import hdf5
-from .data.datamodule import StreamDataModule, data_module_for
 from .data.errors import DataError
 from .errors import UserError, cut, memory_errors_explained
 from .model import SparseTransformer
-from .training import check_data_fits_model, model_from_checkpoint
 
 
 @dataclass(frozen=True)
@@ -146,21 +145,22 @@ def evaluate(cfg: ExperimentConfig, progress: bool = True) -> dict:
     model, checkpoint = model_from_checkpoint(checkpoint_path, attention=cfg.model.attention, expected=cfg.model)
     model.to(device)
     context = min(cfg.data.context or model.config.context, model.config.context)  # the training windows
-    datamodule = data_module_for(cfg.data.hdf5, batch_size=1, context=context, dataset=cfg.data.dataset)
-    check_data_fits_model(datamodule, model.config, cfg.data.hdf5)
+    attributes = hdf5.read_prepared(cfg.data.hdf5, cfg.data.dataset)
+    check_data_fits_model(attributes, model.config, cfg.data.hdf5)
     hdf5.check_intact(cfg.data.hdf5, ev.split)
     batch_size = ev.batch_size or cfg.data.eval_batch_size or cfg.data.batch_size
     min_context = context // 2 if ev.min_context is None else ev.min_context
     precision = precision_for(device, ev.precision)
-    is_stream = isinstance(datamodule, StreamDataModule)
+    is_stream = attributes["modality"] != "image"
     if is_stream and min_context >= context:
         raise ConfigError(f"evaluate.min_context: must be below the context {context} (data.context), got {min_context}")
     with memory_errors_explained("scoring a batch", "lower evaluate.batch_size"), autocast(device, precision):
         if is_stream:
-            nats, count = score_stream(model, datamodule.split_array(ev.split), datamodule.split_boundaries(ev.split),
-                                       context, min_context, batch_size, device, progress)
+            nats, count = score_stream(model, hdf5.open_split(cfg.data.hdf5, ev.split),
+                                       hdf5.split_boundaries(cfg.data.hdf5, ev.split), context, min_context, batch_size,
+                                       device, progress)
         else:
-            nats, count = score_images(model, datamodule.split_array(ev.split), batch_size, device, progress)
+            nats, count = score_images(model, hdf5.open_split(cfg.data.hdf5, ev.split), batch_size, device, progress)
     if count == 0:
         raise DataError(f"{cfg.data.hdf5}: the {ev.split} split has nothing to score")
     if not math.isfinite(nats):

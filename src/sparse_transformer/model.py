@@ -1,4 +1,4 @@
-"""The Sparse Transformer (SPEC section 2), all in one file.
+"""The Sparse Transformer (Child et al. 2019, sections 5.1-5.4), all in one file.
 
     H_0 = embed(X);  H_k = H_{k-1} + resblock(H_{k-1});  y = norm(H_N) W_out
     a(H) = dropout(attention(norm(H)))
@@ -57,14 +57,15 @@ def bits_per_dim(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def _init_linear(layer: nn.Linear, gain: float = 1.0) -> None:
-    """SPEC init: weight std sqrt(0.125 / fan_in) times `gain`, bias 0."""
+    """The paper's initialization (section 6) read as a variance: weight std sqrt(0.125 / fan_in)
+    times `gain`, bias 0 (why a variance: docs/architecture.md, "Model")."""
     nn.init.normal_(layer.weight, std=gain * math.sqrt(0.125 / layer.in_features))
     if layer.bias is not None:
         nn.init.zeros_(layer.bias)
 
 
 class PositionEmbedding(nn.Module):
-    """A sum of learned embeddings, one per coordinate of a position (SPEC section 2).
+    """A sum of learned embeddings, one per coordinate of a position (the paper's section 5.3).
 
     images (H, W, C), raster order with channels interleaved: (row, column, channel)
     of i = (row * W + column) * C + channel; 1-D data with stride l: (i div l, i mod l).

@@ -36,13 +36,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import outputs, prompts, tracking
+from .checkpoints import check_data_fits_model, model_from_checkpoint
 from .config import ExperimentConfig, SampleConfig
-from .data import mulaw
-from .data.datamodule import data_module_for
+from .data import hdf5, mulaw
 from .errors import memory_errors_explained
 from .evaluation import autocast, precision_for, resolve_device
 from .model import DecodingCache, SparseTransformer
-from .training import check_data_fits_model, model_from_checkpoint
 
 GRID_FILE = "samples.png"
 COMPLETIONS_FILE = "completions.png"
@@ -291,28 +290,28 @@ def sample(cfg: ExperimentConfig, progress: bool = True) -> list[Path]:
     model.to(device)
     if device.type == "cuda":
         model.compile_decoding()  # fuses what surrounds each block's attention in a step (about 1 min to compile)
-    datamodule = data_module_for(cfg.data.hdf5, batch_size=1, context=model.config.context, dataset=cfg.data.dataset)
-    check_data_fits_model(datamodule, model.config, cfg.data.hdf5)
+    attributes = hdf5.read_prepared(cfg.data.hdf5, cfg.data.dataset)
+    check_data_fits_model(attributes, model.config, cfg.data.hdf5)
     generator = torch.Generator(device).manual_seed(sc.seed)
-    attributes, context = datamodule.attributes, model.config.context
+    context = model.config.context
     is_image = model.config.image_shape is not None
     length = context if is_image else (sc.length or context)
     if is_image:
         first = torch.full((sc.count, 1), model.start_token, device=device)
     else:
-        frequencies = byte_frequencies(datamodule.split_array("train")).to(device)
+        frequencies = byte_frequencies(hdf5.open_split(cfg.data.hdf5, "train")).to(device)
         first = torch.multinomial(frequencies, sc.count, replacement=True, generator=generator)[:, None]
     samples = _in_batches(sc, model, first, length, generator, progress)
     completions = originals = None
     if sc.prompt.count:
         if is_image:
-            given, originals = prompts.image_prompts(sc.prompt, datamodule.split_array("test"))
+            given, originals = prompts.image_prompts(sc.prompt, hdf5.open_split(cfg.data.hdf5, "test"))
             starts = np.full((len(given), 1), model.start_token)
             completions = _in_batches(sc, model, torch.from_numpy(np.concatenate([starts, given], axis=1)).to(device),
                                       length, generator, progress)
         else:
             given = prompts.stream_prompts(sc.prompt, attributes["modality"], attributes.get("sample_rate"),
-                                           datamodule.split_array("test"), datamodule.split_boundaries("test"))
+                                           hdf5.open_split(cfg.data.hdf5, "test"), hdf5.split_boundaries(cfg.data.hdf5, "test"))
             completions = _in_batches(sc, model, torch.from_numpy(given).to(device), given.shape[1] + length,
                                       generator, progress)
     files, images = write_samples(samples, attributes, output_dir, completions, originals)

@@ -1,7 +1,7 @@
 """Training with Lightning: the LightningModule, the Trainer built from the config, and
 `train(cfg)` behind `sparse-transformer train` (commands/train.py).
 
-Optimization (SPEC section 2, `TrainConfig`): AdamW, betas 0.9/0.999, weight decay 0.01
+Optimization (the paper's section 6, `TrainConfig`): AdamW, betas 0.9/0.999, weight decay 0.01
 on the weight matrices of the linear layers only - biases, LayerNorm gains and the
 embeddings are left undecayed, the usual choice since decaying them only shrinks
 offsets and scales without regularizing anything; linear warmup then cosine decay to 0,
@@ -42,15 +42,16 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from . import checkpoints, outputs, tracking
+from . import checkpoints, outputs, tracking, training_tracking
 from .checkpoints import LAST_CHECKPOINT, read_checkpoint
 from .config import ConfigError, DataConfig, ExperimentConfig, ModelConfig, TrainConfig, from_dict
-from .data.datamodule import ImageDataModule, data_module_from_config
+from .data.datamodule import data_module_from_config
 from .errors import Stopped, memory_errors_explained
 from .model import ResidualBlock, SparseTransformer
 from .stopping import FiniteLoss, StopOnSignal
@@ -85,7 +86,7 @@ class SparseTransformerModule(L.LightningModule):
 
     def __init__(self, model: dict, train: dict, data: dict | None = None):
         super().__init__()
-        # Parameters go to MLflow from the whole config (tracking.MLflowRun), not from here.
+        # Parameters go to MLflow from the whole config (training_tracking.MLflowRun), not from here.
         # `data` (data_settings) tells a resumed run whether the checkpoint read the same data.
         self.save_hyperparameters(logger=False)
         self.train_config: TrainConfig = from_dict(TrainConfig, train, "train")
@@ -291,6 +292,19 @@ def strategy(cfg: TrainConfig) -> Any:
     return cfg.strategy
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing through `outputs.replacing`: under a
+    temporary name in the checkpoint folder itself, renamed over the target when complete.
+    (Lightning's own writer stages the file in the system's temporary folder and moves
+    it, which is a copy, not a rename, when that folder is on another file system.)"""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        with outputs.replacing(path) as temporary:
+            torch.save(checkpoint, temporary)
+
+
 def build_trainer(cfg: TrainConfig, logger: Any = False, callbacks: list[Callback] = ()) -> L.Trainer:
     """The Trainer of a training config, with checkpointing, stopping (signals, non-finite
     losses), learning-rate and speed logging."""
@@ -305,7 +319,7 @@ def build_trainer(cfg: TrainConfig, logger: Any = False, callbacks: list[Callbac
     try:
         return L.Trainer(
             accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=strategy(cfg),
-            precision=default_precision(cfg), plugins=[checkpoints.AtomicCheckpointIO()],
+            precision=default_precision(cfg), plugins=[AtomicCheckpointIO()],
             max_steps=cfg.max_steps or -1, max_epochs=cfg.max_epochs if cfg.max_epochs is not None else -1,
             gradient_clip_val=cfg.gradient_clip, accumulate_grad_batches=cfg.accumulate_grad_batches,
             # val_check_interval counts batches, not optimizer steps.
@@ -324,27 +338,6 @@ def build_trainer(cfg: TrainConfig, logger: Any = False, callbacks: list[Callbac
         raise ConfigError(f"train (accelerator, devices, strategy): {' '.join(str(err).split())}") from None
 
 
-def model_from_checkpoint(path: str | Path, attention: str | None = None,
-                          expected: ModelConfig | None = None) -> tuple[SparseTransformer, dict]:
-    """The trained model (eval mode) and the checkpoint it came from. `attention` replaces the
-    stored backend: the backend belongs to the machine, not to the weights. When the stored
-    model differs from `expected` (the experiment's model section), one line says so."""
-    checkpoint = read_checkpoint(path)
-    checkpoints.check_finite_weights(checkpoint, path, "train again, or point to an earlier checkpoint")
-    model_section = dict(checkpoint["hyper_parameters"]["model"])
-    if expected is not None:
-        differences = checkpoints.changed_settings({"model": model_section}, {"model": dataclasses.asdict(expected)})
-        if differences:
-            print(f"note: using the model stored in {path}, whose settings differ from the experiment's model "
-                  f"section ({'; '.join(differences)})", file=sys.stderr)
-    if attention is not None:
-        model_section["attention"] = attention
-    model = SparseTransformer(from_dict(ModelConfig, model_section, "checkpoint.model"))
-    prefix = "model."
-    model.load_state_dict({k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
-    return model.eval(), checkpoint
-
-
 def already_complete(cfg: TrainConfig, checkpoint: dict, last: Path) -> str | None:
     """What to tell the user when the checkpoint to resume has already reached the end of
     training (resuming would stop at once), else None."""
@@ -358,17 +351,6 @@ def already_complete(cfg: TrainConfig, checkpoint: dict, last: Path) -> str | No
     return (f"the run is already complete: {last} is at {reached}. Nothing to train. To train longer, raise "
             f"that limit; to start afresh, delete {cfg.checkpoint_dir} or add --set train.resume=false "
             "(which overwrites its checkpoints).")
-
-
-def check_data_fits_model(datamodule: Any, model_cfg: ModelConfig, data_path: str) -> None:
-    """Images need a model with their image_shape (row/column/channel embeddings, start
-    symbol); streams a model without one."""
-    if isinstance(datamodule, ImageDataModule):
-        if model_cfg.image_shape != tuple(datamodule.example_shape):
-            raise ConfigError(f"model.image_shape: {data_path} holds images of shape {list(datamodule.example_shape)}: "
-                              f"set image_shape to that, got {model_cfg.image_shape}")
-    elif model_cfg.image_shape is not None:
-        raise ConfigError(f"model.image_shape: {data_path} holds a byte stream, not images: set image_shape to null")
 
 
 def data_settings(cfg: DataConfig, attributes: dict) -> dict:
@@ -418,7 +400,7 @@ def _train(cfg: ExperimentConfig, last: Path, rank_zero: bool) -> Path:
     # Only rank 0 talks to the store (the other ranks' loggers stay idle), before any work.
     client = tracking.connect(cfg.tracking) if cfg.tracking.enabled and rank_zero else None
     datamodule = data_module_from_config(cfg.data, cfg.model.context)
-    check_data_fits_model(datamodule, cfg.model, cfg.data.hdf5)
+    checkpoints.check_data_fits_model(datamodule.attributes, cfg.model, cfg.data.hdf5)
     data = data_settings(cfg.data, datamodule.attributes)
     resumed = checkpoint_to_resume(cfg, data, rank_zero)
     complete = already_complete(cfg.train, resumed, last) if resumed is not None else None
@@ -435,9 +417,9 @@ def _train(cfg: ExperimentConfig, last: Path, rank_zero: bool) -> Path:
     module = SparseTransformerModule(dataclasses.asdict(cfg.model), dataclasses.asdict(cfg.train), data)
     logger, callbacks = False, []
     if cfg.tracking.enabled:
-        logger = tracking.training_logger(cfg, client, resumed.get("mlflow_run_id") if resumed and client else None)
+        logger = training_tracking.training_logger(cfg, client, resumed.get("mlflow_run_id") if resumed and client else None)
         module.mlflow_run_id = logger.run_id  # None on ranks other than 0, which save no checkpoints
-        callbacks.append(tracking.MLflowRun(cfg))
+        callbacks.append(training_tracking.MLflowRun(cfg))
     trainer = build_trainer(cfg.train, logger, callbacks)
     stop = next(callback for callback in trainer.callbacks if isinstance(callback, StopOnSignal))
     if resumed is not None:

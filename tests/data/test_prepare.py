@@ -48,7 +48,7 @@ def test_offline_without_the_archive_says_what_to_do(tmp_path, main, capsys):
 
 def test_download_is_refused_for_local_sources(tmp_path, main, capsys):
     assert main(["prepare", "images", "--input", str(tmp_path), "--output", str(tmp_path / "i.h5"), "--download"]) == 2
-    assert "--download works for enwik8, cifar10 only" in capsys.readouterr().err
+    assert "downloading (--download, data.download) works for enwik8, cifar10 only" in capsys.readouterr().err
 
 
 def test_unknown_dataset_is_a_usage_error(tmp_path, main):
@@ -71,12 +71,12 @@ def test_audio_options_reach_the_source(tmp_path, main):
 
 def test_a_data_config_drives_prepare(tmp_path):
     from sparse_transformer.config import load_data_config
-    from sparse_transformer.data.prepare import prepare_config
+    from sparse_transformer.data.prepare import prepare
 
     cfg = load_data_config({"dataset": "digits", "hdf5": str(tmp_path / "d.h5"), "split_fractions": [0.5, 0.25, 0.25],
                             "seed": 4})
-    assert prepare_config(cfg)
-    assert not prepare_config(cfg)
+    assert prepare(cfg)
+    assert not prepare(cfg)
     assert hdf5.read_attributes(tmp_path / "d.h5")["parameters"] == {"seed": 4, "split_fractions": [0.5, 0.25, 0.25]}
 
 

@@ -1,8 +1,10 @@
-"""The subcommands that run an experiment of params.yaml: train, evaluate, sample.
+"""The subcommands of `sparse-transformer` (cli.COMMANDS lists them): prepare, train,
+evaluate, sample and pattern.
 
-Each module here only parses arguments and loads the configuration; the work is in
-training.py, evaluation.py and sampling.py, imported inside `run` so that the command
-line starts without importing Lightning.
+Each module here only parses arguments and loads the configuration (`experiment_from_args`:
+`config.load_experiment`, which is what reads params.yaml); the work is in data/prepare.py,
+training.py, evaluation.py, sampling.py and pattern_figure.py, imported inside `run` so
+that the command line starts without importing PyTorch or Lightning.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from pathlib import Path
 from ..config import ExperimentConfig, load_experiment
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, example: str) -> None:
-    """--config, --experiment and --set, shared by train, evaluate and sample; `example`
-    is a setting of the command's own section, for --set's help."""
-    parser.add_argument("--config", type=Path, default=Path("params.yaml"), metavar="FILE.yaml",
+def add_config_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, example: str,
+                         config_default: Path | None = Path("params.yaml")) -> None:
+    """--config, --experiment and --set, shared by every command that runs an experiment
+    of params.yaml; `example` is a setting of the command's own section, for --set's
+    help. config_default None: prepare, which tells a --config given from none (and
+    then reads params.yaml unless DATASET is given)."""
+    parser.add_argument("--config", type=Path, default=config_default, metavar="FILE.yaml",
                         help="the YAML configuration (default: params.yaml)")
     parser.add_argument("--experiment", metavar="NAME",
                         help="the top-level section of the file to use (default: the whole file is one experiment)")

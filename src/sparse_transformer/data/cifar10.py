@@ -1,6 +1,6 @@
 """CIFAR-10: 60,000 32x32 colour images as (N, 32, 32, 3) bytes.
 
-Splits (SPEC section 3): 2,000 of the 50,000 training images, drawn with a fixed seed,
+Splits (the paper's section 7.1): 2,000 of the 50,000 training images, drawn with a fixed seed,
 are held out as valid, the other 48,000 train; the official 10,000 test images are test.
 The pickled rows are channel-planar, R(1024) G(1024) B(1024); they are stored
 interleaved, (H, W, C), the raster order the model reads.

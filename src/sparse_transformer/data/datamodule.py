@@ -73,15 +73,6 @@ class _SplitBatches(IterableDataset):
             yield torch.from_numpy(self.batch(b))
 
 
-def _segments(path: Path, split: str) -> np.ndarray:
-    """Boundaries of the pieces windows must not cross: recordings for audio, the whole
-    split otherwise."""
-    with h5py.File(path, "r") as fh:
-        if f"{split}_boundaries" in fh:
-            return fh[f"{split}_boundaries"][:]
-        return np.array([0, fh[split].shape[0]], dtype=np.int64)
-
-
 class RandomWindows(_SplitBatches):
     """Training batches of `window` consecutive bytes at uniformly random positions
     inside one recording; an epoch is as many windows as the split has non-overlapping
@@ -90,7 +81,7 @@ class RandomWindows(_SplitBatches):
     def __init__(self, path: Path, split: str, window: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
         super().__init__(path, split, batch_size, rank, world_size)
         self.window, self.seed = window, seed
-        bounds = _segments(self.path, split)
+        bounds = hdf5.split_boundaries(self.path, split)
         starts = np.maximum(np.diff(bounds) - window + 1, 0)  # valid start positions per piece
         if starts.sum() == 0:
             raise DataError(f"{path}: no piece of the {split} split is {window} bytes long: choose a shorter context")
@@ -120,7 +111,7 @@ class ConsecutiveWindows(_SplitBatches):
     def __init__(self, path: Path, split: str, window: int, batch_size: int, rank: int = 0, world_size: int = 1):
         super().__init__(path, split, batch_size, rank, world_size)
         self.window = window
-        bounds = _segments(self.path, split)
+        bounds = hdf5.split_boundaries(self.path, split)
         step = window - 1
         starts = [np.arange(lo, hi - step, step) for lo, hi in zip(bounds[:-1], bounds[1:])]
         self.starts = np.concatenate(starts or [np.zeros(0, np.int64)])[rank::world_size]
@@ -303,7 +294,7 @@ class StreamDataModule(_HDF5DataModule):
     def split_boundaries(self, split: str) -> np.ndarray:
         """Offsets where the split's recordings start, and its length last ([0, length]
         for text and bytes)."""
-        return _segments(self.path, split)
+        return hdf5.split_boundaries(self.path, split)
 
     def _dataset(self, split: str, training: bool) -> _SplitBatches:
         rank, world = self._rank_world()
@@ -333,10 +324,7 @@ def data_module_for(path: str | Path, batch_size: int, context: int | None = Non
                     dataset: str | None = None) -> _HDF5DataModule:
     """The DataModule for the file's modality; `context` is needed for streams only.
     `dataset` (data.dataset) must be the source the file was prepared from."""
-    attributes = hdf5.read_attributes(Path(path))
-    if dataset is not None and attributes["dataset"] != dataset:
-        raise DataError(f"data.dataset is {dataset!r} but {path} was prepared from {attributes['dataset']!r} data: "
-                        f"set data.dataset to {attributes['dataset']}, or prepare {path} again from this data section")
+    attributes = hdf5.read_prepared(Path(path), dataset)
     modality = attributes["modality"]
     if modality in ImageDataModule.modality:
         return ImageDataModule(path, batch_size, eval_batch_size, seed, num_workers)

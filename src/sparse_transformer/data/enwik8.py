@@ -1,6 +1,6 @@
 """Enwik8: the first 10^8 bytes of an English Wikipedia dump (Hutter Prize), as bytes.
 
-Splits (SPEC section 3): first 90,000,000 bytes train, next 5,000,000 valid, last
+Splits (the paper's section 7.2): first 90,000,000 bytes train, next 5,000,000 valid, last
 5,000,000 test. No checksum of enwik8.zip is recorded here because none could be
 confirmed; instead the zip's own CRC-32 is checked while reading and the unzipped
 member must be exactly 100,000,000 bytes.

@@ -210,6 +210,25 @@ def read_attributes(path: Path) -> dict:
     return attrs
 
 
+def read_prepared(path: Path, dataset: str | None = None) -> dict:
+    """`read_attributes` of a prepared file, refusing one prepared from another source
+    than `dataset` (data.dataset) when given."""
+    attributes = read_attributes(path)
+    if dataset is not None and attributes["dataset"] != dataset:
+        raise DataError(f"data.dataset is {dataset!r} but {path} was prepared from {attributes['dataset']!r} data: "
+                        f"set data.dataset to {attributes['dataset']}, or prepare {path} again from this data section")
+    return attributes
+
+
+def split_boundaries(path: Path, split: str) -> np.ndarray:
+    """Offsets where a stream split's pieces (audio recordings) start, and its length last:
+    windows must not cross them. [0, length] for a split of one piece (text, bytes)."""
+    with h5py.File(path, "r") as fh:
+        if f"{split}_boundaries" in fh:
+            return fh[f"{split}_boundaries"][:]
+        return np.array([0, fh[split].shape[0]], dtype=np.int64)
+
+
 def open_split(path: Path, name: str) -> np.ndarray:
     """A read-only view of split `name` (train, valid, test, or a `*_boundaries` index)
     straight from the file: memory-mapped, so it costs no memory and no reading up front."""

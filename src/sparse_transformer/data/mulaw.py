@@ -1,4 +1,4 @@
-"""8-bit mu-law companding (SPEC section 4), as WaveNet and torchaudio do it:
+"""8-bit mu-law companding of audio (the paper's section 7.4), as WaveNet and torchaudio do it:
 F(x) = sign(x) ln(1 + 255|x|) / ln 256 for x in [-1, 1]; byte = round((F(x) + 1) / 2 * 255)."""
 
 from __future__ import annotations

@@ -1,63 +1,128 @@
-"""`sparse-transformer prepare DATASET --input PATH --output FILE.h5`: raw files -> the
-HDF5 layout of docs/hdf5.md. An existing output made from the same inputs with the same
-parameters is reused; otherwise it is rebuilt (atomically: never a half-written file).
+"""Raw files -> the HDF5 layout of docs/hdf5.md, from a `DataConfig` (the data section of
+an experiment; `sparse-transformer prepare`, commands/prepare.py, builds one from its
+flags too). An existing output made from the same inputs with the same parameters is
+reused; otherwise it is rebuilt (atomically: never a half-written file). `fetch` only
+makes sure the raw input is there - downloading it (enwik8, CIFAR-10, with
+data.download: true) or stopping with where to put it - which is the workflows'
+`download` stage.
 
-`sparse-transformer prepare [--config params.yaml] --experiment NAME [--set data.FIELD=VALUE]`
-takes everything from the experiment's `data` section instead (what DVC and Snakemake
-run; without DATASET, --config defaults to params.yaml as for the other commands); `--fetch-only` then only makes sure the raw input is there - downloading it
-(enwik8, CIFAR-10, with data.download: true) or stopping with where to put it - which
-is the workflows' `download` stage.
+Each source is one entry of `SOURCES`: how it is prepared and how its raw input is
+checked; the source modules are imported only when used, so the command line's help
+stays light.
 """
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from ..config import DATASETS, DataConfig, load_experiment
-
-DOWNLOADABLE = ("enwik8", "cifar10")
-#: the sources that read every file of their input folder
-WHOLE_FOLDER_SOURCES = ("bytes", "images", "audio")
+from ..config import DataConfig
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-    parser.add_argument("dataset", choices=DATASETS, metavar="DATASET", nargs="?",
-                        help=f"the source: {', '.join(DATASETS)} (digits needs no --input); "
-                             "not with --config, whose data section names it")
-    parser.add_argument("--input", type=Path, metavar="PATH",
-                        help="the raw input: enwik8.zip / cifar-10-python.tar.gz or the folder that holds it; "
-                             "the ImageNet64 folder; a folder of recordings (audio) or images (images); "
-                             "any file or folder (bytes)")
-    parser.add_argument("--output", type=Path, metavar="FILE.h5", help="the HDF5 file to write (required with DATASET)")
-    parser.add_argument("--download", action="store_true",
-                        help=f"fetch the archive into --input if it is missing ({', '.join(DOWNLOADABLE)})")
-    parser.add_argument("--split-fractions", type=float, nargs=3, default=(0.9, 0.05, 0.05),
-                        metavar=("TRAIN", "VALID", "TEST"),
-                        help="for bytes (contiguous parts), images, audio (whole recordings) and digits")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="draws the valid images of cifar10 and the splits of images, audio and digits")
-    parser.add_argument("--sample-rate", type=int, default=12_000, help="audio: resample to this rate (Hz)")
-    parser.add_argument("--skip-undecodable", action="store_true",
-                        help="audio: skip files that fail to decode (reporting how many) instead of stopping")
-    parser.add_argument("--skip-checksum", action="store_true",
-                        help="cifar10: accept an archive whose md5 differs from the published one (a re-packed copy)")
-    parser.add_argument("--force", action="store_true", help="rebuild even if the output is up to date")
-    workflow = parser.add_argument_group(
-        "from a configuration file (what dvc.yaml and the Snakefile run)",
-        "take the source, input, output and options from the data section of one experiment; "
-        "the flags above other than --skip-checksum and --force are then refused",
-    )
-    workflow.add_argument("--config", type=Path, metavar="FILE.yaml", default=argparse.SUPPRESS,  # absent: None
-                          help="the YAML configuration (default: params.yaml, when no DATASET is given)")
-    workflow.add_argument("--experiment", metavar="NAME",
-                          help="the top-level section of the file to use (none given: the whole file is one experiment)")
-    workflow.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                          help="override a setting, e.g. --set data.seed=1 (repeatable; VALUE is YAML)")
-    workflow.add_argument("--fetch-only", action="store_true",
-                          help="only make sure the raw input exists: download it (enwik8, cifar10 with "
-                               "data.download: true) or stop saying where to put it; write no HDF5")
+@dataclass(frozen=True)
+class Source:
+    """One dataset: `build(cfg, input, output, force, skip_checksum)` prepares it (True if
+    the file was (re)built), `locate(cfg, input, skip_checksum)` checks its raw input
+    (returns it, or None when there is none) and raises DataError saying what to put where."""
+
+    build: Callable[[DataConfig, Path | None, Path, bool, bool], bool]
+    locate: Callable[[DataConfig, Path | None, bool], Path | None]
+    downloadable: bool = False  # data.download fetches the archive
+    whole_folder: bool = False  # reads every file of its input folder
+
+
+def _enwik8_build(cfg, where, output, force, skip_checksum):
+    from . import enwik8
+    return enwik8.prepare(where, output, download=cfg.download, force=force)
+
+
+def _enwik8_locate(cfg, where, skip_checksum):
+    from . import enwik8
+    from .download import locate_archive
+    return locate_archive(where, enwik8.FILENAME, enwik8.URL, cfg.download,
+                          lambda path: enwik8.read_enwik8(path, sum(enwik8.SPLIT_BYTES)))
+
+
+def _cifar10_build(cfg, where, output, force, skip_checksum):
+    from . import cifar10
+    return cifar10.prepare(where, output, download=cfg.download, force=force, seed=cfg.seed,
+                           md5=None if skip_checksum else cifar10.MD5)
+
+
+def _cifar10_locate(cfg, where, skip_checksum):
+    from . import cifar10
+    from .checksums import verify_file
+    from .download import locate_archive
+    expected = {} if skip_checksum else {"md5": cifar10.MD5}
+    hint = f"delete it and download {cifar10.URL} again"
+    return locate_archive(where, cifar10.FILENAME, cifar10.URL, cfg.download, lambda path: verify_file(path, expected, hint))
+
+
+def _imagenet64_build(cfg, where, output, force, skip_checksum):
+    from . import imagenet64
+    return imagenet64.prepare(where, output, force=force)
+
+
+def _imagenet64_locate(cfg, where, skip_checksum):
+    from . import imagenet64
+    from .errors import DataError
+    if where is None or not where.is_dir():
+        raise DataError(f"{where} is not a folder: " + imagenet64.HOW_TO_GET.format(root=where or "FOLDER"))
+    batches, folders = imagenet64._locate(where)
+    if not (all(name in batches for name in (*imagenet64.TRAIN_BATCHES, imagenet64.VALID_BATCH)) or len(folders) == 2):
+        raise DataError(f"{where} holds neither ImageNet64 release completely: " + imagenet64.HOW_TO_GET.format(root=where))
+    return where
+
+
+def _audio_build(cfg, where, output, force, skip_checksum):
+    from . import audio
+    return audio.prepare(where, output, sample_rate=cfg.sample_rate, fractions=tuple(cfg.split_fractions),
+                         seed=cfg.seed, skip_undecodable=cfg.skip_undecodable, force=force)
+
+
+def _audio_locate(cfg, where, skip_checksum):
+    from . import audio
+    from .errors import DataError
+    if where is None or not where.is_dir():
+        raise DataError(f"{where} is not a folder: put your recordings (WAV, FLAC, OGG or MP3) in {where or 'a folder'} "
+                        "and set data.input to it (the paper's classical-music set is not public; MAESTRO is a "
+                        "public choice)")
+    audio.audio_files(where)
+    return where
+
+
+def _bytes_build(cfg, where, output, force, skip_checksum):
+    from . import raw_bytes
+    return raw_bytes.prepare(where, output, fractions=tuple(cfg.split_fractions), force=force)
+
+
+def _images_build(cfg, where, output, force, skip_checksum):
+    from . import image_folder
+    return image_folder.prepare(where, output, fractions=tuple(cfg.split_fractions), seed=cfg.seed, force=force)
+
+
+def _files_locate(cfg, where, skip_checksum):
+    from . import raw_bytes
+    raw_bytes.list_files(where, "input")
+    return where
+
+
+def _digits_build(cfg, where, output, force, skip_checksum):
+    from . import digits
+    return digits.prepare(output, fractions=tuple(cfg.split_fractions), seed=cfg.seed, force=force)
+
+
+SOURCES: dict[str, Source] = {
+    "enwik8": Source(_enwik8_build, _enwik8_locate, downloadable=True),
+    "cifar10": Source(_cifar10_build, _cifar10_locate, downloadable=True),
+    "imagenet64": Source(_imagenet64_build, _imagenet64_locate),
+    "audio": Source(_audio_build, _audio_locate, whole_folder=True),
+    "bytes": Source(_bytes_build, _files_locate, whole_folder=True),
+    "images": Source(_images_build, _files_locate, whole_folder=True),
+    "digits": Source(_digits_build, lambda cfg, where, skip_checksum: None),  # in scikit-learn's wheel: no raw files
+}
+DOWNLOADABLE = tuple(name for name, source in SOURCES.items() if source.downloadable)
 
 
 def check_not_input(dataset: str, output: Path, input_path: Path | None) -> None:
@@ -70,49 +135,32 @@ def check_not_input(dataset: str, output: Path, input_path: Path | None) -> None
     raw, out = Path(input_path).resolve(), Path(output).resolve()
     if out == raw:
         raise DataError(f"the output {output} is the input itself: write the HDF5 file elsewhere, e.g. data/prepared/")
-    if dataset in WHOLE_FOLDER_SOURCES and raw in out.parents:
+    if SOURCES[dataset].whole_folder and raw in out.parents:
         raise DataError(f"the output {output} lies inside the input folder {input_path}: write the HDF5 file "
                         "elsewhere, e.g. data/prepared/ (inside, it would be read as raw data)")
 
 
-def prepare(dataset: str, input_path: Path | None, output: Path, *, download: bool = False,
-            split_fractions=(0.9, 0.05, 0.05), seed: int = 0, sample_rate: int = 12_000,
-            skip_undecodable: bool = False, skip_checksum: bool = False, force: bool = False) -> bool:
-    """Prepare one dataset; True if the file was (re)built, False if it was up to date."""
-    from ..outputs import check_file
-    from . import audio, cifar10, digits, enwik8, image_folder, imagenet64, raw_bytes
+def _source(cfg: DataConfig) -> tuple[Source, Path | None]:
     from .errors import DataError
 
-    if download and dataset not in DOWNLOADABLE:
-        raise DataError(f"--download works for {', '.join(DOWNLOADABLE)} only; {dataset} needs its files in --input")
-    check_not_input(dataset, output, input_path)
+    source = SOURCES[cfg.dataset]
+    where = None if cfg.input is None else Path(cfg.input)
+    if cfg.download and not source.downloadable:
+        raise DataError(f"downloading (--download, data.download) works for {', '.join(DOWNLOADABLE)} only; "
+                        f"{cfg.dataset} needs its files in its input ({where})")
+    return source, where
+
+
+def prepare(cfg: DataConfig, force: bool = False, skip_checksum: bool = False) -> bool:
+    """Prepare the data section's dataset into cfg.hdf5; True if the file was (re)built,
+    False if it was up to date. skip_checksum: cifar10 accepts a re-packed archive."""
+    from ..outputs import check_file
+
+    source, where = _source(cfg)
+    output = Path(cfg.hdf5)
+    check_not_input(cfg.dataset, output, where)
     check_file(output, "the output")
-    if dataset == "enwik8":
-        return enwik8.prepare(input_path, output, download=download, force=force)
-    if dataset == "cifar10":
-        return cifar10.prepare(input_path, output, download=download, force=force, seed=seed,
-                               md5=None if skip_checksum else cifar10.MD5)
-    if dataset == "imagenet64":
-        return imagenet64.prepare(input_path, output, force=force)
-    if dataset == "audio":
-        return audio.prepare(input_path, output, sample_rate=sample_rate, fractions=tuple(split_fractions),
-                             seed=seed, skip_undecodable=skip_undecodable, force=force)
-    if dataset == "bytes":
-        return raw_bytes.prepare(input_path, output, fractions=tuple(split_fractions), force=force)
-    if dataset == "images":
-        return image_folder.prepare(input_path, output, fractions=tuple(split_fractions), seed=seed, force=force)
-    if dataset == "digits":
-        return digits.prepare(output, fractions=tuple(split_fractions), seed=seed, force=force)
-    raise ValueError(f"unknown dataset {dataset!r}")
-
-
-def prepare_config(cfg: DataConfig, force: bool = False, skip_checksum: bool = False) -> bool:
-    """`prepare` driven by a params.yaml data section (already loaded and validated)."""
-    return prepare(
-        cfg.dataset, None if cfg.input is None else Path(cfg.input), Path(cfg.hdf5), download=cfg.download,
-        split_fractions=cfg.split_fractions, seed=cfg.seed, sample_rate=cfg.sample_rate,
-        skip_undecodable=cfg.skip_undecodable, skip_checksum=skip_checksum, force=force,
-    )
+    return source.build(cfg, where, output, force, skip_checksum)
 
 
 def fetch(cfg: DataConfig, skip_checksum: bool = False) -> Path | None:
@@ -120,82 +168,5 @@ def fetch(cfg: DataConfig, skip_checksum: bool = False) -> Path | None:
     the archive (enwik8, cifar10 with download: true; verified as `prepare` verifies it),
     or check that the file or folder holds what `prepare` needs. Raises DataError saying
     which file to put where. Returns the raw input (None for digits, which has none)."""
-    from . import audio, cifar10, enwik8, imagenet64, raw_bytes
-    from .checksums import verify_file
-    from .download import locate_archive
-    from .errors import DataError
-
-    where = None if cfg.input is None else Path(cfg.input)
-    if cfg.download and cfg.dataset not in DOWNLOADABLE:
-        raise DataError(f"data.download works for {', '.join(DOWNLOADABLE)} only; {cfg.dataset} needs its files "
-                        f"in data.input ({where})")
-    if cfg.dataset == "enwik8":
-        return locate_archive(where, enwik8.FILENAME, enwik8.URL, cfg.download,
-                              lambda path: enwik8.read_enwik8(path, sum(enwik8.SPLIT_BYTES)))
-    if cfg.dataset == "cifar10":
-        expected = {} if skip_checksum else {"md5": cifar10.MD5}
-        hint = f"delete it and download {cifar10.URL} again"
-        return locate_archive(where, cifar10.FILENAME, cifar10.URL, cfg.download,
-                              lambda path: verify_file(path, expected, hint))
-    if cfg.dataset == "imagenet64":
-        if where is None or not where.is_dir():
-            raise DataError(f"{where} is not a folder: " + imagenet64.HOW_TO_GET.format(root=where or "FOLDER"))
-        batches, folders = imagenet64._locate(where)
-        if not (all(name in batches for name in (*imagenet64.TRAIN_BATCHES, imagenet64.VALID_BATCH)) or len(folders) == 2):
-            raise DataError(f"{where} holds neither ImageNet64 release completely: "
-                            + imagenet64.HOW_TO_GET.format(root=where))
-        return where
-    if cfg.dataset == "audio":
-        if where is None or not where.is_dir():
-            raise DataError(f"{where} is not a folder: put your recordings (WAV, FLAC, OGG or MP3) in {where or 'a folder'} "
-                            "and set data.input to it (the paper's classical-music set is not public; MAESTRO is a "
-                            "public choice)")
-        audio.audio_files(where)
-        return where
-    if cfg.dataset in ("bytes", "images"):
-        raw_bytes.list_files(where, "input")
-        return where
-    return None  # digits: in scikit-learn's wheel
-
-
-def run_config(args: argparse.Namespace, config: Path) -> int:
-    """`prepare [--config FILE] [--experiment NAME]`: the experiment's data section."""
-    from ..config import ConfigError
-
-    given = [flag for flag, value, default in (
-        ("DATASET", args.dataset, None), ("--input", args.input, None), ("--output", args.output, None),
-        ("--download", args.download, False), ("--split-fractions", tuple(args.split_fractions), (0.9, 0.05, 0.05)),
-        ("--seed", args.seed, 0), ("--sample-rate", args.sample_rate, 12_000),
-        ("--skip-undecodable", args.skip_undecodable, False),
-    ) if value != default]
-    if given:
-        raise ConfigError(f"{', '.join(given)}: the data section of {config} sets these: change them there or with "
-                          "--set data.FIELD=VALUE (DATASET and these flags prepare without a configuration)")
-    data = load_experiment(config, args.experiment, tuple(args.overrides)).data
-    if args.fetch_only:
-        found = fetch(data, skip_checksum=args.skip_checksum)
-        print(f"{found} is in place" if found is not None else f"{data.dataset} needs no raw files")
-        return 0
-    built = prepare_config(data, force=args.force, skip_checksum=args.skip_checksum)
-    print(f"wrote {data.hdf5}" if built else f"{data.hdf5} is up to date (same inputs and parameters): kept")
-    return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
-
-    config = getattr(args, "config", None)
-    if args.dataset is None or config is not None:
-        return run_config(args, config or Path("params.yaml"))
-    if args.experiment is not None or args.overrides or args.fetch_only:
-        raise ConfigError("--experiment, --set and --fetch-only take the data section of a configuration "
-                          "(--config, default params.yaml), not DATASET")
-    if args.output is None:
-        raise ConfigError("give DATASET and --output FILE.h5, or no DATASET to use a configuration's data section")
-    built = prepare(
-        args.dataset, args.input, args.output, download=args.download, split_fractions=args.split_fractions,
-        seed=args.seed, sample_rate=args.sample_rate, skip_undecodable=args.skip_undecodable,
-        skip_checksum=args.skip_checksum, force=args.force,
-    )
-    print(f"wrote {args.output}" if built else f"{args.output} is up to date (same inputs and parameters): kept")
-    return 0
+    source, where = _source(cfg)
+    return source.locate(cfg, where, skip_checksum)
