@@ -12,6 +12,13 @@ pipelines as it does a dense loop. Positions >= n are masked only when n is not 
 multiple of the block (EVEN_N false). The dK/dV program owns a key tile and walks the
 transposed lists: the query blocks that read its key block.
 
+What a program walks is a row of the pass's work table (`blocks.schedule`): a list, or
+a piece of a long one, longest first. A piece stores its partial result (output and
+logsumexp, or a gradient's partial sum) in a slot of a float32 scratch, and a second,
+short launch adds up each split list's pieces in piece order (`block_combine_kernel`,
+`block_sum_kernel`): a global row or column then costs no more than the other lists,
+and the sums stay deterministic without atomics.
+
 Layouts shared by the batch (LB = 1) or the heads (LH = 1) are read with a zero stride,
 so one launch serves every (batch, head). Grouped-query attention: query head h reads
 key/value head h // GROUP in place; the dK/dV program of a key/value head sums over its
@@ -22,6 +29,51 @@ import triton
 import triton.language as tl
 
 from .tiles import dkdv_step, dq_step, load_lse, load_rows, softmax_result, softmax_step, store_rows
+
+
+@triton.jit
+def _table(b, h, LIST_SB, LIST_SH):
+    """Which of the (LB, LH) lists (batch b, query head h) reads: LIST_SB is LH and
+    LIST_SH 1, each 0 where the layout is shared along that dimension."""
+    return b * LIST_SB + h.to(tl.int64) * LIST_SH
+
+
+@triton.jit
+def _scheduled_tile(H, NW, BLOCK: tl.constexpr, TILE: tl.constexpr):
+    """The (batch, head) pair a program serves, the pair's batch element and head, its
+    rank in the pass's work table and its TILE-row tile's first row in the block.
+
+    The 1-D grid holds NW * (BLOCK // TILE) ranks for each pair, pairs varying fastest,
+    and rank r takes row r of the pair's work table (longest first): the longest work of
+    every head starts in the first wave instead of whenever its head's turn comes. H:
+    heads of the pairs (query heads for a query tile, key/value heads for a key tile)."""
+    pairs = tl.num_programs(0) // (NW * (BLOCK // TILE))
+    pair = tl.program_id(0) % pairs
+    rank = tl.program_id(0) // pairs
+    return pair, (pair // H).to(tl.int64), pair % H, rank // (BLOCK // TILE), (rank % (BLOCK // TILE)) * TILE
+
+
+@triton.jit
+def _work_item(WORK, row, n, offset, BLOCK: tl.constexpr):
+    """Row `row` of a work table: its block, the entry range [first, end) of the block's
+    list and its slot (-1: store in place), and whether a tile `offset` rows into the
+    block has anything to do (padding rows and tiles wholly past n do not)."""
+    block = tl.load(WORK + row * 4)
+    live = (block >= 0) & (block * BLOCK + offset < n)
+    return tl.maximum(block, 0), tl.load(WORK + row * 4 + 1), tl.load(WORK + row * 4 + 2), tl.load(WORK + row * 4 + 3), live
+
+
+@triton.jit
+def _step_range(COUNT, PARTIAL, entry, first, end, live, SUB: tl.constexpr):
+    """The sub-tile steps a work item takes in list `entry`: [first, end) of it, clipped
+    to the list (the last piece's end is OPEN), as the partial part [p0, p1) and the
+    full part [f0, f1), SUB sub-tiles per block; none when not live."""
+    count = tl.load(COUNT + entry)
+    partial = tl.load(PARTIAL + entry)
+    end = tl.where(live, tl.minimum(end, count), 0)
+    first = tl.minimum(first, end)
+    split = tl.minimum(tl.maximum(first, partial), end)
+    return first * SUB, split * SUB, split * SUB, end * SUB
 
 
 @triton.jit
@@ -69,114 +121,151 @@ def _listed_key_tile(
 
 
 @triton.jit
-def _list_entry(b, h, i, LIST_SB, LIST_SH, NB):
-    """Offset of (batch b, query head h, block i) in the (LB, LH, NB) count tensors; LIST_SB
-    and LIST_SH are 0 where the layout is shared."""
-    return b * LIST_SB + h.to(tl.int64) * LIST_SH + i
-
-
-@triton.jit
-def _scheduled_tile(H, NB, BLOCK: tl.constexpr, TILE: tl.constexpr):
-    """The (batch, head) pair a program serves, the pair's batch element and head, the
-    rank of its block in the pair's ORDER, and its TILE-row tile's first row in the block.
-
-    Programs run longest list first: the 1-D grid holds NB * (BLOCK // TILE) ranks for
-    each of its pairs, pairs varying fastest, and rank r takes the r-th block of the
-    pair's ORDER (its blocks by list length, descending). The longest lists of every head
-    so start in the first wave, instead of whenever their head's turn comes, and do not
-    run on alone after everything else has finished. H: heads of the pairs (query heads
-    for a query tile, key/value heads for a key tile)."""
-    pairs = tl.num_programs(0) // (NB * (BLOCK // TILE))
-    pair = tl.program_id(0) % pairs
-    rank = tl.program_id(0) // pairs
-    return pair, (pair // H).to(tl.int64), pair % H, rank // (BLOCK // TILE), (rank % (BLOCK // TILE)) * TILE
-
-
-@triton.jit
 def _query_tile(
-    Q, K, V, KV_COUNT, KV_PARTIAL, KV_ORDER, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb,
-    stride_vh, H, GROUP, n, NB, LIST_SB, LIST_SH,
+    Q, K, V, KV_COUNT, KV_PARTIAL, KV_WORK, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb,
+    stride_vh, H, GROUP, n, NB, NW, LIST_SB, LIST_SH,
     BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QK_DIM: tl.constexpr, QK_PAD: tl.constexpr,
 ):
     """What a forward or dQ program starts from: its (batch, head) pair, query rows and
     their validity, the tile's first row inside its query block, q, the key/value head's
-    k and v, where its list starts, and how many key sub-tiles it visits in partial
-    blocks and in all (none for a tile wholly past n)."""
-    bh, b, h, block_rank, r0 = _scheduled_tile(H, NB, BLOCK, BLOCK_M)
-    i = tl.load(KV_ORDER + _list_entry(b, h, block_rank, LIST_SB, LIST_SH, NB))
+    k and v, where its list starts, its steps (partial [p0, p1), full [f0, f1)), its
+    work item's first entry and its slot."""
+    bh, b, h, rank, r0 = _scheduled_tile(H, NW, BLOCK, BLOCK_M)
+    table = _table(b, h, LIST_SB, LIST_SH)
+    i, first, end, slot, live = _work_item(KV_WORK, table * NW + rank, n, r0, BLOCK)
     row_q = i.to(tl.int64) * BLOCK + r0 + tl.arange(0, BLOCK_M)
-    valid_q = row_q < n
+    valid_q = row_q < tl.where(live, n, 0)
     q = load_rows(Q + b * stride_qb + h * stride_qh, row_q, stride_qn, valid_q, tl.arange(0, QK_PAD), QK_DIM, QK_PAD)
     k_ptr = K + b * stride_kb + (h // GROUP) * stride_kh
     v_ptr = V + b * stride_vb + (h // GROUP) * stride_vh
-    entry = _list_entry(b, h, i, LIST_SB, LIST_SH, NB)
-    inside = (i * BLOCK + r0 < n).to(tl.int32)
-    partial_steps = tl.load(KV_PARTIAL + entry) * (BLOCK // BLOCK_N) * inside
-    steps = tl.load(KV_COUNT + entry) * (BLOCK // BLOCK_N) * inside
-    return bh, b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, partial_steps, steps
+    entry = table * NB + i
+    p0, p1, f0, f1 = _step_range(KV_COUNT, KV_PARTIAL, entry, first, end, live, BLOCK // BLOCK_N)
+    return bh, b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, p0, p1, f0, f1, first, slot
+
+
+@triton.jit
+def _slot_rows(pair, slot, NSLOTS, offset, BLOCK: tl.constexpr, TILE: tl.constexpr):
+    """Rows of a float32 scratch (pairs * NSLOTS * BLOCK rows) that hold a tile's partial
+    result: the tile `offset` rows into the block, in `slot` of its (batch, head) pair."""
+    return (pair.to(tl.int64) * NSLOTS + slot) * BLOCK + offset + tl.arange(0, TILE)
 
 
 @triton.jit
 def block_forward_kernel(
-    Q, K, V, O, LSE, KV_COUNT, KV_PARTIAL, KV_ORDER, KV_INDEX, KV_MASK, MASKS,
+    Q, K, V, O, LSE, O_PART, LSE_PART, KV_COUNT, KV_PARTIAL, KV_WORK, KV_INDEX, KV_MASK, MASKS,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
-    H, GROUP, n, NB, LIST_SB, LIST_SH, KV_WIDTH, qk_scale, N_BUCKET,
+    H, GROUP, n, NB, NW, NSLOTS, LIST_SB, LIST_SH, KV_WIDTH, qk_scale, N_BUCKET,
     BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     QK_DIM: tl.constexpr, V_DIM: tl.constexpr, QK_PAD: tl.constexpr, V_PAD: tl.constexpr, EVEN_N: tl.constexpr,
 ):
-    """Grid: (blocks * BLOCK // BLOCK_M * batch * heads,), longest list first (`_scheduled_tile`)."""
-    bh, b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, partial_steps, steps = _query_tile(
-        Q, K, V, KV_COUNT, KV_PARTIAL, KV_ORDER, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb, stride_vh,
-        H, GROUP, n, NB, LIST_SB, LIST_SH, BLOCK, BLOCK_M, BLOCK_N, QK_DIM, QK_PAD)
+    """Grid: (NW * BLOCK // BLOCK_M * batch * heads,), longest work first (`_scheduled_tile`).
+    A piece of a split list stores its normalized output and logsumexp (float32) in its
+    slot of O_PART and LSE_PART, for `block_combine_kernel`."""
+    bh, b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, p0, p1, f0, f1, first, slot = _query_tile(
+        Q, K, V, KV_COUNT, KV_PARTIAL, KV_WORK, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb,
+        stride_vh, H, GROUP, n, NB, NW, LIST_SB, LIST_SH, BLOCK, BLOCK_M, BLOCK_N, QK_DIM, QK_PAD)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, V_PAD], tl.float32)
-    for step in range(0, partial_steps):
+    for step in range(p0, p1):
         k, v, s = _listed_key_tile(q, k_ptr, v_ptr, KV_INDEX, KV_MASK, MASKS, entry * KV_WIDTH, step, r0,
                                    stride_kn, stride_vn, n, qk_scale,
                                    BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD, True, EVEN_N)
         m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc)
-    for step in range(partial_steps, steps):
+    for step in range(f0, f1):
         k, v, s = _listed_key_tile(q, k_ptr, v_ptr, KV_INDEX, KV_MASK, MASKS, entry * KV_WIDTH, step, r0,
                                    stride_kn, stride_vn, n, qk_scale,
                                    BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD, False, EVEN_N)
         m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc)
 
     out, lse = softmax_result(m_i, l_i, acc)
-    store_rows(O + b * stride_ob + h * stride_oh, row_q, stride_on, valid_q, tl.arange(0, V_PAD), out, V_DIM, V_PAD)
+    offs_v = tl.arange(0, V_PAD)
+    if slot < 0:
+        store_rows(O + b * stride_ob + h * stride_oh, row_q, stride_on, valid_q, offs_v, out, V_DIM, V_PAD)
+        tl.store(LSE + bh.to(tl.int64) * n + row_q, lse, mask=valid_q)
+    else:
+        part = _slot_rows(bh, slot, NSLOTS, r0, BLOCK, BLOCK_M)
+        store_rows(O_PART, part, V_PAD, valid_q, offs_v, out, V_PAD, V_PAD)
+        tl.store(LSE_PART + part, lse, mask=valid_q)
+
+
+@triton.jit
+def _split_list(SPLIT, row, n, offset, BLOCK: tl.constexpr, TILE: tl.constexpr):
+    """Row `row` of a split table, for a tile `offset` rows into the list's block: the
+    tile's rows, their validity (none on a padding row), the list's first slot and its
+    number of pieces."""
+    block = tl.load(SPLIT + row * 3)
+    rows = tl.maximum(block, 0).to(tl.int64) * BLOCK + offset + tl.arange(0, TILE)
+    return rows, rows < tl.where(block >= 0, n, 0), tl.load(SPLIT + row * 3 + 1), tl.load(SPLIT + row * 3 + 2)
+
+
+@triton.jit
+def block_combine_kernel(
+    O_PART, LSE_PART, O, LSE, KV_SPLIT, stride_ob, stride_oh, stride_on, H, n, NS, NSLOTS, LIST_SB, LIST_SH,
+    BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, V_DIM: tl.constexpr, V_PAD: tl.constexpr,
+):
+    """Grid: (NS * BLOCK // BLOCK_M, batch * heads). The output and logsumexp of each split
+    list's rows from its pieces' (normalized output, logsumexp), in piece order: the
+    output is the pieces' outputs weighted by exp(lse_piece - lse)."""
+    tile = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = bh % H
+    r0 = (tile % (BLOCK // BLOCK_M)) * BLOCK_M
+    row_q, valid_q, first, pieces = _split_list(
+        KV_SPLIT, _table(b, h, LIST_SB, LIST_SH) * NS + tile // (BLOCK // BLOCK_M), n, r0, BLOCK, BLOCK_M)
+    offs_v = tl.arange(0, V_PAD)
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    for piece in range(0, pieces):
+        part = _slot_rows(bh, first + piece, NSLOTS, r0, BLOCK, BLOCK_M)
+        m = tl.maximum(m, tl.load(LSE_PART + part, mask=valid_q, other=float("-inf")))
+    m_ref = tl.where(m == float("-inf"), 0.0, m)  # rows no piece reaches
+    total = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, V_PAD], tl.float32)
+    for piece in range(0, pieces):
+        part = _slot_rows(bh, first + piece, NSLOTS, r0, BLOCK, BLOCK_M)
+        weight = tl.exp(tl.load(LSE_PART + part, mask=valid_q, other=float("-inf")) - m_ref)
+        total += weight
+        acc += weight[:, None] * load_rows(O_PART, part, V_PAD, valid_q, offs_v, V_PAD, V_PAD)
+    empty = total == 0.0
+    out = acc / tl.where(empty, 1.0, total)[:, None]
+    lse = tl.where(empty, float("-inf"), m_ref + tl.log(tl.where(empty, 1.0, total)))
+    store_rows(O + b * stride_ob + h * stride_oh, row_q, stride_on, valid_q, offs_v, out, V_DIM, V_PAD)
     tl.store(LSE + bh.to(tl.int64) * n + row_q, lse, mask=valid_q)
 
 
 @triton.jit
 def block_dq_kernel(
-    Q, K, V, O, DO, LSE, DELTA, DQ, KV_COUNT, KV_PARTIAL, KV_ORDER, KV_INDEX, KV_MASK, MASKS,
+    Q, K, V, O, DO, LSE, DELTA, DQ, DQ_PART, KV_COUNT, KV_PARTIAL, KV_WORK, KV_INDEX, KV_MASK, MASKS,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on, stride_dob, stride_doh, stride_don, stride_dqb, stride_dqh, stride_dqn,
-    H, GROUP, n, NB, LIST_SB, LIST_SH, KV_WIDTH, qk_scale, sm_scale, N_BUCKET,
+    H, GROUP, n, NB, NW, NSLOTS, LIST_SB, LIST_SH, KV_WIDTH, qk_scale, sm_scale, N_BUCKET,
     BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     QK_DIM: tl.constexpr, V_DIM: tl.constexpr, QK_PAD: tl.constexpr, V_PAD: tl.constexpr, EVEN_N: tl.constexpr,
 ):
-    """Grid: as the forward's. Also stores delta = rowsum(dO * O) for the
-    dK/dV launch after it."""
-    bh, b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, partial_steps, steps = _query_tile(
-        Q, K, V, KV_COUNT, KV_PARTIAL, KV_ORDER, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb, stride_vh,
-        H, GROUP, n, NB, LIST_SB, LIST_SH, BLOCK, BLOCK_M, BLOCK_N, QK_DIM, QK_PAD)
+    """Grid: as the forward's. Also stores delta = rowsum(dO * O) for the dK/dV launch
+    after it (the first piece of a list does). A piece of a split list stores its part of
+    dQ (float32) in its slot of DQ_PART, for `block_sum_kernel`."""
+    bh, b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, p0, p1, f0, f1, first, slot = _query_tile(
+        Q, K, V, KV_COUNT, KV_PARTIAL, KV_WORK, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb,
+        stride_vh, H, GROUP, n, NB, NW, LIST_SB, LIST_SH, BLOCK, BLOCK_M, BLOCK_N, QK_DIM, QK_PAD)
+    offs_qk = tl.arange(0, QK_PAD)
     offs_v = tl.arange(0, V_PAD)
     stat_base = bh.to(tl.int64) * n
     do = load_rows(DO + b * stride_dob + h * stride_doh, row_q, stride_don, valid_q, offs_v, V_DIM, V_PAD)
     o = load_rows(O + b * stride_ob + h * stride_oh, row_q, stride_on, valid_q, offs_v, V_DIM, V_PAD)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(DELTA + stat_base + row_q, delta, mask=valid_q)
+    tl.store(DELTA + stat_base + row_q, delta, mask=valid_q & (row_q < tl.where(first == 0, n, 0)))
     lse = load_lse(LSE, stat_base, row_q, valid_q)
     dq = tl.zeros([BLOCK_M, QK_PAD], tl.float32)
-    for step in range(0, partial_steps):
+    for step in range(p0, p1):
         k, v, s = _listed_key_tile(q, k_ptr, v_ptr, KV_INDEX, KV_MASK, MASKS, entry * KV_WIDTH, step, r0,
                                    stride_kn, stride_vn, n, qk_scale,
                                    BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD, True, EVEN_N)
         p = tl.math.exp2(s - lse[:, None])  # 0 where s is -inf (lse is finite or +inf)
         dq = dq_step(p, do, v, k, delta, dq)
-    for step in range(partial_steps, steps):
+    for step in range(f0, f1):
         k, v, s = _listed_key_tile(q, k_ptr, v_ptr, KV_INDEX, KV_MASK, MASKS, entry * KV_WIDTH, step, r0,
                                    stride_kn, stride_vn, n, qk_scale,
                                    BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD, False, EVEN_N)
@@ -184,7 +273,10 @@ def block_dq_kernel(
         dq = dq_step(p, do, v, k, delta, dq)
 
     dq *= sm_scale
-    store_rows(DQ + b * stride_dqb + h * stride_dqh, row_q, stride_dqn, valid_q, tl.arange(0, QK_PAD), dq, QK_DIM, QK_PAD)
+    if slot < 0:
+        store_rows(DQ + b * stride_dqb + h * stride_dqh, row_q, stride_dqn, valid_q, offs_qk, dq, QK_DIM, QK_PAD)
+    else:
+        store_rows(DQ_PART, _slot_rows(bh, slot, NSLOTS, r0, BLOCK, BLOCK_M), QK_PAD, valid_q, offs_qk, dq, QK_PAD, QK_PAD)
 
 
 @triton.jit
@@ -214,23 +306,24 @@ def _listed_query_tile(
 
 @triton.jit
 def block_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, Q_COUNT, Q_PARTIAL, Q_ORDER, Q_INDEX, Q_MASK, MASKS,
+    Q, K, V, DO, LSE, DELTA, DK, DV, DK_PART, DV_PART, Q_COUNT, Q_PARTIAL, Q_WORK, Q_INDEX, Q_MASK, MASKS,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_don, stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
-    H, GROUP, n, NB, LIST_SB, LIST_SH, Q_WIDTH, qk_scale, sm_scale, N_BUCKET,
+    H, GROUP, n, NB, NW, NSLOTS, LIST_SB, LIST_SH, Q_WIDTH, qk_scale, sm_scale, N_BUCKET,
     BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     QK_DIM: tl.constexpr, V_DIM: tl.constexpr, QK_PAD: tl.constexpr, V_PAD: tl.constexpr, EVEN_N: tl.constexpr,
 ):
-    """Grid: (blocks * BLOCK // BLOCK_N * batch * key/value heads,), longest list first.
-    Sums over the GROUP query heads of its key/value head."""
-    bg, b, g, block_rank, c0 = _scheduled_tile(H // GROUP, NB, BLOCK, BLOCK_N)  # c0: first column in the key block
-    # Any permutation of the key blocks serves the whole group; the group's first head's order is the one taken.
-    j = tl.load(Q_ORDER + _list_entry(b, g * GROUP, block_rank, LIST_SB, LIST_SH, NB))
-    inside = (j * BLOCK + c0 < n).to(tl.int32)  # 0 for a tile wholly past n: nothing to visit
+    """Grid: (NW * BLOCK // BLOCK_N * batch * key/value heads,), longest work first. Sums
+    over the GROUP query heads of its key/value head, by the work table of the group's
+    first head (a piece's range applies to each head's list; the last piece is open).
+    A piece of a split list stores its parts of dK and dV (float32) in its slots of
+    DK_PART and DV_PART, for `block_sum_kernel`."""
+    bg, b, g, rank, c0 = _scheduled_tile(H // GROUP, NW, BLOCK, BLOCK_N)  # c0: first column in the key block
+    j, first, end, slot, live = _work_item(Q_WORK, _table(b, g * GROUP, LIST_SB, LIST_SH) * NW + rank, n, c0, BLOCK)
     offs_qk = tl.arange(0, QK_PAD)
     offs_v = tl.arange(0, V_PAD)
     row_k = j.to(tl.int64) * BLOCK + c0 + tl.arange(0, BLOCK_N)
-    valid_k = row_k < n
+    valid_k = row_k < tl.where(live, n, 0)
     k = load_rows(K + b * stride_kb + g * stride_kh, row_k, stride_kn, valid_k, offs_qk, QK_DIM, QK_PAD)
     v = load_rows(V + b * stride_vb + g * stride_vh, row_k, stride_vn, valid_k, offs_v, V_DIM, V_PAD)
     dk = tl.zeros([BLOCK_N, QK_PAD], tl.float32)
@@ -240,18 +333,44 @@ def block_dkdv_kernel(
         q_ptr = Q + b * stride_qb + h * stride_qh
         do_ptr = DO + b * stride_dob + h * stride_doh
         stat_base = (b * H + h) * n
-        entry = _list_entry(b, h, j, LIST_SB, LIST_SH, NB)
-        partial_steps = tl.load(Q_PARTIAL + entry) * (BLOCK // BLOCK_M) * inside
-        steps = tl.load(Q_COUNT + entry) * (BLOCK // BLOCK_M) * inside
-        for step in range(0, partial_steps):
+        entry = _table(b, h, LIST_SB, LIST_SH) * NB + j
+        p0, p1, f0, f1 = _step_range(Q_COUNT, Q_PARTIAL, entry, first, end, live, BLOCK // BLOCK_M)
+        for step in range(p0, p1):
             dk, dv = _listed_query_tile(k, v, dk, dv, q_ptr, do_ptr, LSE, DELTA, Q_INDEX, Q_MASK, MASKS,
                                         entry * Q_WIDTH, step, c0, stat_base, stride_qn, stride_don, n, qk_scale,
                                         BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD, True, EVEN_N)
-        for step in range(partial_steps, steps):
+        for step in range(f0, f1):
             dk, dv = _listed_query_tile(k, v, dk, dv, q_ptr, do_ptr, LSE, DELTA, Q_INDEX, Q_MASK, MASKS,
                                         entry * Q_WIDTH, step, c0, stat_base, stride_qn, stride_don, n, qk_scale,
                                         BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD, False, EVEN_N)
 
     dk *= sm_scale
-    store_rows(DK + b * stride_dkb + g * stride_dkh, row_k, stride_dkn, valid_k, offs_qk, dk, QK_DIM, QK_PAD)
-    store_rows(DV + b * stride_dvb + g * stride_dvh, row_k, stride_dvn, valid_k, offs_v, dv, V_DIM, V_PAD)
+    if slot < 0:
+        store_rows(DK + b * stride_dkb + g * stride_dkh, row_k, stride_dkn, valid_k, offs_qk, dk, QK_DIM, QK_PAD)
+        store_rows(DV + b * stride_dvb + g * stride_dvh, row_k, stride_dvn, valid_k, offs_v, dv, V_DIM, V_PAD)
+    else:
+        part = _slot_rows(bg, slot, NSLOTS, c0, BLOCK, BLOCK_N)
+        store_rows(DK_PART, part, QK_PAD, valid_k, offs_qk, dk, QK_PAD, QK_PAD)
+        store_rows(DV_PART, part, V_PAD, valid_k, offs_v, dv, V_PAD, V_PAD)
+
+
+@triton.jit
+def block_sum_kernel(
+    PART, DST, SPLIT, stride_db, stride_dh, stride_dn, H, GROUP, n, NS, NSLOTS, LIST_SB, LIST_SH,
+    BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, DIM: tl.constexpr, PAD: tl.constexpr,
+):
+    """Grid: (NS * BLOCK // BLOCK_M, batch * H). Each split list's rows of DST (dQ, dK or
+    dV), the sum of its pieces' parts in piece order. H: the heads of DST; a head's split
+    table is that of its first query head (GROUP query heads a head: 1 for dQ)."""
+    tile = tl.program_id(0)
+    pair = tl.program_id(1)
+    b = (pair // H).to(tl.int64)
+    g = pair % H
+    r0 = (tile % (BLOCK // BLOCK_M)) * BLOCK_M
+    rows, valid, first, pieces = _split_list(
+        SPLIT, _table(b, g * GROUP, LIST_SB, LIST_SH) * NS + tile // (BLOCK // BLOCK_M), n, r0, BLOCK, BLOCK_M)
+    offs = tl.arange(0, PAD)
+    total = tl.zeros([BLOCK_M, PAD], tl.float32)
+    for piece in range(0, pieces):
+        total += load_rows(PART, _slot_rows(pair, first + piece, NSLOTS, r0, BLOCK, BLOCK_M), PAD, valid, offs, PAD, PAD)
+    store_rows(DST + b * stride_db + g * stride_dh, rows, stride_dn, valid, offs, total, DIM, PAD)

@@ -26,15 +26,20 @@ class BlockLists(NamedTuple):
     block: the granularity, a power of two 16..128; the kernels' tiles divide it.
     kv_count: (LB, LH, NB) how many key blocks query block i reads.
     kv_partial: (LB, LH, NB) how many of them are partial; they come first in the list.
-    kv_order: (LB, LH, NB) the query blocks by list length, longest first (`longest_first`):
-        the order the kernels' programs start in.
+    kv_work: (LB, LH, NW, 4) the forward and dQ programs' work (`schedule`), longest
+        first: rows (query block, first entry, end entry, slot) of its list, slot -1 for
+        a whole list (the result is stored in place), else the partial-result slot of a
+        piece of a long list; padding rows (-1, 0, 0, -1).
+    kv_split: (LB, LH, NS, 3) the split lists: rows (query block, first slot, pieces),
+        whose pieces' results are combined after the pass; padding rows (-1, 0, 0).
     kv_index: (LB, LH, NB, W) those key blocks: the partial ones ascending, then the full
         ones ascending; entries past the count are ignored (0).
     kv_mask: (LB, LH, NB, W) -1 = every pair of the block allowed ("full"), m >= 0 =
         partial: masks[m] says which pairs.
     q_count: (LB, LH, NB) the transpose: how many query blocks read key block j.
     q_partial: (LB, LH, NB) how many of them are partial (first in the list).
-    q_order: (LB, LH, NB) the key blocks by transposed list length, longest first.
+    q_work: (LB, LH, NW2, 4) the dK/dV programs' work, as kv_work over the transposed lists.
+    q_split: (LB, LH, NS2, 3) the split transposed lists, as kv_split.
     q_index: (LB, LH, NB, W2) those query blocks, partial ones first, each part ascending.
     q_mask: (LB, LH, NB, W2) -1 full, else an index into masks (the same ids as kv_mask).
 
@@ -52,12 +57,14 @@ class BlockLists(NamedTuple):
     block: int
     kv_count: torch.Tensor
     kv_partial: torch.Tensor
-    kv_order: torch.Tensor
+    kv_work: torch.Tensor
+    kv_split: torch.Tensor
     kv_index: torch.Tensor
     kv_mask: torch.Tensor
     q_count: torch.Tensor
     q_partial: torch.Tensor
-    q_order: torch.Tensor
+    q_work: torch.Tensor
+    q_split: torch.Tensor
     q_index: torch.Tensor
     q_mask: torch.Tensor
     masks: torch.Tensor
@@ -83,12 +90,18 @@ def check(lists: BlockLists, batch: int, heads: int, n: int) -> None:
             f"BlockLists.kv_count has shape {tuple(lists.kv_count.shape)}; it must be (LB, LH, {blocks}) with LB 1 or "
             f"{batch} (batch) and LH 1 or {heads} (query heads), for n = {n} in blocks of {lists.block}"
         )
-    for count, partial, order, index, mask in (("kv_count", "kv_partial", "kv_order", "kv_index", "kv_mask"),
-                                               ("q_count", "q_partial", "q_order", "q_index", "q_mask")):
+    for side in ("kv", "q"):
+        count, partial, work, split, index, mask = (f"{side}_{field}" for field in
+                                                    ("count", "partial", "work", "split", "index", "mask"))
         lead = (lb, lh, blocks)
-        for name in (count, partial, order):
+        for name in (count, partial):
             if tuple(getattr(lists, name).shape) != lead:
                 raise ValueError(f"BlockLists.{name} has shape {tuple(getattr(lists, name).shape)}; it must be {lead}")
+        for name, row in ((work, 4), (split, 3)):
+            shape = tuple(getattr(lists, name).shape)
+            if len(shape) != 4 or shape[:2] != (lb, lh) or shape[3] != row or (name == work and shape[2] < blocks):
+                raise ValueError(f"BlockLists.{name} has shape {shape}; it must be ({lb}, {lh}, rows, {row})"
+                                 + (f" with at least {blocks} rows" if name == work else "") + " (see blocks.schedule)")
         index_shape = tuple(getattr(lists, index).shape)
         if len(index_shape) != 4 or index_shape[:3] != lead:
             raise ValueError(f"BlockLists.{index} has shape {index_shape}; it must be {lead} + (width,)")
@@ -99,9 +112,69 @@ def check(lists: BlockLists, batch: int, heads: int, n: int) -> None:
         raise ValueError(f"BlockLists.masks has shape {masks}; it must be (U >= 1, {lists.block}, {lists.block})")
 
 
-def longest_first(count: torch.Tensor) -> torch.Tensor:
-    """(..., NB) int32: the blocks of each list by `count` descending (ties by block), the
-    order in which the kernels start their programs. Starting the longest lists first
-    (a global row or column, the last rows of a causal layout) overlaps them with the
-    rest of the launch instead of leaving them to run alone at its end."""
-    return torch.sort(count, dim=-1, descending=True, stable=True).indices.to(torch.int32)
+OPEN = 1 << 30  # end entry of a list's last piece: the list's end, whichever head's list it is
+MIN_PIECE = 32  # blocks: a list is split only when longer, so short sequences keep one launch a pass
+
+
+def _power_of_two_or_zero(x: int) -> int:
+    return 0 if x <= 0 else 1 << (x - 1).bit_length()
+
+
+def schedule(count: torch.Tensor, piece: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The programs' work over one direction's lists, count (LB, LH, NB): (work, split) as
+    `BlockLists` holds them (kv_work and kv_split, or q_work and q_split).
+
+    A pass's time is at least its longest list's: a global row or column (Longformer's,
+    BigBird's) walks every block while the others walk a few, and would run on alone
+    after the rest of the launch. So a list longer than `piece` blocks is cut into
+    near-equal pieces of at most `piece`, each a program of its own writing a partial
+    result to a slot, which a combine step adds up in a fixed order (deterministic, no
+    atomics); and the work runs longest first, so that long pieces start in the first
+    wave. `piece` defaults to twice the mean list length, at least MIN_PIECE.
+
+    A list's last piece ends at OPEN (the end of the list): the dK/dV programs of a
+    key/value head walk the lists of every query head of its group by the schedule of
+    the group's first head, and a longer list of another head is then still walked whole.
+    The row counts are rounded up (NW - NB and NS to powers of two) so that layouts that
+    differ a little (a new packed batch) keep their shapes."""
+    lb, lh, nb = count.shape
+    lengths = count.long().reshape(-1)  # (T,) T = LB * LH * NB lists
+    if piece is None:
+        piece = max(MIN_PIECE, 2 * -(-int(lengths.sum()) // max(1, len(lengths))))
+    pieces = torch.where(lengths > piece, -(-lengths // piece), 1)
+    tables = lb * lh
+    split = (pieces > 1).view(tables, nb)
+    nw = nb + _power_of_two_or_zero(int((pieces - 1).view(tables, nb).sum(-1).max()))
+    ns = _power_of_two_or_zero(int(split.sum(-1).max()))
+    device = count.device
+
+    # one row per piece: its list, its number k among the list's pieces, its entry range
+    owner = torch.repeat_interleave(torch.arange(len(lengths), device=device), pieces)
+    k = torch.arange(len(owner), device=device) - (torch.cumsum(pieces, 0) - pieces)[owner]
+    total, parts = lengths[owner], pieces[owner]
+    first, end = k * total // parts, (k + 1) * total // parts
+    table, block = owner // nb, owner % nb
+    # slots: the pieces of split lists, numbered within each table in list order
+    is_split = parts > 1
+    split_pieces = torch.bincount(table[is_split], minlength=tables)
+    slot = torch.where(is_split, torch.cumsum(is_split.long(), 0) - 1 - (torch.cumsum(split_pieces, 0) - split_pieces)[table], -1)
+    # longest first within each table (stable: ties keep block order)
+    order = torch.sort(table * (nb + 1) + (nb - (end - first)), stable=True).indices
+    rank = torch.arange(len(owner), device=device) - torch.searchsorted(table[order], table[order], right=False)
+    work = torch.tensor([-1, 0, 0, -1], dtype=torch.int32, device=device).repeat(tables, nw, 1)
+    rows = torch.stack([block, first, torch.where(k == parts - 1, OPEN, end), slot], 1)[order]
+    work[table[order], rank] = rows.int()
+
+    splits = torch.tensor([-1, 0, 0], dtype=torch.int32, device=device).repeat(tables, ns, 1)
+    if ns:
+        heads = is_split & (k == 0)  # a split list's first piece: where its slots start
+        t = table[heads]
+        at = torch.arange(len(t), device=device) - torch.searchsorted(t, t, right=False)
+        splits[t, at] = torch.stack([block[heads], slot[heads], parts[heads]], 1).int()
+    return work.view(lb, lh, nw, 4), splits.view(lb, lh, ns, 3)
+
+
+def slots(work: torch.Tensor, split: torch.Tensor, nb: int) -> int:
+    """Partial-result slots a (batch, head) needs at most, from the shapes alone (no
+    sync): the pieces beyond one per list (NW - NB) plus one per split list (NS)."""
+    return work.shape[2] - nb + split.shape[2]

@@ -30,7 +30,7 @@ import triton
 
 from . import blocks as block_lists
 from .backward import attention_dkdv_kernel, attention_dq_kernel
-from .block_sparse import block_dkdv_kernel, block_dq_kernel, block_forward_kernel
+from .block_sparse import block_combine_kernel, block_dkdv_kernel, block_dq_kernel, block_forward_kernel, block_sum_kernel
 from .blocks import BlockLists
 from .forward import attention_forward_kernel
 from .geometry import MODES
@@ -144,6 +144,8 @@ _BLOCK_KEY = ["N_BUCKET", "QK_DIM", "V_DIM", "BLOCK"]
 _BLOCK_FORWARD = Launcher(block_forward_kernel, _configs("forward"), _BLOCK_KEY, prune=_pruner("forward", True))
 _BLOCK_DKDV = Launcher(block_dkdv_kernel, _configs("dkdv"), _BLOCK_KEY, prune=_pruner("dkdv", True))
 _BLOCK_DQ = Launcher(block_dq_kernel, _configs("dq"), _BLOCK_KEY, prune=_pruner("dq", True))
+_BLOCK_COMBINE = Launcher(block_combine_kernel)  # short passes over split lists: fixed tiles (`_sum_tiles`)
+_BLOCK_SUM = Launcher(block_sum_kernel)
 _LAUNCHERS = {"forward": _FORWARD, "dkdv": _DKDV, "dq": _DQ,
               "block forward": _BLOCK_FORWARD, "block dkdv": _BLOCK_DKDV, "block dq": _BLOCK_DQ}
 
@@ -332,41 +334,83 @@ def backward(do, q, k, v, out, lse, spec: KernelSpec, sm_scale: float, blocks: B
 
 
 def _list_args(lists: BlockLists, n: int, heads: int, kv_heads: int) -> dict:
-    """The block kernels' scalar arguments for a layout: where (batch, head)'s lists start
-    (stride 0 along a dimension the layout shares) and the layout's block."""
+    """The block kernels' scalar arguments for a layout: which of its (LB, LH) lists a
+    (batch, head) reads (stride 0 along a dimension the layout shares) and its block."""
     lb, lh, nb = lists.kv_count.shape
-    return dict(H=heads, GROUP=heads // kv_heads, n=n, NB=nb, LIST_SB=lh * nb if lb > 1 else 0,
-                LIST_SH=nb if lh > 1 else 0, N_BUCKET=next_power_of_2(n), BLOCK=lists.block,
-                EVEN_N=n % lists.block == 0)
+    return dict(H=heads, GROUP=heads // kv_heads, n=n, NB=nb, LIST_SB=lh if lb > 1 else 0, LIST_SH=int(lh > 1),
+                N_BUCKET=next_power_of_2(n), BLOCK=lists.block, EVEN_N=n % lists.block == 0)
 
 
-def _scheduled_programs(lists: BlockLists, tile: int) -> int:
-    """Programs per (batch, head) pair of a block launch: every tile of every block, in
-    the lists' longest-first order (block_sparse._scheduled_tile)."""
-    return lists.kv_count.shape[-1] * (lists.block // tile)
+def _split_args(work: torch.Tensor, split: torch.Tensor, nb: int) -> dict:
+    """A pass's work and split table sizes, from the shapes alone (no sync)."""
+    return dict(NW=work.shape[2], NS=split.shape[2], NSLOTS=block_lists.slots(work, split, nb))
+
+
+def _scratch(pairs: int, sizes: dict, block: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """Float32 rows for the partial results of a pass's split lists (pairs * NSLOTS *
+    block rows of `width`); `like` (any float32 tensor) stands in when nothing is split."""
+    if not sizes["NS"]:
+        return like
+    return torch.empty(pairs * sizes["NSLOTS"] * block, width, device=like.device, dtype=torch.float32)
+
+
+def _scheduled(sizes: dict, block: int, pairs: int, tile: str):
+    """The 1-D grid of a block pass: every tile of every work row for every pair
+    (block_sparse._scheduled_tile)."""
+    return lambda meta: (sizes["NW"] * (block // meta[tile]) * pairs,)
+
+
+def _split_grid(sizes: dict, block: int, pairs: int):
+    return lambda meta: (sizes["NS"] * (block // meta["BLOCK_M"]), pairs)
+
+
+def _sum_tiles(block: int) -> dict:
+    return {"BLOCK_M": min(block, 64)}
 
 
 def block_forward(q, k, v, lists: BlockLists, sm_scale: float, blocks: Blocks = Blocks()):
-    """Output (layout of q) and logsumexp (batch, heads, n) fp32 of a block-sparse layout."""
+    """Output (layout of q) and logsumexp (batch, heads, n) fp32 of a block-sparse layout:
+    the forward launch, then (when the layout splits a list) the launch that combines
+    the pieces' partial results."""
     batch, heads, n, _ = q.shape
     out = _like(v, heads)
     lse = _row_stats(q)
-    kv_index = lists.kv_index.contiguous()
+    kv_index, dims, common = lists.kv_index.contiguous(), _dims(q, v), _list_args(lists, n, heads, k.shape[1])
+    sizes = _split_args(lists.kv_work, lists.kv_split, common["NB"])
+    o_part = _scratch(batch * heads, sizes, lists.block, dims["V_PAD"], lse)
+    lse_part = _scratch(batch * heads, sizes, lists.block, 1, lse)
     _BLOCK_FORWARD(
-        lambda meta: (_scheduled_programs(lists, meta["BLOCK_M"]) * batch * heads,),
-        q, k, v, out, lse, lists.kv_count.contiguous(), lists.kv_partial.contiguous(), lists.kv_order.contiguous(), kv_index,
-        lists.kv_mask.contiguous(),
-        lists.masks.contiguous().view(torch.uint8),
+        _scheduled(sizes, lists.block, batch * heads, "BLOCK_M"),
+        q, k, v, out, lse, o_part, lse_part, lists.kv_count.contiguous(), lists.kv_partial.contiguous(),
+        lists.kv_work.contiguous(), kv_index, lists.kv_mask.contiguous(), lists.masks.contiguous().view(torch.uint8),
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], tiles=_tiles(blocks, q, v, lists.block),
-        KV_WIDTH=kv_index.shape[-1], qk_scale=sm_scale * 1.4426950408889634,
-        **_list_args(lists, n, heads, k.shape[1]), **_dims(q, v),
+        KV_WIDTH=kv_index.shape[-1], qk_scale=sm_scale * 1.4426950408889634, NW=sizes["NW"], NSLOTS=sizes["NSLOTS"],
+        **common, **dims,
     )
+    if sizes["NS"]:
+        _BLOCK_COMBINE(
+            _split_grid(sizes, lists.block, batch * heads),
+            o_part, lse_part, out, lse, lists.kv_split.contiguous(), *out.stride()[:3], H=heads, n=n, NS=sizes["NS"],
+            NSLOTS=sizes["NSLOTS"], LIST_SB=common["LIST_SB"], LIST_SH=common["LIST_SH"], BLOCK=lists.block,
+            V_DIM=dims["V_DIM"], V_PAD=dims["V_PAD"], tiles=_sum_tiles(lists.block),
+        )
     return out, lse
+
+
+def _sum_pieces(part, dst, split, sizes, heads: int, group: int, n: int, common: dict, dim: int, pad: int) -> None:
+    """Add up the pieces' parts of a gradient (dQ, dK or dV) into the split lists' rows."""
+    _BLOCK_SUM(
+        _split_grid(sizes, common["BLOCK"], dst.shape[0] * heads),
+        part, dst, split, *dst.stride()[:3], H=heads, GROUP=group, n=n, NS=sizes["NS"], NSLOTS=sizes["NSLOTS"],
+        LIST_SB=common["LIST_SB"], LIST_SH=common["LIST_SH"], BLOCK=common["BLOCK"], DIM=dim, PAD=pad,
+        tiles=_sum_tiles(common["BLOCK"]),
+    )
 
 
 def block_backward(do, q, k, v, out, lse, lists: BlockLists, sm_scale: float, blocks: Blocks = Blocks()):
     """dq, dk, dv (layouts of q, k, v) of a block-sparse layout: the dQ launch (which also
-    writes delta = rowsum(dO * O)), then the dK/dV launch that reads it."""
+    writes delta = rowsum(dO * O)), then the dK/dV launch that reads it, then (for the
+    lists the layout splits) the launches that add up their pieces' parts."""
     batch, heads, n, _ = q.shape
     kv_heads = k.shape[1]
     do, delta, dq, dk, dv = _gradient_buffers(do, q, k, v)
@@ -374,22 +418,31 @@ def block_backward(do, q, k, v, out, lse, lists: BlockLists, sm_scale: float, bl
     scales = dict(qk_scale=sm_scale * 1.4426950408889634, sm_scale=sm_scale)
     masks = lists.masks.contiguous().view(torch.uint8)
     kv_index, q_index = lists.kv_index.contiguous(), lists.q_index.contiguous()
+    kv_sizes = _split_args(lists.kv_work, lists.kv_split, common["NB"])
+    q_sizes = _split_args(lists.q_work, lists.q_split, common["NB"])
+    dq_part = _scratch(batch * heads, kv_sizes, lists.block, dims["QK_PAD"], delta)
+    dk_part = _scratch(batch * kv_heads, q_sizes, lists.block, dims["QK_PAD"], delta)
+    dv_part = _scratch(batch * kv_heads, q_sizes, lists.block, dims["V_PAD"], delta)
     _BLOCK_DQ(
-        lambda meta: (_scheduled_programs(lists, meta["BLOCK_M"]) * batch * heads,),
-        q, k, v, out, do, lse, delta, dq, lists.kv_count.contiguous(), lists.kv_partial.contiguous(),
-        lists.kv_order.contiguous(), kv_index,
-        lists.kv_mask.contiguous(), masks,
+        _scheduled(kv_sizes, lists.block, batch * heads, "BLOCK_M"),
+        q, k, v, out, do, lse, delta, dq, dq_part, lists.kv_count.contiguous(), lists.kv_partial.contiguous(),
+        lists.kv_work.contiguous(), kv_index, lists.kv_mask.contiguous(), masks,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
-        tiles=tiles, KV_WIDTH=kv_index.shape[-1], **scales, **common, **dims,
+        tiles=tiles, KV_WIDTH=kv_index.shape[-1], NW=kv_sizes["NW"], NSLOTS=kv_sizes["NSLOTS"], **scales, **common, **dims,
     )
     _BLOCK_DKDV(
-        lambda meta: (_scheduled_programs(lists, meta["BLOCK_N"]) * batch * kv_heads,),
-        q, k, v, do, lse, delta, dk, dv, lists.q_count.contiguous(), lists.q_partial.contiguous(),
-        lists.q_order.contiguous(), q_index,
-        lists.q_mask.contiguous(), masks,
+        _scheduled(q_sizes, lists.block, batch * kv_heads, "BLOCK_N"),
+        q, k, v, do, lse, delta, dk, dv, dk_part, dv_part, lists.q_count.contiguous(), lists.q_partial.contiguous(),
+        lists.q_work.contiguous(), q_index, lists.q_mask.contiguous(), masks,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],
-        tiles=tiles, Q_WIDTH=q_index.shape[-1], **scales, **common, **dims,
+        tiles=tiles, Q_WIDTH=q_index.shape[-1], NW=q_sizes["NW"], NSLOTS=q_sizes["NSLOTS"], **scales, **common, **dims,
     )
+    if kv_sizes["NS"]:
+        _sum_pieces(dq_part, dq, lists.kv_split.contiguous(), kv_sizes, heads, 1, n, common, dims["QK_DIM"], dims["QK_PAD"])
+    if q_sizes["NS"]:
+        q_split, group = lists.q_split.contiguous(), heads // kv_heads
+        _sum_pieces(dk_part, dk, q_split, q_sizes, kv_heads, group, n, common, dims["QK_DIM"], dims["QK_PAD"])
+        _sum_pieces(dv_part, dv, q_split, q_sizes, kv_heads, group, n, common, dims["V_DIM"], dims["V_PAD"])
     return dq, dk, dv
 
 
@@ -501,37 +554,38 @@ def _lists(block: int, tensors) -> BlockLists:
 @torch.library.custom_op("sparse_kernels::block_attention_forward", mutates_args=())
 def block_attention_forward_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_count: torch.Tensor, kv_partial: torch.Tensor,
-    kv_order: torch.Tensor, kv_index: torch.Tensor, kv_mask: torch.Tensor, q_count: torch.Tensor,
-    q_partial: torch.Tensor, q_order: torch.Tensor, q_index: torch.Tensor, q_mask: torch.Tensor, masks: torch.Tensor,
+    kv_work: torch.Tensor, kv_split: torch.Tensor, kv_index: torch.Tensor, kv_mask: torch.Tensor,
+    q_count: torch.Tensor, q_partial: torch.Tensor, q_work: torch.Tensor, q_split: torch.Tensor,
+    q_index: torch.Tensor, q_mask: torch.Tensor, masks: torch.Tensor,
     block: int, sm_scale: float, block_m: int, block_n: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    lists = _lists(block, (kv_count, kv_partial, kv_order, kv_index, kv_mask, q_count, q_partial, q_order, q_index,
-                           q_mask, masks))
+    lists = _lists(block, (kv_count, kv_partial, kv_work, kv_split, kv_index, kv_mask, q_count, q_partial, q_work,
+                           q_split, q_index, q_mask, masks))
     return block_forward(q, k, v, lists, sm_scale, Blocks(block_m or None, block_n or None))
 
 
 @block_attention_forward_op.register_fake
-def _(q, k, v, kv_count, kv_partial, kv_order, kv_index, kv_mask, q_count, q_partial, q_order, q_index, q_mask, masks,
-      block, sm_scale, block_m, block_n):
+def _(q, k, v, kv_count, kv_partial, kv_work, kv_split, kv_index, kv_mask, q_count, q_partial, q_work, q_split, q_index,
+      q_mask, masks, block, sm_scale, block_m, block_n):
     return _like(v, q.shape[1]), _row_stats(q)
 
 
 @torch.library.custom_op("sparse_kernels::block_attention_backward", mutates_args=())
 def block_attention_backward_op(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-    kv_count: torch.Tensor, kv_partial: torch.Tensor, kv_order: torch.Tensor, kv_index: torch.Tensor,
-    kv_mask: torch.Tensor, q_count: torch.Tensor, q_partial: torch.Tensor, q_order: torch.Tensor,
-    q_index: torch.Tensor, q_mask: torch.Tensor, masks: torch.Tensor,
+    kv_count: torch.Tensor, kv_partial: torch.Tensor, kv_work: torch.Tensor, kv_split: torch.Tensor,
+    kv_index: torch.Tensor, kv_mask: torch.Tensor, q_count: torch.Tensor, q_partial: torch.Tensor,
+    q_work: torch.Tensor, q_split: torch.Tensor, q_index: torch.Tensor, q_mask: torch.Tensor, masks: torch.Tensor,
     block: int, sm_scale: float, block_m: int, block_n: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    lists = _lists(block, (kv_count, kv_partial, kv_order, kv_index, kv_mask, q_count, q_partial, q_order, q_index,
-                           q_mask, masks))
+    lists = _lists(block, (kv_count, kv_partial, kv_work, kv_split, kv_index, kv_mask, q_count, q_partial, q_work,
+                           q_split, q_index, q_mask, masks))
     return block_backward(do, q, k, v, out, lse, lists, sm_scale, Blocks(block_m or None, block_n or None))
 
 
 @block_attention_backward_op.register_fake
-def _(do, q, k, v, out, lse, kv_count, kv_partial, kv_order, kv_index, kv_mask, q_count, q_partial, q_order, q_index,
-      q_mask, masks, block, sm_scale, block_m, block_n):
+def _(do, q, k, v, out, lse, kv_count, kv_partial, kv_work, kv_split, kv_index, kv_mask, q_count, q_partial, q_work,
+      q_split, q_index, q_mask, masks, block, sm_scale, block_m, block_n):
     return _like(q), _like(k), _like(v)
 
 

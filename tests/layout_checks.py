@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from sparse_kernels.blocks import BlockLists
+from sparse_kernels.blocks import OPEN, BlockLists
 
 
 def expand_lists(lists: BlockLists, n: int) -> torch.Tensor:
@@ -32,11 +32,11 @@ def assert_lists_match(lists: BlockLists, mask: torch.Tensor) -> None:
     lb, lh, n, _ = mask.shape
     block = lists.block
     nb = math.ceil(n / block)
-    for name in ("kv_count", "kv_partial", "kv_order", "kv_index", "kv_mask", "q_count", "q_partial", "q_order", "q_index",
-                 "q_mask"):
+    for name in BlockLists._fields[1:-1]:
         t = getattr(lists, name)
         assert t.dtype == torch.int32, name
-        assert t.shape[:3] == (lb, lh, nb), (name, tuple(t.shape))
+        assert t.shape[:2] == (lb, lh), (name, tuple(t.shape))
+        assert name.endswith(("work", "split")) or t.shape[2] == nb, (name, tuple(t.shape))
     assert lists.masks.dtype == torch.bool and lists.masks.shape[1:] == (block, block) and len(lists.masks) >= 1
     assert torch.equal(expand_lists(lists, n), mask)
 
@@ -50,13 +50,10 @@ def assert_lists_match(lists: BlockLists, mask: torch.Tensor) -> None:
     assert torch.equal(kind == -1, tile_full)  # full iff every pair inside n allowed
     transposed = _tile_kinds(lists.q_count, lists.q_index, lists.q_mask, nb)
     assert torch.equal(transposed.transpose(-1, -2), kind)
-    for count, partial, order, index, mask_id in (
-            (lists.kv_count, lists.kv_partial, lists.kv_order, lists.kv_index, lists.kv_mask),
-            (lists.q_count, lists.q_partial, lists.q_order, lists.q_index, lists.q_mask)):
-        # the order the kernels start their programs in: every block once, longest list first
-        assert torch.equal(order.sort(-1).values, torch.arange(nb, dtype=torch.int32).expand_as(order))
-        ordered = count.gather(-1, order.long())
-        assert (ordered[..., 1:] <= ordered[..., :-1]).all()
+    for count, partial, work, split, index, mask_id in (
+            (lists.kv_count, lists.kv_partial, lists.kv_work, lists.kv_split, lists.kv_index, lists.kv_mask),
+            (lists.q_count, lists.q_partial, lists.q_work, lists.q_split, lists.q_index, lists.q_mask)):
+        assert_schedule_covers(count, work, split)
         slot = torch.arange(index.shape[-1])
         used = slot < count[..., None]
         assert torch.equal(index[~used], torch.zeros_like(index[~used]))  # past the count: 0
@@ -65,6 +62,32 @@ def assert_lists_match(lists: BlockLists, mask: torch.Tensor) -> None:
         ascending = index[..., 1:] > index[..., :-1]  # each part ascending
         same_part = used[..., 1:] & (first[..., 1:] == first[..., :-1])
         assert ascending[same_part].all()
+
+
+def assert_schedule_covers(count: torch.Tensor, work: torch.Tensor, split: torch.Tensor) -> None:
+    """The work table walks every entry of every list exactly once, longest piece first,
+    and the split table names each split list's slots, which no two pieces share."""
+    lb, lh, nb = count.shape
+    for b in range(lb):
+        for h in range(lh):
+            rows = work[b, h][work[b, h, :, 0] >= 0].long()
+            block, first, end, slot = rows.unbind(1)
+            end = torch.where(end == OPEN, count[b, h, block].long(), end)
+            lengths = end - first
+            assert (lengths[1:] <= lengths[:-1]).all()  # longest first
+            walked = torch.zeros(nb, dtype=torch.long)
+            walked.index_add_(0, block, lengths)
+            assert torch.equal(walked, count[b, h].long())
+            assert torch.equal(torch.bincount(block, minlength=nb).clamp(max=1), torch.ones(nb, dtype=torch.long))
+            pieces = torch.bincount(block, minlength=nb)
+            used = slot[slot >= 0]
+            assert len(used.unique()) == len(used)
+            listed = split[b, h][split[b, h, :, 0] >= 0].long()
+            assert torch.equal(listed[:, 0].sort().values, (pieces > 1).nonzero().flatten())
+            for row_block, first_slot, parts in listed.tolist():
+                assert parts == pieces[row_block]
+                mine = rows[block == row_block]
+                assert sorted(mine[:, 3].tolist()) == list(range(first_slot, first_slot + parts))
 
 
 def _tile_kinds(count, index, mask_id, nb) -> torch.Tensor:

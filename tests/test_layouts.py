@@ -11,7 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layout_checks import assert_lists_match, expand_lists
+from layout_checks import assert_lists_match, assert_schedule_covers, expand_lists
+from sparse_kernels.blocks import BlockLists, schedule
 from sparse_transformer.attention import attend
 from sparse_transformer.layouts import SparseLayout
 from sparse_transformer.patterns import Pattern
@@ -189,8 +190,7 @@ def test_packed_batches_of_one_length_have_lists_of_one_shape():
     offset within a block.)"""
     first = SparseLayout.packed(torch.tensor([0, 100, 160, 256]), Pattern("dense", 1), block=16).lists
     second = SparseLayout.packed(torch.tensor([0, 60, 156, 256]), Pattern("dense", 1), block=16).lists
-    for name in ("kv_count", "kv_partial", "kv_order", "kv_index", "kv_mask", "q_count", "q_partial", "q_order", "q_index",
-                 "q_mask"):
+    for name in BlockLists._fields[1:-1]:
         assert getattr(first, name).shape == getattr(second, name).shape, name
     assert not torch.equal(first.kv_count, second.kv_count)
     assert len(first.masks) in (1, 2, 4, 8) and len(second.masks) in (1, 2, 4, 8)
@@ -264,3 +264,19 @@ def test_builders_refuse_bad_sizes():
         SparseLayout.from_mask_mod(causal, 0)
     with pytest.raises(ValueError, match="heads"):
         SparseLayout.from_mask_mod(causal, 64, heads=0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(lb=st.integers(1, 2), lh=st.integers(1, 3), nb=st.integers(1, 40), piece=st.integers(1, 8),
+       seed=st.integers(0, 10_000))
+def test_schedule_walks_every_entry_once_longest_first(lb, lh, nb, piece, seed):
+    """Lists longer than `piece` are cut into pieces with slots of their own; the work
+    rows cover each list exactly, longest first, and the tables' shapes are rounded."""
+    gen = torch.Generator().manual_seed(seed)
+    count = torch.randint(0, nb + 1, (lb, lh, nb), generator=gen, dtype=torch.int32)
+    work, split = schedule(count, piece)
+    assert_schedule_covers(count, work, split)
+    extra, splits = work.shape[2] - nb, split.shape[2]
+    assert extra == 0 or extra & (extra - 1) == 0
+    assert splits == 0 or splits & (splits - 1) == 0
+    assert (count <= piece).all() == (splits == 0)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from sparse_kernels.blocks import BlockLists, longest_first
+from sparse_kernels.blocks import BlockLists, schedule
 
 from .patterns import Pattern
 
@@ -374,12 +374,12 @@ def _assemble(block: int, lb: int, lh: int, nb: int, listed: torch.Tensor, mask_
 
 
 def _ragged_rows(b, h, row, col, value, lb: int, lh: int, nb: int):
-    """Per (b, h, row): how many entries, how many of them partial (mask id `value` >= 0),
-    the rows by entries (longest first), their cols (partial ones first, each part
-    ascending) and their values, padded with 0 to W, the longest row rounded up to a
-    power of two (at most nb): (lb, lh, nb) three times, then (lb, lh, nb, W) twice, int32. Rounding keeps the shapes of layouts that differ a
-    little (a new packed batch) equal, so that a compiled call taking them is not
-    compiled again."""
+    """Per (b, h, row): how many entries and how many of them partial (mask id `value` >= 0),
+    (lb, lh, nb) int32 each; the kernels' work and split tables over the rows
+    (`blocks.schedule`); their cols (partial ones first, each part ascending) and their
+    values, (lb, lh, nb, W) int32 each, padded with 0 to W, the longest row rounded up to
+    a power of two (at most nb). Rounding keeps the shapes of layouts that differ a little
+    (a new packed batch) equal, so that a compiled call taking them is not compiled again."""
     row_id = (b * lh + h) * nb + row
     full = (value < 0).long()
     order = torch.argsort((row_id * 2 + full) * nb + col)
@@ -394,7 +394,7 @@ def _ragged_rows(b, h, row, col, value, lb: int, lh: int, nb: int):
     values[row_id, slot] = value.int()
     shape = (lb, lh, nb)
     count = count.int().view(shape)
-    return count, partial.int().view(shape), longest_first(count), index.view(*shape, width), values.view(*shape, width)
+    return count, partial.int().view(shape), *schedule(count), index.view(*shape, width), values.view(*shape, width)
 
 
 def _compact(index: torch.Tensor, keep: torch.Tensor, nb: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import torch
 
-from sparse_kernels.blocks import FULL, BlockLists, longest_first
+from sparse_kernels.blocks import FULL, BlockLists, schedule
 
 EMPTY, WHOLE, PARTIAL = 0, 1, 2  # block kinds
 
 
-def _lists(kinds: torch.Tensor, ids: torch.Tensor):
-    """count, partial count, order, index, mask of the listed blocks along the last
-    dimension of kinds (.., NB, NB): partial blocks first, then full ones, each ascending."""
+def _lists(kinds: torch.Tensor, ids: torch.Tensor, piece: int | None):
+    """count, partial count, work, split, index, mask of the listed blocks along the last
+    dimension of kinds (.., NB, NB): partial blocks first, then full ones, each ascending;
+    lists longer than `piece` blocks are split (None: the kernels' default)."""
     listed = kinds != EMPTY
     nb = kinds.shape[-1]
     count = listed.sum(-1).to(torch.int32)
@@ -29,21 +30,24 @@ def _lists(kinds: torch.Tensor, ids: torch.Tensor):
     present = torch.arange(width, device=kinds.device) < count[..., None]
     index = torch.where(present, order, 0).to(torch.int32)
     mask = torch.where(kinds.gather(-1, order) == WHOLE, FULL, ids.gather(-1, order))
-    return count, partial, longest_first(count), index, torch.where(present, mask, 0).to(torch.int32)
+    return count, partial, *schedule(count, piece), index, torch.where(present, mask, 0).to(torch.int32)
 
 
-def lists_from_kinds(kinds: torch.Tensor, masks: torch.Tensor, ids: torch.Tensor, block: int) -> BlockLists:
+def lists_from_kinds(kinds: torch.Tensor, masks: torch.Tensor, ids: torch.Tensor, block: int,
+                     piece: int | None = None) -> BlockLists:
     """BlockLists of kinds (LB, LH, NB, NB) (EMPTY, WHOLE or PARTIAL per query block i and
-    key block j), with partial block (i, j) reading masks[ids[.., i, j]]."""
-    kv = _lists(kinds, ids)
-    q = _lists(kinds.transpose(-1, -2), ids.transpose(-1, -2))
+    key block j), with partial block (i, j) reading masks[ids[.., i, j]]; lists longer
+    than `piece` blocks are split into pieces (`blocks.schedule`)."""
+    kv = _lists(kinds, ids, piece)
+    q = _lists(kinds.transpose(-1, -2), ids.transpose(-1, -2), piece)
     return BlockLists(block, *kv, *q, masks)
 
 
 def random_lists(batch: int, heads: int, n: int, block: int, gen: torch.Generator, device="cpu",
-                 per_batch=False, per_head=False, empty_rows=True) -> BlockLists:
+                 per_batch=False, per_head=False, empty_rows=True, piece: int | None = None) -> BlockLists:
     """A random layout: blocks empty, full or partial (random masks, some all False), with
-    some query blocks reading nothing when `empty_rows`."""
+    some query blocks reading nothing when `empty_rows`; lists longer than `piece`
+    blocks split into pieces."""
     nb = -(-n // block)
     shape = (batch if per_batch else 1, heads if per_head else 1, nb, nb)
     kinds = torch.randint(0, 3, shape, generator=gen)
@@ -56,7 +60,7 @@ def random_lists(batch: int, heads: int, n: int, block: int, gen: torch.Generato
         masks[1, : block // 2] = False
     ids = torch.zeros(shape, dtype=torch.int32)
     ids[kinds == PARTIAL] = torch.randperm(partial, generator=gen).to(torch.int32)
-    return lists_from_kinds(kinds.to(device), masks.to(device), ids.to(device), block)
+    return lists_from_kinds(kinds.to(device), masks.to(device), ids.to(device), block, piece)
 
 
 def causal_lists(n: int, block: int, device="cpu") -> BlockLists:

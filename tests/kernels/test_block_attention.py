@@ -50,17 +50,23 @@ def check_block_attention(lists, batch, heads, kv_heads, n, d_qk=16, d_v=16, blo
     per_batch=st.booleans(),
     per_head=st.booleans(),
     sub_tiles=st.booleans(),
+    piece=st.sampled_from([None, 1, 2]),
     seed=st.integers(0, 1000),
 )
 # n a multiple of the block: the kernels' unmasked loads and branch-free full-block loops (EVEN_N)
-@example(block=16, n=64, batch=2, group=2, kv_heads=2, per_batch=True, per_head=True, sub_tiles=False, seed=3)
-@example(block=32, n=64, batch=1, group=4, kv_heads=1, per_batch=False, per_head=False, sub_tiles=True, seed=4)
-def test_random_layouts(block, n, batch, group, kv_heads, per_batch, per_head, sub_tiles, seed):
+@example(block=16, n=64, batch=2, group=2, kv_heads=2, per_batch=True, per_head=True, sub_tiles=False, piece=None,
+         seed=3)
+@example(block=32, n=64, batch=1, group=4, kv_heads=1, per_batch=False, per_head=False, sub_tiles=True, piece=None,
+         seed=4)
+# lists split into pieces of one block, GQA over per-head lists (the dK/dV pieces follow the group's first head)
+@example(block=16, n=75, batch=2, group=2, kv_heads=2, per_batch=True, per_head=True, sub_tiles=False, piece=1, seed=5)
+def test_random_layouts(block, n, batch, group, kv_heads, per_batch, per_head, sub_tiles, piece, seed):
     """Random full, partial and empty blocks, layouts shared or per batch and head, GQA,
-    ragged n; tiles of the block or 16 x 16 sub-tiles of it."""
+    ragged n; tiles of the block or 16 x 16 sub-tiles of it; long lists whole or split
+    into pieces of `piece` blocks."""
     heads = group * kv_heads
     lists = random_lists(batch, heads, n, block, torch.Generator().manual_seed(seed), per_batch=per_batch,
-                         per_head=per_head)
+                         per_head=per_head, piece=piece)
     check_block_attention(lists, batch, heads, kv_heads, n, blocks=Blocks(16, 16) if sub_tiles else Blocks(), seed=seed)
 
 
@@ -103,13 +109,16 @@ def test_every_output_element_is_written(monkeypatch):
     like, stats = ops._like, ops._row_stats
     monkeypatch.setattr(ops, "_like", lambda *args: like(*args).fill_(float("nan")))
     monkeypatch.setattr(ops, "_row_stats", lambda q: stats(q).fill_(float("nan")))
-    lists = random_lists(1, 4, 33, 16, torch.Generator().manual_seed(4), per_head=True)
-    check_block_attention(lists, 1, 4, 2, 33, seed=4)
+    for piece in (None, 1):  # the split lists' outputs and gradients are written by the combining launches
+        lists = random_lists(1, 4, 33, 16, torch.Generator().manual_seed(4), per_head=True, piece=piece)
+        check_block_attention(lists, 1, 4, 2, 33, seed=4)
 
 
 def test_backward_is_deterministic():
+    """Two runs give the same bits, with lists split into pieces (added in a fixed order)."""
     q, k, v, do = block_inputs(1, 4, 1, 40, 16, 16, seed=5)
-    lists = random_lists(1, 4, 40, 16, torch.Generator().manual_seed(5), per_head=True)
+    lists = random_lists(1, 4, 40, 16, torch.Generator().manual_seed(5), per_head=True, piece=1)
+    assert lists.kv_split.shape[2] > 0 and lists.q_split.shape[2] > 0
     runs = []
     for _ in range(2):
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]

@@ -21,17 +21,21 @@ import json, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from sparse_kernels.backward import attention_dkdv_kernel, attention_dq_kernel
-from sparse_kernels.block_sparse import block_dkdv_kernel, block_dq_kernel, block_forward_kernel
+from sparse_kernels.block_sparse import (block_combine_kernel, block_dkdv_kernel, block_dq_kernel, block_forward_kernel,
+                                        block_sum_kernel)
 from sparse_kernels.decode import decode_attention_kernel, decode_combine_kernel
 from sparse_kernels.forward import attention_forward_kernel
 from sparse_kernels.geometry import MODES
 
 SCALARS = {"H", "GROUP", "HEAD_FIRST", "HEADS", "L", "G", "C", "n", "N_BUCKET", "SUMMARY_GROUPS", "SUMMARY_HEAD_DIV",
-           "KEYS", "KEYS_PER_SPLIT", "SPLITS", "NB", "LIST_SB", "LIST_SH", "KV_WIDTH", "Q_WIDTH"}
+           "KEYS", "KEYS_PER_SPLIT", "SPLITS", "NB", "NW", "NS", "NSLOTS", "LIST_SB", "LIST_SH", "KV_WIDTH",
+           "Q_WIDTH"}
 FLOATS = {"qk_scale", "sm_scale"}
-STATS = {"LSE", "DELTA", "PARTIAL_M", "PARTIAL_L", "PARTIAL_ACC"}
+STATS = {"LSE", "DELTA", "PARTIAL_M", "PARTIAL_L", "PARTIAL_ACC", "O_PART", "LSE_PART", "DQ_PART", "DK_PART", "DV_PART",
+         "PART"}
 POINTERS = {"SLOTS": "*i64", "VALID": "*u8", "MASKS": "*u8", **{f"{side}_{field}": "*i32" for side in ("KV", "Q")
-                                                                for field in ("COUNT", "PARTIAL", "ORDER", "INDEX", "MASK")}}
+                                                                for field in ("COUNT", "PARTIAL", "WORK", "SPLIT", "INDEX", "MASK")},
+            "SPLIT": "*i32"}
 
 def signature(kernel, constexprs):
     sig = {}
@@ -77,6 +81,9 @@ for kname, kernel in [("forward", block_forward_kernel), ("dkdv", block_dkdv_ker
                                                                 c.num_stages, 256, 256, 2), c.num_stages))
         constexprs = dict(BLOCK=128, QK_DIM=dim, V_DIM=dim, QK_PAD=256, V_PAD=256, EVEN_N=True, **largest.kwargs)
         report[f"block {kname} d={dim} {largest}"] = compile_sm90(kernel, constexprs, largest.num_stages)
+# the launches that add up the pieces of split lists, at the largest head dims
+report["block combine"] = compile_sm90(block_combine_kernel, dict(BLOCK=128, BLOCK_M=64, V_DIM=192, V_PAD=256))
+report["block sum"] = compile_sm90(block_sum_kernel, dict(BLOCK=128, BLOCK_M=64, DIM=256, PAD=256))
 for split in (False, True):  # the decoding kernel at the largest head dims it takes, and its combine step
     constexprs = dict(QK_DIM=256, V_DIM=192, QK_BLOCK=256, V_BLOCK=256, BLOCK_N=32, SPLIT=split)
     report[f"decode split={split}"] = compile_sm90(decode_attention_kernel, constexprs)
@@ -91,7 +98,7 @@ def test_every_kernel_and_mode_compiles_for_sm90():
     result = subprocess.run([sys.executable, "-c", COMPILE_ALL], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(report) == 30
+    assert len(report) == 32
     for name, info in report.items():
         assert info["cubin"] > 0, f"{name}: no machine code"
         assert info["shared"] <= 227 * 1024, f"{name}: {info['shared']} bytes of shared memory exceed Hopper's limit"

@@ -19,7 +19,7 @@ import torch
 from sparse_kernels import ops
 from sparse_kernels.decode import decode_attention
 from sparse_kernels.ops import Blocks
-from sparse_transformer import Pattern
+from sparse_transformer import Pattern, SparseLayout
 from sparse_transformer.triton_attention import sparse_attention_with_lse
 
 from .block_layouts import block_oracle, causal_lists, random_lists
@@ -262,6 +262,27 @@ def test_block_attention_head_dims(d_qk, d_v):
 def test_block_attention_grouped_query_32_8(per_head):
     lists = random_lists(1, 32, 2048, 128, torch.Generator().manual_seed(5), device="cuda", per_head=per_head)
     _compare_block_attention(lists, 1, 32, 8, 2048, 128, 128)
+
+
+@pytest.mark.parametrize("piece", [1, 4])
+def test_block_attention_split_lists(piece):
+    """Lists cut into pieces of `piece` blocks: partial results combined and summed by
+    their own launches, GQA over per-head lists, autotuned tiles."""
+    lists = random_lists(2, 4, 1000, 32, torch.Generator().manual_seed(piece), device="cuda", per_batch=True,
+                         per_head=True, piece=piece)
+    assert lists.kv_split.shape[2] > 0 and lists.q_split.shape[2] > 0
+    _compare_block_attention(lists, 2, 4, 2, 1000, 64, 64, seed=piece)
+
+
+def test_global_tokens_are_split_by_default():
+    """A sliding window with global tokens: the global row and column are cut into pieces
+    by the default schedule (n = 8,192 in blocks of 64: 128-block lists, the others ~5)."""
+    def mask_mod(b, h, q_idx, kv_idx):
+        return ((q_idx - kv_idx).abs() < 128) | (q_idx < 16) | (kv_idx < 16)
+
+    lists = SparseLayout.from_mask_mod(mask_mod, 8192, block=64, device="cuda").lists
+    assert lists.kv_split.shape[2] > 0 and lists.q_split.shape[2] > 0
+    _compare_block_attention(lists, 1, 2, 2, 8192, 64, 64, seed=3)
 
 
 def test_dense_causal_layout_matches_the_dense_mode():
