@@ -28,7 +28,7 @@ GROUP query heads (each with its own lists when LH = H) in registers: no atomics
 import triton
 import triton.language as tl
 
-from .tiles import dkdv_step, dq_step, load_lse, load_rows, softmax_result, softmax_step, store_rows
+from .tiles import dkdv_step, dq_step, load_lse, load_rows, load_run, softmax_result, softmax_step, store_rows
 
 
 @triton.jit
@@ -105,18 +105,17 @@ def _listed_key_tile(
     the step lies among the list's partial blocks (apply their mask)."""
     j, mask_id, sub = _listed_block(INDEX, MASK, entry, step, BLOCK // BLOCK_N)
     c0 = sub * BLOCK_N
-    row_k = j.to(tl.int64) * BLOCK + c0 + tl.arange(0, BLOCK_N)
-    valid_k = row_k < n
-    k = load_rows(k_ptr, row_k, stride_kn, valid_k, tl.arange(0, QK_PAD), QK_DIM, QK_PAD, EVEN_N)
-    v = load_rows(v_ptr, row_k, stride_vn, valid_k, tl.arange(0, V_PAD), V_DIM, V_PAD, EVEN_N)
+    row_k0 = j.to(tl.int64) * BLOCK + c0
+    k = load_run(k_ptr, row_k0, stride_kn, n, BLOCK_N, tl.arange(0, QK_PAD), QK_DIM, QK_PAD, EVEN_N)
+    v = load_run(v_ptr, row_k0, stride_vn, n, BLOCK_N, tl.arange(0, V_PAD), V_DIM, V_PAD, EVEN_N)
     s = tl.dot(q, tl.trans(k)) * qk_scale
     if PARTIAL:
         ok = _mask_tile(MASKS, mask_id, r0, c0, BLOCK, BLOCK_M, BLOCK_N)
         if not EVEN_N:
-            ok = ok & valid_k[None, :]
+            ok = ok & (row_k0 + tl.arange(0, BLOCK_N) < n)[None, :]
         s = tl.where(ok, s, float("-inf"))
     elif not EVEN_N:
-        s = tl.where(valid_k[None, :], s, float("-inf"))
+        s = tl.where((row_k0 + tl.arange(0, BLOCK_N) < n)[None, :], s, float("-inf"))
     return k, v, s
 
 
@@ -291,10 +290,11 @@ def _listed_query_tile(
     visits (PARTIAL: among the partial blocks)."""
     i, mask_id, sub = _listed_block(INDEX, MASK, entry, step, BLOCK // BLOCK_M)
     r0 = sub * BLOCK_M
-    row_q = i.to(tl.int64) * BLOCK + r0 + tl.arange(0, BLOCK_M)
+    row_q0 = i.to(tl.int64) * BLOCK + r0
+    row_q = row_q0 + tl.arange(0, BLOCK_M)
     valid_q = row_q < n
-    q = load_rows(q_ptr, row_q, stride_qn, valid_q, tl.arange(0, QK_PAD), QK_DIM, QK_PAD, EVEN_N)
-    do = load_rows(do_ptr, row_q, stride_don, valid_q, tl.arange(0, V_PAD), V_DIM, V_PAD, EVEN_N)
+    q = load_run(q_ptr, row_q0, stride_qn, n, BLOCK_M, tl.arange(0, QK_PAD), QK_DIM, QK_PAD, EVEN_N)
+    do = load_run(do_ptr, row_q0, stride_don, n, BLOCK_M, tl.arange(0, V_PAD), V_DIM, V_PAD, EVEN_N)
     lse = load_lse(LSE, stat_base, row_q, valid_q)  # +inf on rows >= n: their P is 0
     delta = tl.load(DELTA + stat_base + row_q, mask=valid_q, other=0.0)
     s_t = tl.dot(k, tl.trans(q)) * qk_scale  # (BLOCK_N, BLOCK_M): scores transposed

@@ -32,6 +32,18 @@ def load_rows(ptr, row, stride, valid, offs, DIM: tl.constexpr, PAD: tl.constexp
 
 
 @triton.jit
+def load_run(ptr, first, stride, n, ROWS: tl.constexpr, offs, DIM: tl.constexpr, PAD: tl.constexpr,
+             ALL_VALID: tl.constexpr):
+    """A (ROWS, PAD) tile of the consecutive rows first .. first + ROWS - 1 (first int64)
+    of a (.., n, DIM) tensor at `ptr`, read as 0 past n (unless ALL_VALID) and in the
+    padding. The same tile as `load_rows`, addressed as one scalar start plus offsets
+    that do not change from tile to tile: inside a loop over listed blocks, the 64-bit
+    row address is computed once per tile instead of once per element."""
+    rows = tl.arange(0, ROWS)
+    return load_rows(ptr + first * stride, rows, stride, rows < n - first, offs, DIM, PAD, ALL_VALID)
+
+
+@triton.jit
 def store_rows(ptr, row, stride, valid, offs, value, DIM: tl.constexpr, PAD: tl.constexpr):
     """Store a (rows, PAD) tile into rows `row` of a (.., n, DIM) tensor, skipping padding."""
     ptrs = ptr + row[:, None] * stride + offs[None, :]
