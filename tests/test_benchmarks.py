@@ -132,3 +132,23 @@ def test_layout_benchmark_gives_ours_and_flexattention_the_same_mask():
                 assert torch.equal(build().element_mask(idx, idx)[0, 0], expected), case["name"]
     _, ids = layouts.document_ids(n, 40, seed=0)
     assert len(ids) == n and ids.min() == 0 and bool((ids.diff() >= 0).all())
+
+
+def test_layout_kernel_variants_drop_only_bigbirds_global_row_or_column():
+    """benchmarks/layout_kernels.py prices BigBird's global row and column by timing it
+    without them: each variant is BigBird's own blocks less exactly that row or column."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import layout_kernels
+        import layouts
+    finally:
+        sys.path.pop(0)
+    full = layouts.bigbird_blocks(2048, 64, 3, seed=0)
+    variants = layout_kernels.bigbird_variants(2048, 64)
+    for name, add_row, add_col in (("no global row", True, False), ("no global col", False, True),
+                                   ("no globals", True, True)):
+        blocks = variants["bigbird " + name].clone()
+        assert not (blocks[0].all() if add_row else False) and not (blocks[:, 0].all() if add_col else False)
+        blocks[0, :] |= add_row
+        blocks[:, 0] |= add_col
+        assert torch.equal(blocks, full), name
