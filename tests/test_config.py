@@ -67,6 +67,9 @@ def test_integer_dropout_is_accepted_as_float():
         (dict(pattern={"kind": "sparse", "stride": 8}), "cifar10.model.pattern.kind", "choose one of dense, local, strided, fixed"),
         (dict(pattern={"kind": "strided", "stride": 8, "colour": 1}), "cifar10.model.pattern", "the fields are kind, stride"),
         (dict(attention="cuda"), "cifar10.model.attention", "choose one of auto, reference, flex, sdpa, triton"),
+        (dict(attention=7), "cifar10.model.attention", "unknown attention 7: choose one of auto"),
+        (dict(pattern={"kind": "strided", "stride": 8, "integration": "mixed"}), "cifar10.model.pattern.integration",
+         "unknown integration 'mixed': choose one of merged, interleaved, multihead"),
         (dict(attention="sdpa"), "cifar10.model.attention", "use triton, flex or reference"),
         (dict(context=3000), "cifar10.model.context", "set context to 3072"),
         (dict(image_shape=[32, 32]), "cifar10.model.image_shape", "expected a list of 3 items"),
@@ -170,3 +173,21 @@ def test_unknown_precisions_are_refused_for_evaluation_and_sampling():
     for section, where in ((EvalConfig(precision="bf16"), "evaluate"), (SampleConfig(precision="bf16"), "sample")):
         with pytest.raises(ConfigError, match=f"{where}.precision: unknown precision 'bf16': choose one of 32-true"):
             section.validate(where)
+
+
+def test_the_string_choices_are_the_annotations_and_the_loader_checks_them():
+    """Config types say the choices (Literal[...]); the loader refuses anything else
+    naming them, for sections read from params.yaml and for those built in code."""
+    import typing
+
+    from sparse_transformer import attention
+    from sparse_transformer.config import AttentionBackend, TrainConfig, load_experiment_config
+
+    assert attention.BACKENDS == typing.get_args(AttentionBackend)
+    with pytest.raises(ConfigError, match="x.train.strategy: unknown strategy 'deepspeed': choose one of auto, ddp, "
+                                          "ddp_spawn, fsdp"):
+        load_experiment_config({"data": {"input": "x"}, "train": {"strategy": "deepspeed"}}, "x")
+    with pytest.raises(ConfigError, match="train.strategy: unknown strategy 'horovod'"):
+        TrainConfig(strategy="horovod").validate()
+    assert load_experiment_config({"data": {"input": "x"}, "train": {"strategy": "fsdp", "precision": None}},
+                                  "x").train.strategy == "fsdp"

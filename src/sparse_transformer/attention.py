@@ -33,16 +33,17 @@ from __future__ import annotations
 import functools
 import importlib
 import math
-from typing import Callable
+from typing import Callable, get_args
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .config import AttentionBackend
 from .layouts import SparseLayout
 from .patterns import Pattern
 
-BACKENDS = ("auto", "reference", "flex", "sdpa", "triton")
+BACKENDS = get_args(AttentionBackend)
 
 # Score elements (batch * heads * rows * keys) per query chunk of the reference: 2^22
 # fp32 scores are 16 MiB, and the chunk holds a few tensors of that size at once.

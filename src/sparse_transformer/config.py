@@ -16,17 +16,31 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
 from .errors import UserError, cut, shown
 from .masks import MaskError, MaskSpec
-from .patterns import Pattern, PatternError
+from .patterns import Integration, Pattern, PatternError, PatternKind
 
 
 class ConfigError(UserError, ValueError):
     """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+# The string choices: each field's annotation says them, the loader checks them
+# (`_convert`), and the tuples beside them serve the command line's --help.
+AttentionBackend = Literal["auto", "reference", "flex", "sdpa", "triton"]
+Dataset = Literal["enwik8", "cifar10", "imagenet64", "audio", "bytes", "images", "digits"]
+#: Lightning precisions (None in the config: bf16-mixed on CUDA, 32-true elsewhere)
+Precision = Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true"]
+#: Lightning strategies the training code supports (docs/workflow.md): one device or DDP, DDP by spawning, FSDP
+Strategy = Literal["auto", "ddp", "ddp_spawn", "fsdp"]
+Split = Literal["train", "valid", "test"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+DATASETS = get_args(Dataset)
+COMPILE_MODES = get_args(CompileMode)
 
 
 # ---------------------------------------------------------------------- model
@@ -38,10 +52,10 @@ class PatternConfig:
     allow (kind dense: the mask alone, kept causal); the stride still sets the position
     embedding of 1-D data. null: the pattern alone."""
 
-    kind: str = "strided"
+    kind: PatternKind = "strided"
     stride: int = 128
     summary: int | None = None
-    integration: str = "merged"
+    integration: Integration = "merged"
     distinct_summaries: bool = False
     causal: bool = True
     mask: dict[str, Any] | None = None
@@ -82,29 +96,26 @@ class ModelConfig:
     half_qk: bool = False
     dropout: float = 0.0
     image_shape: tuple[int, int, int] | None = None
-    attention: str = "auto"
+    attention: AttentionBackend = "auto"
     recompute: bool = False
     pattern: PatternConfig = field(default_factory=PatternConfig)
     vocab_size: int = 256
 
     def validate(self, where: str = "model") -> None:
-        from .attention import BACKENDS as ATTENTION_BACKENDS  # here: attention.py loads torch, help does not
-
         def fail(name: str, msg: str) -> None:
             raise ConfigError(f"{where}.{name}: {msg}")
 
+        _check_choices(self, where)
+        _check_choices(self.pattern, f"{where}.pattern")
         for name in ("context", "layers", "d_model", "heads", "ff_mult", "vocab_size"):
             if getattr(self, name) < 1:
                 fail(name, f"must be a positive integer, got {getattr(self, name)}")
         if self.d_model % self.heads:
             fail("heads", f"d_model={self.d_model} is not divisible by heads={self.heads}: pick heads dividing d_model")
-        qk_width = self.d_model // 2 if self.half_qk else self.d_model
-        if self.half_qk and (self.d_model % 2 or qk_width % self.heads):
+        if self.half_qk and (self.d_model % 2 or self.qk_width % self.heads):
             fail("half_qk", f"d_model/2={self.d_model / 2} is not divisible by heads={self.heads}: turn half_qk off or change heads")
         if not 0.0 <= self.dropout < 1.0:
             fail("dropout", f"must be in [0, 1), got {self.dropout}")
-        if self.attention not in ATTENTION_BACKENDS:
-            fail("attention", f"unknown backend {shown(self.attention)}: choose one of {', '.join(ATTENTION_BACKENDS)}")
         try:
             pattern = self.pattern.build()
         except PatternError as err:
@@ -133,6 +144,11 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.d_model // self.heads
 
+    @property
+    def qk_width(self) -> int:
+        """Width of the query/key projections: d_model, or d_model / 2 with half_qk."""
+        return self.d_model // 2 if self.half_qk else self.d_model
+
 
 # ---------------------------------------------------------------------- loading
 def _type_name(tp: Any) -> str:
@@ -152,7 +168,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 return _convert(value, arg, where)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0])
+        raise ConfigError(errors[0] + (" or null" if type(None) in args else ""))
+    if origin is Literal:
+        return _choice(value, tp, where)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if origin is tuple:
@@ -179,6 +197,25 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected {_type_name(tp)}, got {shown(value)}")
         return value
     raise ConfigError(f"{where}: unsupported annotation {tp!r}")
+
+
+def _choice(value: Any, tp: Any, where: str) -> str:
+    """`value` if it is one of the Literal `tp`'s choices, else a ConfigError naming them."""
+    choices = typing.get_args(tp)
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{where}: unknown {where.rsplit('.', 1)[-1]} {shown(value)}: choose one of {', '.join(choices)}")
+    return value
+
+
+def _check_choices(section: Any, where: str) -> None:
+    """Each field typed Literal[...] (or Literal[...] | None) holds one of its choices. The
+    loader checks them as it reads (`_convert`); this is for sections built in code."""
+    for name, tp in typing.get_type_hints(type(section)).items():
+        value = getattr(section, name)
+        options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+        literal = next((option for option in options if typing.get_origin(option) is Literal), None)
+        if literal is not None and not (value is None and type(None) in options):
+            _choice(value, literal, f"{where}.{name}")
 
 
 def from_dict(cls: type, data: Any, where: str) -> Any:
@@ -231,10 +268,6 @@ def load_model_config(section: dict, where: str = "model") -> ModelConfig:
 
 
 # ---------------------------------------------------------------------- data
-#: the sources of `sparse-transformer prepare DATASET`
-DATASETS = ("enwik8", "cifar10", "imagenet64", "audio", "bytes", "images", "digits")
-
-
 @dataclass(frozen=True)
 class DataConfig:
     """Where the data comes from and how it is fed (`prepare` and the DataModules).
@@ -255,7 +288,7 @@ class DataConfig:
     skip_undecodable: audio: skip files that fail to decode instead of stopping.
     """
 
-    dataset: str = "bytes"
+    dataset: Dataset = "bytes"
     input: str | None = None
     hdf5: str = "data/prepared/data.h5"
     download: bool = False
@@ -272,8 +305,7 @@ class DataConfig:
         def fail(name: str, msg: str) -> None:
             raise ConfigError(f"{where}.{name}: {msg}")
 
-        if self.dataset not in DATASETS:
-            fail("dataset", f"unknown dataset {shown(self.dataset)}: choose one of {', '.join(DATASETS)}")
+        _check_choices(self, where)
         if self.input is None and self.dataset != "digits":
             fail("input", f"the {self.dataset} source needs the path of its raw file or folder")
         fractions = self.split_fractions
@@ -297,22 +329,11 @@ def load_data_config(section: dict, where: str = "data") -> DataConfig:
 
 
 # ---------------------------------------------------------------------- training, evaluation, sampling, tracking
-#: Lightning precision settings the trainer accepts (None in the config: bf16-mixed on CUDA, 32-true elsewhere)
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
-SPLITS = ("train", "valid", "test")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
 def _positive(section: Any, where: str, *names: str, optional: bool = False) -> None:
     for name in names:
         value = getattr(section, name)
         if (value is not None or not optional) and (value is None or value < 1):
             raise ConfigError(f"{where}.{name}: must be a positive integer{' or null' if optional else ''}, got {value}")
-
-
-def _precision(value: str | None, where: str) -> None:
-    if value is not None and value not in PRECISIONS:
-        raise ConfigError(f"{where}.precision: unknown precision {shown(value)}: choose one of {', '.join(PRECISIONS)} or null (per device)")
 
 
 def _device(value: str, where: str) -> None:
@@ -369,11 +390,11 @@ class TrainConfig:
     warmup_steps: int = 5000
     gradient_clip: float = 1.0
     accumulate_grad_batches: int = 1
-    precision: str | None = None
+    precision: Precision | None = None
     accelerator: str = "auto"
     devices: int | str = "auto"
     num_nodes: int = 1
-    strategy: str = "auto"
+    strategy: Strategy = "auto"
     checkpoint_dir: str = "checkpoints"
     checkpoint_every_steps: int = 1000
     resume: bool = True
@@ -382,9 +403,10 @@ class TrainConfig:
     log_every_steps: int = 50
     curve_file: str | None = None
     compile: bool = False
-    compile_mode: str = "default"
+    compile_mode: CompileMode = "default"
 
     def validate(self, where: str = "train") -> None:
+        _check_choices(self, where)
         if self.max_steps is None and self.max_epochs is None:
             raise ConfigError(f"{where}.max_steps: give max_steps or max_epochs (the length of training)")
         _positive(self, where, "max_steps", "max_epochs", "val_every_steps", "val_batches", optional=True)
@@ -397,11 +419,8 @@ class TrainConfig:
             raise ConfigError(f"{where}.betas: each must be in [0, 1), got {list(self.betas)}")
         if not (self.weight_decay >= 0 and self.gradient_clip > 0):
             raise ConfigError(f"{where}: weight_decay must be >= 0 and gradient_clip > 0, got {self.weight_decay}, {self.gradient_clip}")
-        _precision(self.precision, where)
         if isinstance(self.devices, str) and self.devices != "auto":
             raise ConfigError(f"{where}.devices: a number of devices or 'auto', got {shown(self.devices)}")
-        if self.compile_mode not in COMPILE_MODES:
-            raise ConfigError(f"{where}.compile_mode: one of {', '.join(COMPILE_MODES)}, got {shown(self.compile_mode)}")
 
 
 @dataclass(frozen=True)
@@ -418,21 +437,19 @@ class EvalConfig:
     precision: null: bf16-mixed on CUDA, 32-true elsewhere. device: "auto", "cpu", "cuda", "cuda:1".
     """
 
-    split: str = "test"
+    split: Split = "test"
     min_context: int | None = None
     checkpoint: str | None = None
     metrics_file: str = "metrics.json"
     batch_size: int | None = None
-    precision: str | None = None
+    precision: Precision | None = None
     device: str = "auto"
 
     def validate(self, where: str = "evaluate") -> None:
-        if self.split not in SPLITS:
-            raise ConfigError(f"{where}.split: unknown split {shown(self.split)}: choose one of {', '.join(SPLITS)}")
+        _check_choices(self, where)
         _positive(self, where, "batch_size", optional=True)
         if self.min_context is not None and self.min_context < 0:
             raise ConfigError(f"{where}.min_context: must be 0 or more (or null: half the context), got {self.min_context}")
-        _precision(self.precision, where)
         _device(self.device, where)
 
 
@@ -492,10 +509,11 @@ class SampleConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     checkpoint: str | None = None
     output_dir: str = "samples"
-    precision: str | None = None
+    precision: Precision | None = None
     device: str = "auto"
 
     def validate(self, where: str = "sample") -> None:
+        _check_choices(self, where)
         _positive(self, where, "count")
         _positive(self, where, "length", "batch_size", "top_k", optional=True)
         if not self.temperature > 0:
@@ -503,7 +521,6 @@ class SampleConfig:
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ConfigError(f"{where}.top_p: must be in (0, 1] (or null: no nucleus), got {self.top_p}")
         self.prompt.validate(f"{where}.prompt")
-        _precision(self.precision, where)
         _device(self.device, where)
 
 

@@ -99,8 +99,7 @@ class SparseAttention(nn.Module):
 
     def __init__(self, config: ModelConfig, pattern: Pattern, layer: int, mask: MaskSpec | None = None):
         super().__init__()
-        d, heads = config.d_model, config.heads
-        qk_width = d // 2 if config.half_qk else d
+        d, heads, qk_width = config.d_model, config.heads, config.qk_width
         self.heads, self.layer, self.pattern, self.backend = heads, layer, pattern, config.attention
         self.mask = mask
         # What attention needs of the layer index: blocks of one class then trace alike,
@@ -417,7 +416,7 @@ class DecodingCache:
     def __init__(self, model: SparseTransformer, batch: int, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32):
         config = model.config
-        qk_width = config.d_model // 2 if config.half_qk else config.d_model
+        qk_width = config.qk_width
         self.pattern, self.heads, self.context = config.pattern.build(), config.heads, config.context
         self.mask = config.pattern.mask_spec()  # a named mask keeps the pattern's cache and narrows its reads
         self.layouts = [CacheLayout.for_layer(self.pattern, config.heads, config.context, layer)

@@ -31,7 +31,7 @@ layer r uses A^(r mod 2) for all heads; `multihead` - head h uses A^(h mod 2).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Literal, get_args
 
 if TYPE_CHECKING:
     import torch
@@ -43,8 +43,10 @@ if TYPE_CHECKING:
 # PyTorch, so that `sparse-transformer --help` answers at once. `allowed` uses only
 # operators, so it serves ints and tensors alike.
 
-KINDS = ("dense", "local", "strided", "fixed")
-INTEGRATIONS = ("merged", "interleaved", "multihead")
+PatternKind = Literal["dense", "local", "strided", "fixed"]
+Integration = Literal["merged", "interleaved", "multihead"]
+KINDS = get_args(PatternKind)
+INTEGRATIONS = get_args(Integration)
 
 
 class PatternError(ValueError):
@@ -71,10 +73,10 @@ class Pattern:
             without that condition (bidirectional, for encoders).
     """
 
-    kind: str
+    kind: PatternKind
     stride: int
     summary: int | None = None
-    integration: str = "merged"
+    integration: Integration = "merged"
     distinct_summaries: bool = False
     causal: bool = True
 
