@@ -7,8 +7,10 @@
 #     snakemake --profile workflow/profiles/slurm enwik8      on a SLURM cluster
 #
 # Stages (rules): download (paper only) -> prepare -> train -> evaluate, sample; each is
-# one call of `sparse-transformer STAGE --config params.yaml --experiment NAME`. Paths
-# follow the convention stated in params.yaml. A rule reruns when its inputs, its command
+# one call of `sparse-transformer STAGE --config params.yaml --experiment NAME`. Each
+# path is written once, as the output of the rule that makes it (the convention the
+# config loader fills in, config.conventional_paths); the rules after it take it as
+# `rules.NAME.output`. A rule reruns when its inputs, its command
 # or its experiment's parameters change (Snakemake's default rerun triggers); unlike
 # dvc.yaml, not when the package's code changes (`--forcerun train` after an edit).
 # The stages read params.yaml itself: change settings there, not with --config.
@@ -25,11 +27,6 @@ wildcard_constraints:
     exp="|".join(EXPERIMENTS),
 
 
-def outputs(exp):
-    """What an experiment leaves: its metrics and its samples (and all before them)."""
-    return [f"runs/{exp}/metrics.json", f"runs/{exp}/samples"]
-
-
 def section(name):
     """The parameters a rule depends on: one section of the experiment."""
     return lambda wildcards: config[wildcards.exp][name]
@@ -44,6 +41,17 @@ def gpus(wildcards):
     return devices if isinstance(devices, int) else 1
 
 
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/sample.smk"
+
+
+def outputs(exp):
+    """What an experiment leaves: its metrics and its samples (and all before them)."""
+    return expand([*rules.evaluate.output, *rules.sample.output], exp=exp)
+
+
 rule quickstarts:
     default_target: True
     input: [path for exp in QUICKSTARTS for path in outputs(exp)]
@@ -54,9 +62,3 @@ for _exp in EXPERIMENTS:
     rule:
         name: _exp.replace("-", "_")
         input: outputs(_exp)
-
-
-include: "workflow/rules/data.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/sample.smk"

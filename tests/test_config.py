@@ -191,3 +191,24 @@ def test_the_string_choices_are_the_annotations_and_the_loader_checks_them():
         TrainConfig(strategy="horovod").validate()
     assert load_experiment_config({"data": {"input": "x"}, "train": {"strategy": "fsdp", "precision": None}},
                                   "x").train.strategy == "fsdp"
+
+
+def test_a_named_experiment_takes_its_paths_from_its_name_unless_it_states_them(tmp_path):
+    """params.yaml states no paths: the loader fills them in by the convention the
+    workflow files declare; a path in the section or a --set override departs from it,
+    and a file of one unnamed experiment keeps the dataclasses' own defaults."""
+    from sparse_transformer.config import load_experiment
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"mine": {"data": {"input": "x.txt"}},
+                                      "other": {"data": {"input": "x.txt", "hdf5": "elsewhere.h5"}, "evaluate": None}}))
+    cfg = load_experiment(params, "mine")
+    assert (cfg.data.hdf5, cfg.train.checkpoint_dir, cfg.train.curve_file, cfg.evaluate.metrics_file,
+            cfg.sample.output_dir) == ("data/prepared/mine.h5", "runs/mine/checkpoints", "runs/mine/curve.csv",
+                                       "runs/mine/metrics.json", "runs/mine/samples")
+    other = load_experiment(params, "other", ("train.curve_file=null",))
+    assert other.data.hdf5 == "elsewhere.h5" and other.train.curve_file is None
+    assert other.evaluate.metrics_file == "runs/other/metrics.json"
+    single = tmp_path / "single.yaml"
+    single.write_text(yaml.safe_dump({"data": {"input": "x.txt"}}))
+    assert load_experiment(single).train.checkpoint_dir == "checkpoints"

@@ -592,9 +592,22 @@ def load_experiment_config(section: dict, where: str = "experiment") -> Experime
     return cfg
 
 
+def conventional_paths(name: str) -> dict[str, dict[str, str]]:
+    """Where experiment `name` keeps its files unless its section says otherwise: the
+    prepared data in data/prepared/NAME.h5, the run's outputs under runs/NAME/. dvc.yaml,
+    paper/dvc.yaml and the Snakefile declare these paths as the stages' outputs, so
+    params.yaml states a path only to depart from them (the stage then runs by hand)."""
+    run = f"runs/{name}"
+    return {"data": {"hdf5": f"data/prepared/{name}.h5"},
+            "train": {"checkpoint_dir": f"{run}/checkpoints", "curve_file": f"{run}/curve.csv"},
+            "evaluate": {"metrics_file": f"{run}/metrics.json"},
+            "sample": {"output_dir": f"{run}/samples"}}
+
+
 def load_experiment(path: str | Path, name: str | None = None, overrides: tuple[str, ...] = ()) -> ExperimentConfig:
     """The experiment `name` of a YAML file (the whole file when name is None), with
-    overrides such as "train.max_steps=100" (values parsed as YAML) applied first."""
+    overrides such as "train.max_steps=100" (values parsed as YAML) applied first. A
+    named experiment's paths not given default to the convention (`conventional_paths`)."""
     data = load_yaml(path)
     where = name or Path(path).stem
     sections = [f.name for f in dataclasses.fields(ExperimentConfig)]
@@ -622,4 +635,12 @@ def load_experiment(path: str | Path, name: str | None = None, overrides: tuple[
         except yaml.YAMLError as err:
             raise ConfigError(f"override {shown(override)}: the value is not valid YAML ({yaml_problem(err)}); "
                               "quote it on the command line, e.g. --set 'train.betas=[0.9, 0.95]'") from None
+    if name is not None and isinstance(data, dict):
+        for section, paths in conventional_paths(name).items():
+            fields = data.setdefault(section, {})
+            if fields is None:
+                fields = data[section] = {}
+            if isinstance(fields, dict):  # anything else: from_dict names the problem
+                for field_name, path in paths.items():
+                    fields.setdefault(field_name, path)
     return load_experiment_config(data, where)

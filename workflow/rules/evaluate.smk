@@ -3,8 +3,8 @@
 rule evaluate:
     output: "runs/{exp}/metrics.json"
     input:
-        data="data/prepared/{exp}.h5",
-        trained="runs/{exp}/checkpoints/finished.json",  # training ended: last.ckpt is final
+        data=rules.prepare.output,
+        trained=rules.train.output,  # finished.json: training ended, last.ckpt is final
     params: evaluate=section("evaluate")
     resources: gpu=gpus
     log: "runs/{exp}/logs/evaluate.log"

@@ -3,8 +3,8 @@
 rule sample:
     output: directory("runs/{exp}/samples")
     input:
-        data="data/prepared/{exp}.h5",
-        trained="runs/{exp}/checkpoints/finished.json",  # training ended: last.ckpt is final
+        data=rules.prepare.output,
+        trained=rules.train.output,  # finished.json: training ended, last.ckpt is final
     params: sample=section("sample")
     resources: gpu=gpus
     log: "runs/{exp}/logs/sample.log"

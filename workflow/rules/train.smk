@@ -9,7 +9,7 @@
 
 rule train:
     output: "runs/{exp}/checkpoints/finished.json"
-    input: "data/prepared/{exp}.h5"
+    input: rules.prepare.output
     params:
         data=section("data"),
         model=section("model"),
