@@ -38,7 +38,7 @@ import triton
 from common import enqueue_ms, environment, write_json
 from sparse_kernels.ops import tuned_tiles
 from sparse_transformer import Pattern
-from sparse_transformer.triton_attention import sparse_attention
+from sparse_transformer.attention import sparse_attention
 
 BACKWARD_FLOP_FACTOR = 2.5
 CEILING_TOKENS = 65536  # SDPA's rate is measured at n = 16,384, batch 4: long enough to reach it

@@ -26,7 +26,7 @@ from common import enqueue_ms, environment, graph_ms, write_json
 from sparse_kernels import ops
 from sparse_transformer import Pattern
 from sparse_transformer.layouts import kernel_spec
-from sparse_transformer.triton_attention import sparse_attention
+from sparse_transformer.attention import sparse_attention
 
 
 def patterns(stride: int, summary: int) -> dict[str, Pattern]:

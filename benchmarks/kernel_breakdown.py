@@ -16,7 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 from sparse_kernels import ops
 from sparse_kernels.ops import Blocks
 from sparse_transformer import Pattern
-from sparse_transformer.triton_attention import sparse_attention_with_lse
+from sparse_transformer.attention import sparse_attention_with_lse
 
 
 def launches(fn) -> list[tuple[str, float]]:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from layout_checks import masked_float64
+from sparse_kernels import decode, ops
 from sparse_transformer.attention import (BACKENDS, attend, attend_decoding, reference_attention, reference_decoding,
                                          reference_lse)
 from sparse_transformer.layouts import SparseLayout
@@ -176,10 +177,9 @@ def test_shapes_a_layout_or_the_kv_heads_cannot_take_are_refused():
 def test_triton_backend_runs_the_closed_form_for_causal_patterns_and_lists_otherwise(monkeypatch):
     """What reaches the kernels: a causal Pattern its KernelSpec, a layout or a non-causal
     Pattern its block lists (the kernels themselves are tested in tests/kernels)."""
-    triton_attention = pytest.importorskip("sparse_transformer.triton_attention")
     calls = []
-    monkeypatch.setattr(triton_attention, "attention", lambda q, k, v, spec, *rest: calls.append(spec) or (q, None))
-    monkeypatch.setattr(triton_attention, "block_attention", lambda q, k, v, lists, *rest: calls.append(lists) or (q, None))
+    monkeypatch.setattr(ops, "attention", lambda q, k, v, spec, *rest: calls.append(spec) or (q, None))
+    monkeypatch.setattr(ops, "block_attention", lambda q, k, v, lists, *rest: calls.append(lists) or (q, None))
     q, k, v = random_qkv(1, 2, 40, 16, 16)
     strided = Pattern("strided", 4, integration="interleaved")
     layout = SparseLayout.from_mask_mod(window_with_globals, 40, heads=2, block=16)
@@ -194,7 +194,6 @@ def test_triton_backend_runs_the_closed_form_for_causal_patterns_and_lists_other
 def test_triton_backend_with_a_layout_equals_reference():
     """The kernels (under the interpreter here) through `attend`: a per-head mask_mod layout,
     a non-causal pattern and grouped-query attention give the reference's output."""
-    pytest.importorskip("sparse_transformer.triton_attention")
     q, k, v = random_qkv(1, 4, 40, 16, 16)
     k, v = k[:, :2], v[:, :2]
     layout = SparseLayout.from_mask_mod(window_with_globals, 40, heads=4, block=16)
@@ -228,18 +227,11 @@ def test_auto_uses_reference_on_cpu():
     assert torch.equal(attend(q, k, v, pattern, backend="auto"), reference_attention(q, k, v, pattern))
 
 
-def test_triton_backend_without_its_module_fails_clearly(monkeypatch):
-    monkeypatch.setitem(sys.modules, "sparse_transformer.triton_attention", None)  # as if not installed
-    q, k, v = random_qkv(1, 2, 16, 4, 4)
-    with pytest.raises(RuntimeError, match="backend 'triton' is not available"):
-        attend(q, k, v, Pattern("strided", 4), backend="triton")
-    slots, valid = torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool)
-    with pytest.raises(RuntimeError, match="backend 'triton' is not available"):
-        attend_decoding(q[:, :, 0], k, v, slots, valid, backend="triton")
-
-
 def test_decoding_on_the_cpu_uses_the_kernel_only_when_triton_is_asked_for(monkeypatch):
-    monkeypatch.setitem(sys.modules, "sparse_transformer.triton_attention", None)  # any use of the kernel fails
+    def no_kernel(*args):
+        raise AssertionError("the decode kernel was launched")
+
+    monkeypatch.setattr(decode, "decode_attention", no_kernel)
     q, k, v = random_qkv(1, 2, 16, 4, 4)
     slots, valid = torch.randint(0, 16, (2, 5)), torch.rand(2, 5) < 0.5
     for backend in ("auto", "flex", "sdpa", "reference"):

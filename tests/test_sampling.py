@@ -153,11 +153,11 @@ def test_the_fused_decode_kernel_gives_the_reference_steps_logits(pattern, monke
     the reference backend with PyTorch's gather: the same logits at every position. Two
     heads of 16 dims (8 for fixed's half-size q/k) and one batch row keep the interpreter's
     programs few (test_decode.py checks batches)."""
-    from sparse_transformer import triton_attention
+    from sparse_kernels import decode
 
     launches = []
-    kernel = triton_attention.decode_attention
-    monkeypatch.setattr(triton_attention, "decode_attention", lambda *args: launches.append(1) or kernel(*args))
+    kernel = decode.decode_attention
+    monkeypatch.setattr(decode, "decode_attention", lambda *args: launches.append(1) or kernel(*args))
     tokens = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         reference, fused = (decoded_logits(model_for(pattern, image=False, heads=2, layers=2, attention=attention,

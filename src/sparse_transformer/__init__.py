@@ -4,7 +4,7 @@ kernels, and the model built on them.
     from sparse_transformer import Pattern, SparseLayout, sparse_attention, SparseTransformer, ModelConfig, attend
 
 Everything but `Pattern` is imported on first use, so that `import sparse_transformer`
-(and the command line) stays light and Triton is loaded only when the kernels are.
+(and the command line) stays light: Triton is loaded with the attention module.
 """
 
 from importlib import import_module
@@ -12,7 +12,7 @@ from importlib import import_module
 from .patterns import Pattern
 
 _LAZY = {
-    "sparse_attention": ".triton_attention",
+    "sparse_attention": ".attention",
     "attend": ".attention",
     "SparseLayout": ".layouts",
     "SparseTransformer": ".model",

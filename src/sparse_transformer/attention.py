@@ -17,7 +17,8 @@ Backends:
                full score matrix), with a block mask built compiled from the pattern's
                mask_mod, or the layout's `to_block_mask()`.
     sdpa       F.scaled_dot_product_attention, dense patterns only.
-    triton     the fused kernels (`triton_attention.sparse_attention`), imported lazily.
+    triton     the fused kernels (`sparse_attention` below, over `sparse_kernels.ops`): a
+               causal Pattern's closed form, any other layout's block lists.
     auto       triton for CUDA tensors, reference otherwise.
 No dropout inside attention (the paper's section 5.2 drops out only at the end of each
 residual branch).
@@ -31,7 +32,6 @@ triton backend uses the kernel, and so do auto, flex and sdpa on CUDA tensors.
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 from typing import Callable, get_args
 
@@ -40,7 +40,9 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .config import AttentionBackend
-from .layouts import SparseLayout
+from sparse_kernels import decode, ops
+
+from .layouts import SparseLayout, kernel_spec
 from .patterns import Pattern
 
 BACKENDS = get_args(AttentionBackend)
@@ -239,30 +241,41 @@ def sdpa_attention(
     return F.scaled_dot_product_attention(q, k, v, is_causal=pattern.causal, enable_gqa=group > 1)
 
 
-def _triton_module():
-    """sparse_transformer.triton_attention, imported on first use (it imports triton)."""
-    try:
-        return importlib.import_module(f"{__package__}.triton_attention")
-    except ModuleNotFoundError as err:
-        if err.name != f"{__package__}.triton_attention":
-            raise
-        raise RuntimeError(
-            "attention backend 'triton' is not available: sparse_transformer.triton_attention is missing "
-            "from this installation; use backend 'reference' (CPU) or 'flex'"
-        ) from None
+def sparse_attention_with_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern | SparseLayout, layer: int = 0,
+    sm_scale: float | None = None, blocks: ops.Blocks = ops.Blocks(),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused kernels: (output (batch, H, n, d_v), logsumexp (batch, H, n) fp32) with
+    autograd; k and v may have H_kv heads dividing H. A causal Pattern runs its
+    closed-form passes (`layouts.kernel_spec`, the fast path), any other layout its block
+    lists. On CUDA tensors the kernels run compiled; on CPU tensors only under Triton's
+    interpreter (TRITON_INTERPRET=1), which the tests use. A layout is already that of
+    one layer (`layer` unused)."""
+    if isinstance(pattern, Pattern):
+        if pattern.causal:  # straight to the closed form: no layout lookup on the paper's patterns
+            return ops.attention(q, k, v, kernel_spec(pattern, layer), sm_scale, blocks)
+        pattern = pattern.layout(q.shape[2], q.shape[1], layer, q.device)
+    else:
+        pattern.check(q.shape[0], q.shape[1], q.shape[2])
+    if pattern.spec is not None:
+        return ops.attention(q, k, v, pattern.spec, sm_scale, blocks)
+    return ops.block_attention(q, k, v, pattern.lists, sm_scale, blocks)
 
 
-def triton_attention(
+def sparse_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern | SparseLayout, layer: int = 0
 ) -> torch.Tensor:
-    return _triton_module().sparse_attention(q, k, v, pattern, layer)
+    """Attention restricted to `pattern` (at `layer`, for the interleaved integration) or
+    to a layout, through the fused kernels; q (batch, H, n, d_qk), k (batch, H_kv, n,
+    d_qk), v (batch, H_kv, n, d_v) -> (batch, H, n, d_v)."""
+    return sparse_attention_with_lse(q, k, v, pattern, layer)[0]
 
 
 _BACKEND_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "reference": reference_attention,
     "flex": flex_attention,
     "sdpa": sdpa_attention,
-    "triton": triton_attention,
+    "triton": sparse_attention,
 }
 
 
@@ -276,5 +289,5 @@ def attend_decoding(
     (H, K)) -> (B, H, d_v) in q's dtype, 0 for a head with no valid key. q.k and the softmax
     in fp32 at least, as the paper's section 5.6 asks when sampling. Nothing is read back to the host."""
     if backend == "triton" or (backend != "reference" and q.is_cuda):
-        return _triton_module().decode_attention(q, key_cache, value_cache, slots, valid, 1 / math.sqrt(q.shape[-1]))
+        return decode.decode_attention(q, key_cache, value_cache, slots, valid, 1 / math.sqrt(q.shape[-1]))
     return reference_decoding(q, key_cache, value_cache, slots, valid)

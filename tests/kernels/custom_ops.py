@@ -6,7 +6,7 @@ import torch
 
 from sparse_kernels import ops
 from sparse_transformer import Pattern
-from sparse_transformer.triton_attention import kernel_spec
+from sparse_transformer.layouts import kernel_spec
 
 
 def check_custom_ops(q, k, v, do, pattern: Pattern, block: int) -> None:

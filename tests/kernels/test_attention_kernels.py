@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from sparse_kernels import ops
 from sparse_kernels.ops import Blocks, KernelSpec
 from sparse_transformer import Pattern
-from sparse_transformer.triton_attention import kernel_spec, sparse_attention, sparse_attention_with_lse
+from sparse_transformer.attention import sparse_attention, sparse_attention_with_lse
+from sparse_transformer.layouts import kernel_spec
 
 from .custom_ops import check_custom_ops
 from .oracle import assert_matches, oracle, rel_err

@@ -20,7 +20,7 @@ from sparse_kernels import ops
 from sparse_kernels.decode import decode_attention
 from sparse_kernels.ops import Blocks
 from sparse_transformer import Pattern, SparseLayout
-from sparse_transformer.triton_attention import sparse_attention_with_lse
+from sparse_transformer.attention import sparse_attention_with_lse
 
 from .block_layouts import block_oracle, causal_lists, random_lists
 from .custom_ops import check_custom_ops
