@@ -29,5 +29,15 @@ def add_config_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
                         help=f"override a setting, e.g. --set {example} (repeatable; VALUE is YAML)")
 
 
+def configure_stage(description: str, example: str):
+    """The `configure(parser)` of a stage that runs one experiment of params.yaml (train,
+    evaluate, sample): its description, and the shared arguments with `example` for --set."""
+    def configure(parser: argparse.ArgumentParser) -> None:
+        parser.description = description
+        add_config_arguments(parser, example=example)
+
+    return configure
+
+
 def experiment_from_args(args: argparse.Namespace) -> ExperimentConfig:
     return load_experiment(args.config, args.experiment, tuple(args.overrides))

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_config_arguments, experiment_from_args
+from . import configure_stage, experiment_from_args
 
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Bits per dim of the trained model (evaluate.checkpoint, default train.checkpoint_dir/last.ckpt) over "
-        "the whole evaluate.split of data.hdf5: images whole, streams with at least evaluate.min_context bytes "
-        "of context per byte (default half the context). Writes evaluate.metrics_file (JSON) and logs to the "
-        "training run in MLflow."
-    )
-    add_config_arguments(parser, example="evaluate.split=valid")
+configure = configure_stage(
+    "Bits per dim of the trained model (evaluate.checkpoint, default train.checkpoint_dir/last.ckpt) over "
+    "the whole evaluate.split of data.hdf5: images whole, streams with at least evaluate.min_context bytes "
+    "of context per byte (default half the context). Writes evaluate.metrics_file (JSON) and logs to the "
+    "training run in MLflow.",
+    example="evaluate.split=valid",
+)
 
 
 def run(args: argparse.Namespace) -> int:
