@@ -9,22 +9,16 @@ import pytest
 import torch
 
 from layout_checks import masked_float64
+from pattern_cases import paper_patterns
 from sparse_kernels import decode, ops
 from sparse_transformer.attention import (BACKENDS, attend, attend_decoding, reference_attention, reference_decoding,
                                          reference_lse)
 from sparse_transformer.layouts import SparseLayout
 from sparse_transformer.patterns import Pattern
 
-PATTERNS = [
-    Pattern("dense", 1),
-    Pattern("local", 5),
-    Pattern("strided", 6, integration="merged"),
-    Pattern("strided", 6, integration="interleaved"),
-    Pattern("strided", 6, integration="multihead"),
-    Pattern("fixed", 8, 3, integration="merged", distinct_summaries=True),
-    Pattern("fixed", 8, 3, integration="interleaved"),  # layer 1: fixed A2 alone, empty first rows
-    Pattern("fixed", 8, 2, integration="multihead", distinct_summaries=True),
-]
+# the paper's patterns, and fixed interleaved with shared summaries: at layer 1, fixed A2
+# alone, whose first rows have no key
+PATTERNS = [*paper_patterns(Pattern, summary=3), Pattern("fixed", 8, 3, integration="interleaved")]
 
 
 def dense_float64(q, k, v, pattern, layer):

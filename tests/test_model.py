@@ -11,21 +11,13 @@ import pytest
 import torch
 import yaml
 
+from pattern_cases import paper_patterns
 from sparse_transformer.config import ConfigError, ModelConfig, PatternConfig, load_model_config
 from sparse_transformer.model import SparseTransformer, bits_per_dim, gelu
 
 REPO = Path(__file__).resolve().parents[1]
 
-PATTERNS = [
-    PatternConfig("dense", 6),
-    PatternConfig("local", 6),
-    PatternConfig("strided", 6, integration="merged"),
-    PatternConfig("strided", 6, integration="interleaved"),
-    PatternConfig("strided", 6, integration="multihead"),
-    PatternConfig("fixed", 8, 2, integration="merged", distinct_summaries=True),
-    PatternConfig("fixed", 8, 2, integration="interleaved"),
-    PatternConfig("fixed", 8, 2, integration="multihead", distinct_summaries=True),
-]
+PATTERNS = [*paper_patterns(PatternConfig), PatternConfig("fixed", 8, 2, integration="interleaved")]
 
 
 def small_model(pattern: PatternConfig, **overrides) -> SparseTransformer:

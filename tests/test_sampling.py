@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from pattern_cases import paper_patterns
 from sparse_transformer.config import ModelConfig, PatternConfig
 from sparse_transformer.data import mulaw
 from sparse_transformer.model import DecodingCache, SparseTransformer, decoding_keys
@@ -16,17 +17,7 @@ from sparse_transformer.sampling import (GRID_GUTTER, CUDAGraphDecoder, draw, ge
                                         write_samples)
 from training_setup import digits_h5, experiment, text_h5  # noqa: F401 (fixtures)
 
-PATTERNS = [
-    PatternConfig("dense", 6),
-    PatternConfig("local", 6),
-    PatternConfig("strided", 6, integration="merged"),
-    PatternConfig("strided", 6, integration="interleaved"),
-    PatternConfig("strided", 6, integration="multihead"),
-    PatternConfig("fixed", 8, 2, integration="merged"),
-    PatternConfig("fixed", 8, 2, integration="merged", distinct_summaries=True),
-    PatternConfig("fixed", 8, 2, integration="interleaved", distinct_summaries=True),
-    PatternConfig("fixed", 8, 2, integration="multihead", distinct_summaries=True),
-]
+PATTERNS = paper_patterns(PatternConfig)
 # Named masks: a window with global tokens alone (dense: the whole cache), and narrowing a
 # pattern with a pruned cache (local: the band) that differs per head (multihead strided).
 MASKED = [

@@ -86,11 +86,7 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pat
 
 # ---------------------------------------------------------------------- reference
 def reference_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    pattern: Pattern | SparseLayout,
-    layer: int = 0,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern | SparseLayout, layer: int = 0,
     chunk_elements: int = REFERENCE_CHUNK_ELEMENTS,
 ) -> torch.Tensor:
     """Exact masked attention, fp32 accumulation: (B, H, n, d_v) in q's dtype."""
@@ -99,10 +95,7 @@ def reference_attention(
 
 
 def reference_lse(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    pattern: Pattern | SparseLayout,
-    layer: int = 0,
+    q: torch.Tensor, k: torch.Tensor, pattern: Pattern | SparseLayout, layer: int = 0,
     chunk_elements: int = REFERENCE_CHUNK_ELEMENTS,
 ) -> torch.Tensor:
     """(B, H, n) fp32: log sum_j exp(q_i k_j / sqrt(d_qk)) over allowed j (natural log; -inf for empty rows)."""

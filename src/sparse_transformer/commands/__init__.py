@@ -29,9 +29,13 @@ def add_config_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
                         help=f"override a setting, e.g. --set {example} (repeatable; VALUE is YAML)")
 
 
-def configure_stage(description: str, example: str):
+def configure_stage(doc: str | None, example: str):
     """The `configure(parser)` of a stage that runs one experiment of params.yaml (train,
-    evaluate, sample): its description, and the shared arguments with `example` for --set."""
+    evaluate, sample): its description, the module docstring `doc` after its usage line
+    (none under `python -OO`, which drops docstrings), and the shared arguments with
+    `example` for --set."""
+    description = " ".join(doc.split("\n\n", 1)[-1].split()) if doc else None
+
     def configure(parser: argparse.ArgumentParser) -> None:
         parser.description = description
         add_config_arguments(parser, example=example)

@@ -1,4 +1,12 @@
-"""`sparse-transformer train --config params.yaml [--experiment NAME] [--set ...]`."""
+"""`sparse-transformer train --config params.yaml [--experiment NAME] [--set ...]`.
+
+Train the experiment's model on its prepared data (data.hdf5), writing checkpoints to
+train.checkpoint_dir and logging to MLflow. Resumes from train.checkpoint_dir/last.ckpt
+when it exists (train.resume); says so and stops when that checkpoint has already
+reached the end of training. Draws train.curve_file as a PNG beside it. For several GPUs
+of one machine set train.devices and train.strategy (Lightning starts one process per
+device); for several nodes, start the command on each with torchrun or SLURM.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +15,7 @@ from pathlib import Path
 
 from . import configure_stage, experiment_from_args
 
-configure = configure_stage(
-    "Train the experiment's model on its prepared data (data.hdf5), writing checkpoints to "
-    "train.checkpoint_dir and logging to MLflow. Resumes from train.checkpoint_dir/last.ckpt when it exists "
-    "(train.resume); says so and stops when that checkpoint has already reached the end of training. "
-    "Draws train.curve_file as a PNG beside it. For several GPUs of one machine set train.devices and "
-    "train.strategy (Lightning starts one process per device); for several nodes, start the command on "
-    "each with torchrun or SLURM.",
-    example="train.max_steps=100",
-)
+configure = configure_stage(__doc__, example="train.max_steps=100")
 
 
 def run(args: argparse.Namespace) -> int:
