@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import threading
 
 import pytest
 from local_server import LocalServer
@@ -19,8 +20,8 @@ from sparse_transformer.config import TrackingConfig
 from sparse_transformer.evaluation import evaluate
 from sparse_transformer.model import SparseTransformer
 from sparse_transformer.sampling import sample
-from sparse_transformer.tracking import (TrackingError, artifact_location, compact_count, describe_run, log_config,
-                                         tracking_uri, training_experiment)
+from sparse_transformer.tracking import (TrackingError, artifact_location, compact_count, connect, describe_run,
+                                         log_config, tracking_uri, training_experiment)
 from sparse_transformer.training import read_checkpoint, train
 
 
@@ -151,6 +152,26 @@ class _Unavailable(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+def test_stages_starting_together_open_a_new_sqlite_store_one_at_a_time(workdir):
+    """Snakemake runs two jobs at once: the first to open a new sqlite store creates its
+    tables, the other waits for it (a lock file beside the database) instead of creating
+    them too and failing ("table ... already exists")."""
+    from filelock import FileLock
+
+    database = workdir / "mlflow.db"
+    cfg = TrackingConfig(tracking_uri=f"sqlite:///{database}")
+    opened = {}
+    other_stage = FileLock(f"{database}.lock")
+    with other_stage:
+        waiting = threading.Thread(target=lambda: opened.update(client=connect(cfg)))
+        waiting.start()
+        waiting.join(15)  # opening a new store takes a few seconds: without the lock it would be done
+        assert waiting.is_alive() and not database.exists()  # it waits; nothing was created
+    waiting.join(120)
+    assert "client" in opened and database.exists()
+    assert opened["client"].search_experiments(max_results=1)  # the store is whole: the Default experiment
 
 
 def test_the_store_check_asks_once(workdir, text_h5):

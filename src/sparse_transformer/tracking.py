@@ -25,6 +25,7 @@ not recorded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,12 +78,24 @@ def _no_retries(timeout: float) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def _store_lock(uri: str) -> contextlib.AbstractContextManager:
+    """The first client to open a sqlite store creates its tables; two stages starting at
+    once (Snakemake runs jobs side by side) would both create them, and one would fail
+    ("table ... already exists"). A file lock beside the database makes them take turns
+    at opening it; a tracking server needs none."""
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    return FileLock(uri.removeprefix("sqlite:///") + ".lock")
+
+
 def connect(cfg: TrackingConfig) -> MlflowClient:
     """A client of the configured store, after checking that it answers within cfg.connect_timeout s."""
     from mlflow import MlflowClient
 
     uri = tracking_uri(cfg)
-    with _no_retries(cfg.connect_timeout):
+    with _no_retries(cfg.connect_timeout), _store_lock(uri):
         try:
             client = MlflowClient(uri)  # a sqlite store is opened (and migrated) here
             client.search_experiments(max_results=1)
