@@ -84,24 +84,27 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-# About 0.5 s of GPU time at H100/H200 clocks: longer than any enqueue loop here takes.
-BUSY_CYCLES = 1_000_000_000
+# About 0.1 s of GPU time at H100/H200 clocks: longer than any enqueue loop here takes (40 calls of at most 1.5 ms).
+BUSY_CYCLES = 200_000_000
 
 
-def enqueue_ms(fn: Callable[[], object], calls: int = 40) -> float:
+def enqueue_ms(fn: Callable[[], object], calls: int = 40, repeats: int = 5) -> float:
     """Host milliseconds to enqueue one call of fn (CUDA), measured while the GPU is kept
     busy ahead of the calls (a sleep kernel), so that waiting for the GPU does not hide
-    the host's work: the host cost of a call. Keep calls * launches per call well under
-    the driver's queue (about 1,000 launches)."""
+    the host's work: the host cost of a call. The least of `repeats` measurements, since
+    whatever else the host runs can only add to it. Keep calls * launches per call well
+    under the driver's queue (about 1,000 launches)."""
     fn()
+    best = float("inf")
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        torch.cuda._sleep(BUSY_CYCLES)
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, time.perf_counter() - start)
     torch.cuda.synchronize()
-    torch.cuda._sleep(BUSY_CYCLES)
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    elapsed = time.perf_counter() - start
-    torch.cuda.synchronize()
-    return elapsed / calls * 1e3
+    return best / calls * 1e3
 
 
 def graph_ms(fn: Callable[[], object]) -> float:

@@ -25,9 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import Launcher, _interpreted, cdiv, next_power_of_2
+from .launch import LOG2E, Launcher, _interpreted, cdiv, next_power_of_2, plan, tensor_key
 
-LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # A split reads at least this many keys: fewer would cost more in the combine launch and
@@ -178,35 +177,43 @@ def decode_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torc
     rows slots[h, valid[h]] with scores q.k * scale. `keys_per_split` fixes the split
     (tests); by default `decode_splits` chooses it."""
     check_inputs(q, key_cache, value_cache, slots, valid)
+    tensors = (q, key_cache, value_cache, slots, valid.view(torch.uint8))
+    key = (*map(tensor_key, tensors), scale, keys_per_split)
+    out = _buffer(*q.shape[:2], value_cache.shape[3], device=q.device, dtype=q.dtype)
+    launches, partial_shapes = plan(_PLANS, key, lambda: _decode_plan(*tensors, out, scale, keys_per_split))
+    # Per split: running max, sum and weighted values; `out` stands in when nothing is split.
+    partials = [_buffer(*shape, device=q.device, dtype=torch.float32) if shape else out for shape in partial_shapes]
+    decode, *combine = launches
+    decode(*tensors, out, *partials)
+    for launch in combine:
+        launch(*partials, out)
+    return out
+
+
+_PLANS: dict = {}
+
+
+def _decode_plan(q, key_cache, value_cache, slots, valid, out, scale: float, keys_per_split: int | None):
+    """The decode launch and (when the keys are split) the combine launch, with the shapes
+    of the partial results (None each when nothing is split)."""
     batch, heads, d_qk = q.shape
     d_v, keys = value_cache.shape[3], slots.shape[1]
     if keys_per_split is None:
-        splits = decode_splits(batch * heads, keys)
-        keys_per_split = cdiv(keys, splits)
+        keys_per_split = cdiv(keys, decode_splits(batch * heads, keys))
     splits = cdiv(keys, keys_per_split) if keys else 1
     block_n = min(64 if max(d_qk, d_v) <= 128 else 32, _padded(keys_per_split))
     if splits > 1:  # whole blocks per split: only the last block of the last split is ragged
         keys_per_split = cdiv(keys_per_split, block_n) * block_n
         splits = cdiv(keys, keys_per_split)
     v_block = _padded(d_v)
-    out = _buffer(batch, heads, d_v, device=q.device, dtype=q.dtype)
-    if splits > 1:
-        partial_m = _buffer(batch * heads, splits, device=q.device, dtype=torch.float32)
-        partial_l = _buffer(batch * heads, splits, device=q.device, dtype=torch.float32)
-        partial_acc = _buffer(batch * heads, splits, v_block, device=q.device, dtype=torch.float32)
-    else:
-        partial_m = partial_l = partial_acc = out  # not touched
-    _DECODE(
+    launches = [_DECODE.bind(
         lambda meta: (batch * heads, splits),
-        q, key_cache, value_cache, slots, valid.view(torch.uint8), out, partial_m, partial_l, partial_acc,
         *q.stride()[:2], *key_cache.stride()[:3], *value_cache.stride()[:3], *slots.stride(), *valid.stride(),
         *out.stride()[:2], heads, keys, keys_per_split, scale * LOG2E,
         tiles=dict(BLOCK_N=block_n), QK_DIM=d_qk, V_DIM=d_v, QK_BLOCK=_padded(d_qk), V_BLOCK=v_block, SPLIT=splits > 1,
-    )
+    )]
     if splits > 1:
-        _COMBINE(
-            lambda meta: (batch * heads,),
-            partial_m, partial_l, partial_acc, out, *out.stride()[:2], heads, splits,
-            tiles={}, V_DIM=d_v, V_BLOCK=v_block, SPLIT_BLOCK=next_power_of_2(splits),
-        )
-    return out
+        launches.append(_COMBINE.bind(lambda meta: (batch * heads,), *out.stride()[:2], heads, splits,
+                                      tiles={}, V_DIM=d_v, V_BLOCK=v_block, SPLIT_BLOCK=next_power_of_2(splits)))
+        return launches, ((batch * heads, splits), (batch * heads, splits), (batch * heads, splits, v_block))
+    return launches, (None, None, None)

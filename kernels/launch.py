@@ -1,31 +1,46 @@
-"""Launching a Triton kernel with as little host work as possible.
+"""Launching Triton kernels with as little host work as possible: call plans.
 
 Triton's own launch (`kernel[grid](...)`) binds every argument, computes the
 specialization of each, builds a cache key from them and the options, and through the
-autotuner looks up the tile choice: about 27 µs of Python per launch on an H200 host,
-50 µs autotuned (docs/benchmarks.md, "Host cost"). A short attention call needs less GPU
-time than that for all its launches together. `Launcher` pays it once per distinct call
-signature: the first launch goes through Triton (compiling and autotuning as needed)
-and keeps the compiled kernel with the tiles it was compiled for; a later launch with
-the same signature calls the compiled kernel directly (`CompiledKernel[grid](*args)`,
-which still honours Triton's launch hooks).
+autotuner looks up the tile choice: 30-50 µs of Python per launch on an H200 host
+(docs/benchmarks.md, "Host cost"), more than the GPU needs for all the launches of a
+short attention call.
 
-The signature is a superset of what Triton specializes on: each tensor's dtype, device
-and 16-byte alignment, and the exact value of every other argument. Whatever Triton
-would compile differently therefore gets a signature of its own. Under Triton's
+But what a call launches (which kernels, their grids, every argument except its
+tensors) depends only on what Triton specializes on (each tensor's shape, strides,
+dtype, device and 16-byte alignment: `tensor_key`) and on the call's options. So ops.py
+describes a call once per such key as a tuple of `Launch`es (`plan`), and a later call
+with the same key only allocates its outputs and calls them. A `Launch`'s first call
+goes through Triton (compiling and autotuning as needed) and keeps the compiled kernel
+with its grid and arguments resolved; later calls hand them straight to the kernel's
+compiled launcher (`CompiledKernel.run`). While a launch hook is installed (Triton's
+profiler), launches go through Triton's path, which calls the hooks; under Triton's
 interpreter nothing is compiled, so every launch takes Triton's path.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 import torch
 import triton
 from triton.compiler import CompiledKernel
 
+try:
+    from triton import knobs
+
+    def _hooked() -> bool:
+        """Whether a launch hook is installed: None or a function in older Triton, a chain
+        of functions (empty when none) in newer."""
+        hook = knobs.runtime.launch_enter_hook
+        return hook is not None and bool(getattr(hook, "calls", True))
+except ImportError:  # Triton before 3.4 keeps its launch hooks on CompiledKernel
+    def _hooked() -> bool:
+        return CompiledKernel.launch_enter_hook is not None
+
 Grid = Callable[[dict], tuple[int, ...]]
+LOG2E = 1.4426950408889634  # log2(e): the kernels' softmax runs in base 2
 
 
 def cdiv(a: int, b: int) -> int:
@@ -44,22 +59,26 @@ def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _signature(args: tuple, kwargs: dict) -> tuple:
-    parts: list[Any] = []
-    for arg in args:
-        if isinstance(arg, torch.Tensor):
-            parts.append((arg.dtype, arg.device, arg.data_ptr() % 16 == 0))
-        else:
-            parts.append(arg)
-    parts.extend(kwargs.items())
-    return tuple(parts)
+def tensor_key(t: torch.Tensor) -> tuple:
+    """What Triton compiles a kernel for, of one tensor argument, and what a plan's
+    arithmetic reads from it."""
+    return t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0
+
+
+def plan(plans: dict, key: Hashable, build: Callable[[], tuple[Launch, ...]]) -> tuple[Launch, ...]:
+    """The launches of a call: `plans[key]`, built (by `build`) on the key's first call."""
+    launches = plans.get(key)
+    if launches is None:
+        launches = plans[key] = build()
+    return launches
 
 
 class Launcher:
     """One Triton kernel, autotuned over `configs` (keyed by `key`) unless a launch fixes
-    its tiles (without `configs`, every launch must). Call it as
-    `launcher(grid, *args, tiles=None, **kwargs)`, where `grid` maps the tile constexprs
-    (BLOCK_M, BLOCK_N) to the launch grid."""
+    its tiles (without `configs`, every launch must). `launcher.bind(grid, *args,
+    tiles=None, **kwargs)` describes one launch, where `grid` maps the tile constexprs
+    (BLOCK_M, BLOCK_N) to the launch grid and `args` are the arguments after the
+    kernel's leading tensors, which come with each call of the `Launch`."""
 
     def __init__(self, kernel: triton.runtime.JITFunction, configs: list[triton.Config] | None = None,
                  key: list[str] = (), restore_value: list[str] = (), prune: Callable | None = None):
@@ -70,24 +89,41 @@ class Launcher:
         self.tuned = configs and triton.autotune(
             configs, key=key, restore_value=restore_value, cache_results=True,
             prune_configs_by={"early_config_prune": prune} if prune else None)(kernel)
-        self._compiled: dict[tuple, tuple[CompiledKernel, dict]] = {}
 
-    def __call__(self, grid: Grid, *args: Any, tiles: dict | None = None, **kwargs: Any) -> None:
-        signature = (None if tiles is None else tuple(tiles.items()), _signature(args, kwargs))
-        found = self._compiled.get(signature)
-        if found is not None:
-            compiled, meta = found
-            values = {**kwargs, **meta}
-            compiled[(*grid(meta), 1, 1)[:3]](*args, *(values[name] for name in self.names[len(args):]))
-            return
-        if tiles is not None:
-            compiled, meta = self.kernel[grid](*args, **kwargs, **tiles), tiles
-        else:
-            compiled = self.tuned[grid](*args, **kwargs)
-            meta = dict(self.tuned.best_config.kwargs)
-        if isinstance(compiled, CompiledKernel) and not _interpreted():
-            self._compiled[signature] = (compiled, meta)
+    def bind(self, grid: Grid, *args: Any, tiles: dict | None = None, **kwargs: Any) -> Launch:
+        return Launch(self, grid, args, tiles, kwargs)
 
     def chosen_tiles(self) -> dict[str, str]:
         """The autotuner's choice per key in this process (for benchmark records)."""
         return {str(key): str(config) for key, config in self.tuned.cache.items()} if self.tuned else {}
+
+
+class Launch:
+    """One launch of a call plan: a kernel with its grid, tiles and every argument but its
+    leading tensors fixed. Called with those tensors, it launches on the current stream."""
+
+    def __init__(self, launcher: Launcher, grid: Grid, args: tuple, tiles: dict | None, kwargs: dict):
+        self.launcher, self.grid, self.args, self.tiles, self.kwargs = launcher, grid, args, tiles, kwargs
+        self._direct: tuple | None = None  # what the compiled launcher takes, after the first launch
+
+    def __call__(self, *tensors: torch.Tensor) -> None:
+        if self._direct is None or _hooked():
+            self._through_triton(tensors)
+            return
+        run, grid, stream, device, function, metadata, rest = self._direct
+        run(*grid, stream(device()), function, metadata, None, None, None, *tensors, *rest)
+
+    def _through_triton(self, tensors: tuple) -> None:
+        launcher = self.launcher
+        if self.tiles is not None:
+            compiled, meta = launcher.kernel[self.grid](*tensors, *self.args, **self.kwargs, **self.tiles), self.tiles
+        else:
+            compiled = launcher.tuned[self.grid](*tensors, *self.args, **self.kwargs)
+            meta = dict(launcher.tuned.best_config.kwargs)
+        if self._direct is None and isinstance(compiled, CompiledKernel) and not _interpreted():
+            # The arguments in the kernel's order: the given ones, then every constexpr by name.
+            values = {**self.kwargs, **meta}
+            rest = (*self.args, *(values[name] for name in launcher.names[len(tensors) + len(self.args):]))
+            driver = triton.runtime.driver.active
+            self._direct = (compiled.run, (*self.grid(meta), 1, 1)[:3], driver.get_current_stream,
+                            driver.get_current_device, compiled.function, compiled.packed_metadata, rest)

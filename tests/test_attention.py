@@ -172,8 +172,8 @@ def test_triton_backend_runs_the_closed_form_for_causal_patterns_and_lists_other
     """What reaches the kernels: a causal Pattern its KernelSpec, a layout or a non-causal
     Pattern its block lists (the kernels themselves are tested in tests/kernels)."""
     calls = []
-    monkeypatch.setattr(ops, "attention", lambda q, k, v, spec, *rest: calls.append(spec) or (q, None))
-    monkeypatch.setattr(ops, "block_attention", lambda q, k, v, lists, *rest: calls.append(lists) or (q, None))
+    monkeypatch.setattr(ops, "attention", lambda q, k, v, spec, *rest: calls.append(spec) or q)
+    monkeypatch.setattr(ops, "block_attention", lambda q, k, v, lists, *rest: calls.append(lists) or q)
     q, k, v = random_qkv(1, 2, 40, 16, 16)
     strided = Pattern("strided", 4, integration="interleaved")
     layout = SparseLayout.from_mask_mod(window_with_globals, 40, heads=2, block=16)

@@ -236,23 +236,23 @@ def sdpa_attention(
 
 def sparse_attention_with_lse(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern | SparseLayout, layer: int = 0,
-    sm_scale: float | None = None, blocks: ops.Blocks = ops.Blocks(),
+    sm_scale: float | None = None, blocks: ops.Blocks = ops.Blocks(), with_lse: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused kernels: (output (batch, H, n, d_v), logsumexp (batch, H, n) fp32) with
-    autograd; k and v may have H_kv heads dividing H. A causal Pattern runs its
-    closed-form passes (`layouts.kernel_spec`, the fast path), any other layout its block
-    lists. On CUDA tensors the kernels run compiled; on CPU tensors only under Triton's
-    interpreter (TRITON_INTERPRET=1), which the tests use. A layout is already that of
-    one layer (`layer` unused)."""
+    autograd (the output alone without `with_lse`); k and v may have H_kv heads dividing
+    H. A causal Pattern runs its closed-form passes (`layouts.kernel_spec`, the fast
+    path), any other layout its block lists. On CUDA tensors the kernels run compiled; on
+    CPU tensors only under Triton's interpreter (TRITON_INTERPRET=1), which the tests use.
+    A layout is already that of one layer (`layer` unused)."""
     if isinstance(pattern, Pattern):
         if pattern.causal:  # straight to the closed form: no layout lookup on the paper's patterns
-            return ops.attention(q, k, v, kernel_spec(pattern, layer), sm_scale, blocks)
+            return ops.attention(q, k, v, kernel_spec(pattern, layer), sm_scale, blocks, with_lse)
         pattern = pattern.layout(q.shape[2], q.shape[1], layer, q.device)
     else:
         pattern.check(q.shape[0], q.shape[1], q.shape[2])
     if pattern.spec is not None:
-        return ops.attention(q, k, v, pattern.spec, sm_scale, blocks)
-    return ops.block_attention(q, k, v, pattern.lists, sm_scale, blocks)
+        return ops.attention(q, k, v, pattern.spec, sm_scale, blocks, with_lse)
+    return ops.block_attention(q, k, v, pattern.lists, sm_scale, blocks, with_lse)
 
 
 def sparse_attention(
@@ -261,7 +261,7 @@ def sparse_attention(
     """Attention restricted to `pattern` (at `layer`, for the interleaved integration) or
     to a layout, through the fused kernels; q (batch, H, n, d_qk), k (batch, H_kv, n,
     d_qk), v (batch, H_kv, n, d_v) -> (batch, H, n, d_v)."""
-    return sparse_attention_with_lse(q, k, v, pattern, layer)[0]
+    return sparse_attention_with_lse(q, k, v, pattern, layer, with_lse=False)
 
 
 _BACKEND_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {

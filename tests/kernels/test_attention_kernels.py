@@ -243,17 +243,30 @@ def test_eager_calls_skip_the_custom_ops_that_compiled_calls_use():
     assert _op_events(lambda: step(compiled)) == {"sparse_kernels::attention_forward", "sparse_kernels::attention_backward"}
 
 
-def test_launch_signature_tells_apart_what_triton_specializes_on():
-    """launch.Launcher reuses a compiled kernel only for calls with the same signature:
-    tensors of another dtype or 16-byte alignment, and any other value, get their own."""
-    from sparse_kernels.launch import _signature
+def test_call_keys_tell_apart_what_triton_specializes_on():
+    """A call's launches are planned once per key (launch.plan): tensors of another shape,
+    strides, dtype or 16-byte alignment get keys of their own."""
+    from sparse_kernels.launch import tensor_key
 
-    base = torch.zeros(64)
-    same = (torch.zeros(64), 16, 1.0)
-    assert _signature((base, 16, 1.0), {"MODE": 1}) == _signature(same, {"MODE": 1})
-    for other in [(base[1:], 16, 1.0), (base.half(), 16, 1.0), (base, 17, 1.0), (base, 16, 2.0)]:
-        assert _signature(other, {"MODE": 1}) != _signature((base, 16, 1.0), {"MODE": 1})
-    assert _signature((base,), {"MODE": 2}) != _signature((base,), {"MODE": 1})
+    base = torch.zeros(4, 16)
+    assert tensor_key(base) == tensor_key(torch.zeros(4, 16))
+    for other in (torch.zeros(2, 16), torch.zeros(16, 4).t(), base.half(), torch.zeros(65)[1:].view(4, 16)):
+        assert tensor_key(other) != tensor_key(base)
+
+
+def test_a_planned_call_launches_what_its_first_call_did():
+    """The second call of a key replays the planned launches: same results as the first,
+    with new tensors (the plan holds no tensor of the first call)."""
+    pattern = Pattern("fixed", 8, 2, integration="merged")
+    results = []
+    for seed in (7, 7, 8):
+        q, k, v, do = _inputs(1, 2, 40, 16, torch.float32, seed=seed)
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = sparse_attention(*leaves, pattern)
+        results.append((out, *torch.autograd.grad(out, leaves, do)))
+    for first, second in zip(results[0], results[1]):
+        assert torch.equal(first, second)
+    assert not torch.equal(results[0][0], results[2][0])
 
 
 def test_public_interface():

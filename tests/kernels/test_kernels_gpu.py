@@ -147,12 +147,37 @@ def _heads_inner(t):
 
 @pytest.mark.parametrize("blocks", [TILES, Blocks()], ids=["fixed tiles", "autotuned"])
 def test_reused_launches_follow_alignment_and_strides(blocks):
-    """launch.Launcher reuses a compiled kernel for calls of the same signature: calls
-    with unaligned or differently strided inputs after aligned contiguous ones (whose
-    kernels are then cached) must still get the oracle's results."""
+    """A call's launches are planned and its compiled kernels reused per call key
+    (launch.plan): calls with unaligned or differently strided inputs after aligned
+    contiguous ones (whose plans are then cached) must still get the oracle's results."""
     pattern = Pattern("strided", 64, integration="merged")
     for layout in (lambda t: t, _one_element_later, _heads_inner, lambda t: t):
         _run_and_compare(pattern, 0, batch=1, heads=2, n=1000, head_dim=64, blocks=blocks, layout=layout)
+
+
+def test_planned_launches_call_launch_hooks_while_one_is_installed():
+    """Planned calls launch the compiled kernels directly, except while a launch hook is
+    installed (Triton's profiler): then through Triton, which calls the hook. Both give
+    the same results."""
+    knobs = pytest.importorskip("triton.knobs")
+    pattern = Pattern("fixed", 64, 16, integration="merged")
+    q, k, v, do = (torch.randn(1, 2, 1000, 64, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+
+    def call():
+        out, _ = sparse_attention_with_lse(*leaves, pattern, blocks=TILES)
+        return (out, *torch.autograd.grad(out, leaves, do))
+
+    direct = call()
+    seen, installed = [], knobs.runtime.launch_enter_hook
+    knobs.runtime.launch_enter_hook = lambda metadata: seen.append(metadata.get()["name"])
+    try:
+        hooked = call()
+    finally:
+        knobs.runtime.launch_enter_hook = installed
+    assert len(seen) == 2 + 2 * 2  # two passes: a forward launch each, and a dQ and a dK/dV launch each
+    for got, want in zip(hooked, direct):
+        assert torch.equal(got, want)
 
 
 def test_half_size_query_key():
