@@ -76,7 +76,7 @@ from sparse_transformer.data.prepare import prepare
 from sparse_transformer.model import SparseTransformer
 from sparse_transformer.training import parameter_groups
 from train_step import model_config  # the Table 2 rows' pattern swap (benchmarks/ is on sys.path)
-from common import (add_compile_arguments, autocast, compile_if_asked, data_overrides, device_or_exit, environment, fail,
+from common import (add_compile_arguments, autocast, data_overrides, device_or_exit, environment, fail, for_training,
                     run_benchmark, synchronize, write_json)
 
 QUICKSTART_TEXT = "data/quickstart/text/tinyshakespeare.txt"
@@ -136,7 +136,7 @@ def train_for(config: ModelConfig, train: TrainConfig, batches: RandomWindows, w
     `report` gets the run so far (finished False) after every validation."""
     torch.manual_seed(args.seed)  # the same initialization and dropout masks for every pattern
     model = SparseTransformer(config).to(device).train()
-    compile_if_asked(model, args)
+    for_training(model, args)
     optimizer = torch.optim.AdamW(parameter_groups(model, train.weight_decay), lr=train.learning_rate,
                                   betas=train.betas, fused=device.type == "cuda")
     warmup = max(1, args.warmup_steps)

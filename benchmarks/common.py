@@ -18,6 +18,7 @@ from typing import Callable, NoReturn
 import numpy as np
 import torch
 
+from sparse_transformer import acceleration
 from sparse_transformer.config import COMPILE_MODES
 from sparse_transformer.errors import UserError
 
@@ -35,10 +36,10 @@ def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile's mode with --compile (reduce-overhead: CUDA graphs)")
 
 
-def compile_if_asked(model, args: argparse.Namespace) -> None:
-    """SparseTransformer.compile_blocks with --compile-mode, when --compile is given."""
-    if args.compile:
-        model.compile_blocks(mode=args.compile_mode)
+def for_training(model, args: argparse.Namespace):
+    """The model as training runs it (acceleration.for_training): recomputation as its
+    config says, compiled with --compile-mode when --compile is given."""
+    return acceleration.for_training(model, model.config.recompute, args.compile_mode if args.compile else None)
 
 
 def run_benchmark(main: Callable[[], int]) -> NoReturn:

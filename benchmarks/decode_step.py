@@ -4,7 +4,7 @@ replays it, and the fused decode kernel alone at each split setting.
     python benchmarks/decode_step.py --experiment enwik8 --batch 8 --json out/decode_step_enwik8.json
 
 Step: the experiment's model (random weights), decoding as `sampling.generate` does on
-CUDA (bf16 autocast, the Linear weights cast once, a bf16 cache, `compile_decoding`
+CUDA (bf16 autocast, the Linear weights cast once, a bf16 cache, `acceleration.for_decoding`
 unless --no-compile, the step captured as a CUDA graph), timed over 50 replays, then 3
 replays under the profiler: kernels per step, and per kernel name its count and time.
 
@@ -26,6 +26,7 @@ import triton
 from torch.profiler import ProfilerActivity, profile
 
 import sparse_kernels.decode as decode
+from sparse_transformer import acceleration
 from sparse_transformer.config import load_experiment
 from sparse_transformer.model import DecodingCache
 from sparse_transformer.sampling import CUDAGraphDecoder, matmul_weights_cast
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     experiment = load_experiment(args.config, args.experiment, args.overrides)
     model = build_model(experiment.model, device, seed=0)
     if args.compile:
-        model.compile_decoding()
+        acceleration.for_decoding(model)
     step = step_profile(model, args.batch, device)
     print(f"{args.experiment}, batch {args.batch}, compiled {args.compile}: {step['step_ms']:.3f} ms per replayed step, "
           f"{step['kernels_per_step']:.0f} kernels ({step['kernel_us_per_step'] / 1e3:.3f} ms of kernel time)")

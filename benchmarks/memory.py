@@ -46,6 +46,7 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 import torch  # noqa: E402
 
+from sparse_transformer import acceleration  # noqa: E402
 from sparse_transformer.config import ModelConfig, load_experiment  # noqa: E402
 from sparse_transformer.model import SparseTransformer  # noqa: E402
 from common import device_memory_gib, device_or_exit, environment, run_benchmark, write_json  # noqa: E402
@@ -96,7 +97,7 @@ def measure_step(config: ModelConfig, batch: int, steps: int, warmup: int, devic
 def _timed_step(config: ModelConfig, batch: int, steps: int, warmup: int, device: torch.device) -> dict:
     torch.manual_seed(0)
     with device:  # initialized where it trains: no CPU copy of a large model to move
-        model = SparseTransformer(config)
+        model = acceleration.for_training(SparseTransformer(config), config.recompute)
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, 256, (batch, config.context + 1), generator=generator).to(device)
     if warmup:

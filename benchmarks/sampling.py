@@ -6,7 +6,7 @@ at every step, for a batch of CIFAR-10 images (the `cifar10` experiment of param
 
 Cached: `sampling.generate` (`SparseTransformer.decode_step` with a `DecodingCache`
 pruned by the pattern, in bf16 with the weights cast once, the fused decode kernel,
-what surrounds it compiled (`compile_decoding`; `--no-compile` leaves it eager), each
+what surrounds it compiled (`acceleration.for_decoding`; `--no-compile` leaves it eager), each
 step replayed as a CUDA graph) samples the whole batch of images, all 3,072 positions,
 for real. The one-time compilation and graph capture (one eager step and the capture of
 one step, measured on its own beforehand) is reported beside the decoding time and
@@ -55,6 +55,7 @@ import time
 import numpy as np
 import torch
 
+from sparse_transformer import acceleration
 from sparse_transformer.config import ModelConfig, load_experiment
 from sparse_transformer.data.hdf5 import open_split, read_attributes
 from sparse_transformer.model import DecodingCache, SparseTransformer
@@ -77,7 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed forward passes per prefix length (median)")
     parser.add_argument("--check-length", type=int, default=64, help="prefix on which cached and full forward are compared")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
-                        help="decode without SparseTransformer.compile_decoding (CUDA only compiles)")
+                        help="decode without acceleration.for_decoding (CUDA only compiles)")
     parser.add_argument("--data", metavar="FILE.h5", help="complete the test examples of this prepared file (see above)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu for a smoke run")
@@ -137,7 +138,7 @@ def completion_prompts(model: SparseTransformer, path: str, batch: int, device: 
 
 def capture_seconds(model: SparseTransformer, prompts: torch.Tensor) -> float:
     """Seconds of the decoder's one-time set-up on CUDA, as `generate` runs it: an eager step
-    (which compiles, after compile_decoding) and the capture of one step."""
+    (which compiles, after acceleration.for_decoding) and the capture of one step."""
     synchronize(prompts.device)
     start = time.perf_counter()
     with autocast(prompts.device), matmul_weights_cast(model, torch.bfloat16):
@@ -223,9 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         eager_ms = time_cached(model, first, eager_positions, args.seed, graph=False) / eager_positions * 1000
     prompts = completion_prompts(model, args.data, batch, device) if args.data else first
     if device.type == "cuda" and args.compile:
-        model.compile_decoding()
+        acceleration.for_decoding(model)
     given = prompts.shape[1] - (model.config.image_shape is not None)
-    # The first set-up compiles (compile_decoding) and captures; generate repeats only the capture.
+    # The first set-up compiles (acceleration.for_decoding) and captures; generate repeats only the capture.
     first_setup_s, capture_s = (capture_seconds(model, prompts), capture_seconds(model, prompts)) \
         if device.type == "cuda" else (0.0, 0.0)
     compile_s = first_setup_s - capture_s

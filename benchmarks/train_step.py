@@ -7,7 +7,7 @@ strided and fixed attention, same batch, on one device.
 A step is forward, backward, gradient clipping and a fused AdamW update, with bf16
 autocast on CUDA and the experiment's recomputation setting (on for the paper's
 models); `--compile` also runs each residual block through torch.compile
-(SparseTransformer.compile_blocks; `--compile-mode reduce-overhead` adds CUDA graphs),
+(acceleration.for_training; `--compile-mode reduce-overhead` adds CUDA graphs),
 timed after the compiling warmup steps; `--profile DIR` writes one step's operator table
 per pattern and the share of the step the GPU was busy. The model and hyperparameters
 come from params.yaml (`--set` overrides, as on the command line); only the pattern
@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from common import add_compile_arguments, autocast, compile_if_asked, environment, run_benchmark, synchronize, write_json
+from common import add_compile_arguments, autocast, for_training, environment, run_benchmark, synchronize, write_json
 from sparse_transformer.config import PatternConfig, load_experiment
 from sparse_transformer.model import SparseTransformer
 from sparse_transformer.training import parameter_groups
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
         config = model_config(experiment.model, kind)
         torch.manual_seed(0)
         model = SparseTransformer(config).to(device)
-        compile_if_asked(model, args)
+        for_training(model, args)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         seconds = time_steps(model, batch.to(device), args.steps, args.warmup, device)

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from pattern_cases import paper_patterns
+from sparse_transformer import acceleration
 from sparse_transformer.config import ConfigError, ModelConfig, PatternConfig, load_model_config
 from sparse_transformer.model import SparseTransformer, bits_per_dim, gelu
 
@@ -92,16 +93,22 @@ def test_a_model_with_a_named_mask_computes_the_masked_attention(attention):
             torch.testing.assert_close(model(tokens).double(), want, rtol=1e-4, atol=1e-4)
 
 
-def test_recomputation_gives_the_same_loss_and_gradients():
+def test_recomputation_runs_each_block_again_with_the_same_loss_and_gradients():
+    """acceleration.for_training with recomputation: each block's forward runs once more
+    in the backward pass, and the loss and gradients are those without it."""
     pattern = PatternConfig("fixed", 8, 2, integration="interleaved")
     tokens = torch.randint(0, 256, (3, 27), generator=torch.Generator().manual_seed(2))
-    results = []
+    results, block_calls = [], []
     for recompute in (False, True):
-        model = small_model(pattern, recompute=recompute, dropout=0.2).train()
+        model = acceleration.for_training(small_model(pattern, dropout=0.2).train(), recompute)
+        calls = []
+        model.blocks[1].register_forward_pre_hook(lambda *_: calls.append(1))  # the recomputation may stop early
         torch.manual_seed(3)  # the same dropout masks; checkpoint replays the RNG state
         loss = model.loss(tokens[:, :-1], tokens[:, 1:])
         loss.backward()
+        block_calls.append(len(calls))
         results.append((loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}))
+    assert block_calls == [1, 2]
     (loss_off, grads_off), (loss_on, grads_on) = results
     assert torch.allclose(loss_on, loss_off, rtol=1e-6)
     for name, grad in grads_off.items():
@@ -110,7 +117,7 @@ def test_recomputation_gives_the_same_loss_and_gradients():
 
 
 def test_compiled_blocks_match_eager_with_one_graph_per_layer_class():
-    """compile_blocks: the same loss and gradients (recomputation on), and blocks of one
+    """acceleration.for_training with a compile mode: the same loss and gradients (recomputation on), and blocks of one
     layer class share a graph (the interleaved pattern has two classes)."""
     from torch._dynamo.utils import counters
 
@@ -121,7 +128,7 @@ def test_compiled_blocks_match_eager_with_one_graph_per_layer_class():
         if compiled:
             torch._dynamo.reset()
             counters.clear()
-            model.compile_blocks()
+            acceleration.for_training(model, recompute=True, compile_mode="default")
         loss = model.loss(tokens[:, :-1], tokens[:, 1:])
         results.append((loss, torch.autograd.grad(loss, list(model.parameters()))))
     (loss_eager, grads_eager), (loss_compiled, grads_compiled) = results
@@ -343,7 +350,7 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 def test_compiled_blocks_match_eager_on_gpu(mode):
-    """compile_blocks on a GPU around the Triton kernels, recomputation on, in fp32: the
+    """acceleration.for_training on a GPU around the Triton kernels, recomputation on, in fp32: the
     same losses and gradients as eager over several batches, so CUDA graphs
     (reduce-overhead) replay correctly with new inputs. The kernels multiply fp32 in
     TF32, so a tiny change of their inputs (Inductor's fused arithmetic) moves gradients
@@ -363,7 +370,7 @@ def test_compiled_blocks_match_eager_on_gpu(mode):
 
     eager = losses_and_gradients()
     torch._dynamo.reset()
-    model.compile_blocks(mode=mode)
+    acceleration.for_training(model, recompute=True, compile_mode=mode)
     compiled = losses_and_gradients()
     tolerance = 5e-3
     # The key biases get no gradient in exact arithmetic (q.b shifts all of a query's

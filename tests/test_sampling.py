@@ -10,6 +10,7 @@ from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pattern_cases import paper_patterns
+from sparse_transformer import acceleration
 from sparse_transformer.config import ModelConfig, PatternConfig
 from sparse_transformer.data import mulaw
 from sparse_transformer.model import DecodingCache, SparseTransformer, decoding_keys
@@ -251,7 +252,7 @@ def test_a_prompt_is_continued_and_a_stream_slides_past_the_context():
 
 
 def test_compiled_decoding_gives_the_same_logits_with_one_graph_per_part_for_every_block():
-    """compile_decoding: what surrounds each block's attention, traced once for all blocks
+    """acceleration.for_decoding: what surrounds each block's attention, traced once for all blocks
     and positions (two graphs: the projections, and the residual update); the same logits."""
     from torch._dynamo.utils import counters
 
@@ -263,7 +264,7 @@ def test_compiled_decoding_gives_the_same_logits_with_one_graph_per_part_for_eve
             if compiled:
                 torch._dynamo.reset()
                 counters.clear()
-                model.compile_decoding(backend="eager")  # dynamo's tracing, without Inductor's compile time
+                acceleration.for_decoding(model, backend="eager")  # dynamo's tracing, without Inductor's compile time
             cache = DecodingCache(model, batch=2)
             logits.append(torch.stack([model.decode_step(tokens[:, i], cache) for i in range(12)]))
     assert counters["stats"]["unique_graphs"] == 2
@@ -294,7 +295,7 @@ def test_cuda_graph_replays_the_eager_decoding_steps(pattern, bf16):
 @pytest.mark.gpu
 @pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p.build().describe())
 def test_compiled_decoding_replayed_as_a_cuda_graph_predicts_what_the_forward_pass_does(pattern):
-    """What the sampler runs on a GPU: compile_decoding (Inductor), the decode kernel, weights
+    """What the sampler runs on a GPU: acceleration.for_decoding (Inductor), the decode kernel, weights
     cast once, a bf16 cache, each step replayed as a CUDA graph, under bf16 autocast."""
     torch._dynamo.reset()
     model = model_for(pattern, image=True, half_qk=pattern.kind == "fixed", attention="auto", d_model=64, heads=2).cuda()
@@ -302,7 +303,7 @@ def test_compiled_decoding_replayed_as_a_cuda_graph_predicts_what_the_forward_pa
     tokens[:, 0] = model.start_token
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         full = model(tokens)  # (B, n, vocab)
-        model.compile_decoding()
+        acceleration.for_decoding(model)
         with matmul_weights_cast(model, torch.bfloat16):
             decoder = CUDAGraphDecoder(model, DecodingCache(model, batch=3, device="cuda", dtype=torch.bfloat16),
                                        tokens[:, 0])

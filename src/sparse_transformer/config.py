@@ -85,7 +85,8 @@ class ModelConfig:
     attention: backend: "triton" (fused kernels), "flex" (FlexAttention),
         "reference" (chunked masked attention in PyTorch), "sdpa" (dense patterns only)
         or "auto" (triton on CUDA, reference elsewhere).
-    recompute: recompute each residual block in the backward pass (the paper's section 5.4).
+    recompute: recompute each residual block in the backward pass (the paper's section
+        5.4), applied by the training side (acceleration.for_training).
     """
 
     context: int = 1024
@@ -373,7 +374,7 @@ class TrainConfig:
     curve_file: also write the training curve there as CSV (step, train_bpd, valid_bpd;
         one row per log_every_steps, valid_bpd empty between validations) - the plot
         DVC draws; null: MLflow only.
-    compile: torch.compile each residual block (SparseTransformer.compile_blocks): fuses
+    compile: torch.compile each residual block (acceleration.for_training): fuses
         the elementwise work around the matrix products; the first steps pay for compiling.
     compile_mode: torch.compile's mode with `compile`: "reduce-overhead" also replays
         each block as a CUDA graph, which removes the launch cost that bounds a step of

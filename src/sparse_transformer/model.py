@@ -37,7 +37,6 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .attention import attend, attend_decoding
 from .config import ModelConfig
@@ -213,7 +212,6 @@ class SparseTransformer(nn.Module):
         self.final_norm = nn.LayerNorm(d)
         self.out = nn.Linear(d, config.vocab_size, bias=False)  # W_out
         nn.init.zeros_(self.out.weight)
-        self._cuda_graphs = False  # compile_blocks(mode="reduce-overhead") turns this on
 
     @property
     def start_token(self) -> int:
@@ -226,25 +224,16 @@ class SparseTransformer(nn.Module):
         if n > self.config.context:
             raise ValueError(f"sequence length {n} exceeds the model's context {self.config.context}")
         h = self.token_embedding(tokens.long()) + self.position_embedding(slice(0, n))  # (B, n, d)
-        recompute = self.config.recompute and torch.is_grad_enabled()
-        if self._cuda_graphs:  # a forward pass starts a step: the graphs' earlier outputs are no longer read
-            torch.compiler.cudagraph_mark_step_begin()
         for block in self.blocks:
-            h = h + self._block_update(block, h, recompute)
+            h = h + self.run_block(block, h)
         return self.out(self.final_norm(h))  # (B, n, vocab)
 
+    # How forward runs each residual block, and (below) what a decoding step does around
+    # each block's attention: seams where the training and sampling sides put
+    # recomputation and compiled functions (acceleration.py).
     @staticmethod
-    def _block_update(block: ResidualBlock, h: torch.Tensor, recompute: bool) -> torch.Tensor:
-        # With recomputation only h (the residual stream) is stored between blocks.
-        return checkpoint(block, h, use_reentrant=False) if recompute else block(h)
-
-    def compile_blocks(self, **options) -> None:
-        """torch.compile (Inductor) each residual block, recomputation included: fuses the
-        norms, GELU, residual adds and dtype casts around the matrix products; the fused
-        attention kernels stay opaque custom ops. Blocks share one compiled graph per layer
-        class, so compiling costs about one block, not `layers` of them."""
-        self._block_update = torch.compile(SparseTransformer._block_update, **options)
-        self._cuda_graphs = options.get("mode") in ("reduce-overhead", "max-autotune")
+    def run_block(block: ResidualBlock, h: torch.Tensor) -> torch.Tensor:
+        return block(h)
 
     def decode_step(self, tokens: torch.Tensor, cache: DecodingCache) -> torch.Tensor:
         """tokens (B,): the inputs at position cache.position -> logits (B, vocab) of the next byte.
@@ -254,29 +243,19 @@ class SparseTransformer(nn.Module):
         cache.check_room()
         h = self.token_embedding(tokens.long()[:, None]) + self.position_embedding(cache.position.view(1))  # (B, 1, d)
         for block in self.blocks:
-            heads = block.attn.attend(*self._decoding_project(block, h), cache)  # (B, H, 1, dh)
-            h = self._decoding_residual(block, h, heads)
+            heads = block.attn.attend(*self.decoding_project(block, h), cache)  # (B, H, 1, dh)
+            h = self.decoding_residual(block, h, heads)
         cache.advance()
         return self.out(self.final_norm(h))[:, 0]  # (B, vocab)
 
-    # What a decoding step does around each block's attention, apart so that
-    # compile_decoding can fuse it: the cache writes and reads between stay eager.
+    # The cache writes and reads between these two stay outside them (and eager).
     @staticmethod
-    def _decoding_project(block: ResidualBlock, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def decoding_project(block: ResidualBlock, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return block.project(h)
 
     @staticmethod
-    def _decoding_residual(block: ResidualBlock, h: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+    def decoding_residual(block: ResidualBlock, h: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
         return h + block.update(h, heads)
-
-    def compile_decoding(self, **options) -> None:
-        """torch.compile (Inductor) what a decoding step does around each block's attention
-        (norms, projections, feed-forward, residual adds, dtype casts): a step of a deep model
-        is thousands of tiny kernels, and fusing them is most of what replaying it as a CUDA
-        graph leaves to gain. The cache writes and the decode kernel run between the two
-        compiled parts as they are; all blocks share the two graphs."""
-        self._decoding_project = torch.compile(SparseTransformer._decoding_project, **options)
-        self._decoding_residual = torch.compile(SparseTransformer._decoding_residual, **options)
 
     def prefill(self, tokens: torch.Tensor, cache: DecodingCache) -> torch.Tensor:
         """tokens (B, n): a prompt, read in one forward pass through the attention backend

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from . import outputs, prompts, tracking
+from . import acceleration, outputs, prompts, tracking
 from .checkpoints import check_data_fits_model, model_from_checkpoint
 from .config import ExperimentConfig, SampleConfig
 from .data import hdf5, mulaw
@@ -289,7 +289,7 @@ def sample(cfg: ExperimentConfig, progress: bool = True) -> list[Path]:
     model, checkpoint = model_from_checkpoint(cfg.checkpoint(sc), attention=cfg.model.attention, expected=cfg.model)
     model.to(device)
     if device.type == "cuda":
-        model.compile_decoding()  # fuses what surrounds each block's attention in a step (about 1 min to compile)
+        acceleration.for_decoding(model)  # fuses what surrounds each block's attention in a step (about 1 min to compile)
     attributes = hdf5.read_prepared(cfg.data.hdf5, cfg.data.dataset)
     check_data_fits_model(attributes, model.config, cfg.data.hdf5)
     generator = torch.Generator(device).manual_seed(sc.seed)

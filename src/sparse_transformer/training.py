@@ -48,7 +48,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from . import checkpoints, outputs, tracking, training_tracking
+from . import acceleration, checkpoints, outputs, tracking, training_tracking
 from .checkpoints import LAST_CHECKPOINT, read_checkpoint
 from .config import ConfigError, DataConfig, ExperimentConfig, ModelConfig, TrainConfig, from_dict
 from .data.datamodule import data_module_from_config
@@ -90,9 +90,9 @@ class SparseTransformerModule(L.LightningModule):
         # `data` (data_settings) tells a resumed run whether the checkpoint read the same data.
         self.save_hyperparameters(logger=False)
         self.train_config: TrainConfig = from_dict(TrainConfig, train, "train")
-        self.model = SparseTransformer(from_dict(ModelConfig, model, "model"))
-        if self.train_config.compile:
-            self.model.compile_blocks(mode=self.train_config.compile_mode)
+        model_config = from_dict(ModelConfig, model, "model")
+        self.model = acceleration.for_training(SparseTransformer(model_config), model_config.recompute,
+                                               self.train_config.compile_mode if self.train_config.compile else None)
         self.mlflow_run_id: str | None = None
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
