@@ -24,7 +24,7 @@ the first pass stored (read, add, write: sequential launches, so still determini
 import triton
 import triton.language as tl
 
-from .geometry import key_bounds, key_range, key_rows, query_range, query_rows
+from .geometry import key_bounds, key_range, key_rows, query_range, query_rows, summary_start
 from .tiles import dkdv_step, dq_step, load_lse, load_rows, store_rows
 
 
@@ -119,7 +119,7 @@ def attention_dkdv_kernel(
     v_base = b * stride_vb + g * stride_vh
     dk_base = b * stride_dkb + g * stride_dkh
     dv_base = b * stride_dvb + g * stride_dvh
-    col_lo = L - ((h0 // SUMMARY_HEAD_DIV) % SUMMARY_GROUPS + 1) * C
+    col_lo = summary_start(h0, L, C, SUMMARY_GROUPS, SUMMARY_HEAD_DIV)
     if MODE_EVEN == MODE_ODD:
         _dkdv_tile(Q, K, V, DO, LSE, DELTA, DK, DV, b, h0, HEADS, k_base, v_base, dk_base, dv_base,
                    stride_qb, stride_qh, stride_qn, stride_kn, stride_vn, stride_dob, stride_doh, stride_don,
@@ -209,7 +209,7 @@ def attention_dq_kernel(
     do_base = b * stride_dob + h * stride_doh
     dq_base = b * stride_dqb + h * stride_dqh
     stat_base = bh.to(tl.int64) * n
-    col_lo = L - ((h // SUMMARY_HEAD_DIV) % SUMMARY_GROUPS + 1) * C
+    col_lo = summary_start(h, L, C, SUMMARY_GROUPS, SUMMARY_HEAD_DIV)
     if MODE_EVEN == MODE_ODD:
         _dq_tile(Q, K, V, O, DO, LSE, DELTA, DQ, q_base, k_base, v_base, o_base, do_base, dq_base, stat_base,
                  stride_qn, stride_kn, stride_vn, stride_on, stride_don, stride_dqn, n, L, G, C, col_lo,

@@ -16,7 +16,7 @@ Grouped-query attention: query head h reads key/value head h // GROUP in place.
 import triton
 import triton.language as tl
 
-from .geometry import key_bounds, key_range, key_rows, query_rows
+from .geometry import key_bounds, key_range, key_rows, query_rows, summary_start
 from .tiles import LOG2E, load_rows, softmax_result, softmax_step, store_rows
 
 
@@ -88,7 +88,7 @@ def attention_forward_kernel(
     v_base = b * stride_vb + (h // GROUP) * stride_vh
     o_base = b * stride_ob + h * stride_oh
     lse_base = bh.to(tl.int64) * n
-    col_lo = L - ((h // SUMMARY_HEAD_DIV) % SUMMARY_GROUPS + 1) * C  # this head's summary columns
+    col_lo = summary_start(h, L, C, SUMMARY_GROUPS, SUMMARY_HEAD_DIV)
     if MODE_EVEN == MODE_ODD:
         _forward_tile(Q, K, V, O, LSE, q_base, k_base, v_base, o_base, lse_base,
                       stride_qn, stride_kn, stride_vn, stride_on, n, L, G, C, col_lo, qk_scale, tile,

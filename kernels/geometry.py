@@ -36,6 +36,14 @@ MODES = {"dense": 0, "band": 1, "chunk": 2, "strided": 3, "summary": 4}
 
 
 @triton.jit
+def summary_start(h, L, C, SUMMARY_GROUPS, SUMMARY_HEAD_DIV):
+    """col_lo: the first of the c summary columns (positions mod l) that query head h
+    reads under fixed A2, its sub-block (h // SUMMARY_HEAD_DIV) % SUMMARY_GROUPS counted
+    back from the last c columns (patterns.Pattern.summary_columns; ops.KernelSpec)."""
+    return L - ((h // SUMMARY_HEAD_DIV) % SUMMARY_GROUPS + 1) * C
+
+
+@triton.jit
 def query_rows(u, n, L, G, MODE: tl.constexpr):
     """Positions of the query rows with virtual indices u, and which rows exist."""
     if MODE == STRIDED:

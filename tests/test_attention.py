@@ -241,3 +241,38 @@ def test_reference_accumulates_in_fp32_under_bf16_autocast():
         out = reference_attention(q, k, v, pattern)
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, expected.bfloat16())
+
+
+def test_an_eager_call_reaches_the_kernel_launch_through_six_of_our_functions():
+    """The route from `attend` to a kernel launch stays short (docs/architecture.md,
+    "The route of a parameter"): attend, sparse_attention, ops.attention, the autograd
+    Function's forward, ops.forward and the planned Launch, counted on the call stack at
+    the launch."""
+    from sparse_kernels import launch
+
+    q, k, v = random_qkv(1, 2, 48, 16, 16, requires_grad=True)
+    pattern = Pattern("strided", 8, integration="merged")
+    attend(q, k, v, pattern, 0, "triton")  # the first call of a key plans its launches
+    stacks = []
+
+    def at_launch(frame, event, arg):
+        if event == "call" and frame.f_code is launch.Launch.__call__.__code__:
+            ours, caller = [], frame
+            while caller is not None:
+                module = caller.f_globals.get("__name__", "")
+                if module.startswith(("sparse_transformer.", "sparse_kernels.")):
+                    ours.append(f"{module}.{caller.f_code.co_name}")
+                caller = caller.f_back
+            stacks.append(ours[::-1])
+
+    sys.setprofile(at_launch)
+    try:
+        attend(q, k, v, pattern, 0, "triton")
+    finally:
+        sys.setprofile(None)
+    assert len(stacks) == 2  # the merged pattern's two passes
+    assert stacks[0] == [
+        "sparse_transformer.attention.attend", "sparse_transformer.attention.sparse_attention",
+        "sparse_kernels.ops.attention", "sparse_kernels.ops.forward",  # SparseAttentionFunction.forward
+        "sparse_kernels.ops.forward", "sparse_kernels.launch.__call__",  # Launch.__call__
+    ]

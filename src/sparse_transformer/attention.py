@@ -234,16 +234,18 @@ def sdpa_attention(
     return F.scaled_dot_product_attention(q, k, v, is_causal=pattern.causal, enable_gqa=group > 1)
 
 
-def sparse_attention_with_lse(
+def sparse_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern | SparseLayout, layer: int = 0,
-    sm_scale: float | None = None, blocks: ops.Blocks = ops.Blocks(), with_lse: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fused kernels: (output (batch, H, n, d_v), logsumexp (batch, H, n) fp32) with
-    autograd (the output alone without `with_lse`); k and v may have H_kv heads dividing
-    H. A causal Pattern runs its closed-form passes (`layouts.kernel_spec`, the fast
-    path), any other layout its block lists. On CUDA tensors the kernels run compiled; on
-    CPU tensors only under Triton's interpreter (TRITON_INTERPRET=1), which the tests use.
-    A layout is already that of one layer (`layer` unused)."""
+    sm_scale: float | None = None, blocks: ops.Blocks = ops.Blocks(), with_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention restricted to `pattern` (at `layer`, for the interleaved integration) or
+    to a layout, through the fused kernels, with autograd: q (batch, H, n, d_qk), k
+    (batch, H_kv, n, d_qk), v (batch, H_kv, n, d_v) -> (batch, H, n, d_v), and with
+    `with_lse` also the logsumexp (batch, H, n) fp32. A causal Pattern runs its
+    closed-form passes (`layouts.kernel_spec`, the fast path), any other layout its block
+    lists. On CUDA tensors the kernels run compiled; on CPU tensors only under Triton's
+    interpreter (TRITON_INTERPRET=1), which the tests use. A layout is already that of
+    one layer (`layer` unused)."""
     if isinstance(pattern, Pattern):
         if pattern.causal:  # straight to the closed form: no layout lookup on the paper's patterns
             return ops.attention(q, k, v, kernel_spec(pattern, layer), sm_scale, blocks, with_lse)
@@ -255,13 +257,12 @@ def sparse_attention_with_lse(
     return ops.block_attention(q, k, v, pattern.lists, sm_scale, blocks, with_lse)
 
 
-def sparse_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern | SparseLayout, layer: int = 0
-) -> torch.Tensor:
-    """Attention restricted to `pattern` (at `layer`, for the interleaved integration) or
-    to a layout, through the fused kernels; q (batch, H, n, d_qk), k (batch, H_kv, n,
-    d_qk), v (batch, H_kv, n, d_v) -> (batch, H, n, d_v)."""
-    return sparse_attention_with_lse(q, k, v, pattern, layer, with_lse=False)
+def sparse_attention_with_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern | SparseLayout, layer: int = 0,
+    sm_scale: float | None = None, blocks: ops.Blocks = ops.Blocks(),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sparse_attention` that also returns the logsumexp: (output, logsumexp)."""
+    return sparse_attention(q, k, v, pattern, layer, sm_scale, blocks, with_lse=True)
 
 
 _BACKEND_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
