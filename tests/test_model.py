@@ -228,10 +228,7 @@ def test_gelu_is_the_sigmoid_approximation():
 
 
 def shakespeare() -> bytes:
-    for path in (REPO / "data/quickstart/text/tinyshakespeare.txt", REPO.parent / "shared/data/text/tinyshakespeare.txt"):
-        if path.is_file():
-            return path.read_bytes()
-    pytest.skip("tinyshakespeare.txt is not available")
+    return (REPO / "data/quickstart/text/tinyshakespeare.txt").read_bytes()  # shipped with the repository
 
 
 @pytest.mark.parametrize("integration", ["merged", "interleaved", "multihead"])
