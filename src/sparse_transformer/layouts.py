@@ -49,8 +49,10 @@ BLOCK_SIZES = (16, 32, 64, 128)
 SLAB_ELEMENTS = 1 << 24
 
 
+@functools.lru_cache(maxsize=256)
 def kernel_spec(pattern: Pattern, layer: int = 0) -> KernelSpec:
-    """A causal pattern's passes for `layer` with its stride and summary parameters."""
+    """A causal pattern's passes for `layer` with its stride and summary parameters: what
+    the kernels are told of it, built once per (pattern, layer)."""
     from sparse_kernels.ops import KernelSpec  # imports triton: only once the kernels are used
 
     passes = pattern.kernel_passes(layer)  # refuses a non-causal pattern
