@@ -95,20 +95,21 @@ def _mask_tile(MASKS, mask_id, r0, c0, BLOCK: tl.constexpr, BLOCK_M: tl.constexp
 
 @triton.jit
 def _listed_key_tile(
-    q, k_ptr, v_ptr, INDEX, MASK, MASKS, entry, step, r0, stride_kn, stride_vn, n, qk_scale,
+    q, k_ptr, v_ptr, INDEX, MASK, MASKS, entry, step, r0, stride_kn, stride_vn, n,
     BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     QK_DIM: tl.constexpr, V_DIM: tl.constexpr, QK_PAD: tl.constexpr, V_PAD: tl.constexpr,
     PARTIAL: tl.constexpr, EVEN_N: tl.constexpr,
 ):
     """The step-th key sub-tile a query tile's list visits: its keys, values and the
-    (BLOCK_M, BLOCK_N) scores in log2 units, -inf where a pair is not allowed. PARTIAL:
-    the step lies among the list's partial blocks (apply their mask)."""
+    (BLOCK_M, BLOCK_N) unscaled scores q . k, -inf where a pair is not allowed (the
+    caller scales them inside its exponent). PARTIAL: the step lies among the list's
+    partial blocks (apply their mask)."""
     j, mask_id, sub = _listed_block(INDEX, MASK, entry, step, BLOCK // BLOCK_N)
     c0 = sub * BLOCK_N
     row_k0 = j.to(tl.int64) * BLOCK + c0
     k = load_run(k_ptr, row_k0, stride_kn, n, BLOCK_N, tl.arange(0, QK_PAD), QK_DIM, QK_PAD, EVEN_N)
     v = load_run(v_ptr, row_k0, stride_vn, n, BLOCK_N, tl.arange(0, V_PAD), V_DIM, V_PAD, EVEN_N)
-    s = tl.dot(q, tl.trans(k)) * qk_scale
+    s = tl.dot(q, tl.trans(k))
     if PARTIAL:
         ok = _mask_tile(MASKS, mask_id, r0, c0, BLOCK, BLOCK_M, BLOCK_N)
         if not EVEN_N:
@@ -169,14 +170,14 @@ def block_forward_kernel(
     acc = tl.zeros([BLOCK_M, V_PAD], tl.float32)
     for step in range(p0, p1):
         k, v, s = _listed_key_tile(q, k_ptr, v_ptr, KV_INDEX, KV_MASK, MASKS, entry * KV_WIDTH, step, r0,
-                                   stride_kn, stride_vn, n, qk_scale,
+                                   stride_kn, stride_vn, n,
                                    BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD, True, EVEN_N)
-        m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc)
+        m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc, qk_scale)
     for step in range(f0, f1):
         k, v, s = _listed_key_tile(q, k_ptr, v_ptr, KV_INDEX, KV_MASK, MASKS, entry * KV_WIDTH, step, r0,
-                                   stride_kn, stride_vn, n, qk_scale,
+                                   stride_kn, stride_vn, n,
                                    BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD, False, EVEN_N)
-        m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc)
+        m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc, qk_scale)
 
     out, lse = softmax_result(m_i, l_i, acc)
     offs_v = tl.arange(0, V_PAD)
@@ -260,15 +261,15 @@ def block_dq_kernel(
     dq = tl.zeros([BLOCK_M, QK_PAD], tl.float32)
     for step in range(p0, p1):
         k, v, s = _listed_key_tile(q, k_ptr, v_ptr, KV_INDEX, KV_MASK, MASKS, entry * KV_WIDTH, step, r0,
-                                   stride_kn, stride_vn, n, qk_scale,
+                                   stride_kn, stride_vn, n,
                                    BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD, True, EVEN_N)
-        p = tl.math.exp2(s - lse[:, None])  # 0 where s is -inf (lse is finite or +inf)
+        p = tl.math.exp2(s * qk_scale - lse[:, None])  # 0 where s is -inf (lse is finite or +inf)
         dq = dq_step(p, do, v, k, delta, dq)
     for step in range(f0, f1):
         k, v, s = _listed_key_tile(q, k_ptr, v_ptr, KV_INDEX, KV_MASK, MASKS, entry * KV_WIDTH, step, r0,
-                                   stride_kn, stride_vn, n, qk_scale,
+                                   stride_kn, stride_vn, n,
                                    BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD, False, EVEN_N)
-        p = tl.math.exp2(s - lse[:, None])
+        p = tl.math.exp2(s * qk_scale - lse[:, None])
         dq = dq_step(p, do, v, k, delta, dq)
 
     dq *= sm_scale

@@ -56,11 +56,11 @@ def _forward_tile(
         row_k = pos_k.to(tl.int64)
         k = load_rows(K + k_base, row_k, stride_kn, valid_k, offs_qk, QK_DIM, QK_PAD)
         v = load_rows(V + v_base, row_k, stride_vn, valid_k, offs_v, V_DIM, V_PAD)
-        s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+        s = tl.dot(q, tl.trans(k))  # (BLOCK_M, BLOCK_N), unscaled (softmax_step scales)
         if (start < full_lo) | (start + BLOCK_N > full_hi):
             ok = (u_k[None, :] >= first[:, None]) & (u_k[None, :] < end[:, None])
             s = tl.where(ok, s, float("-inf"))
-        m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc)
+        m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc, qk_scale)
 
     out, lse = softmax_result(m_i, l_i, acc)
     store_rows(O + o_base, row_q, stride_on, valid_q, offs_v, out, V_DIM, V_PAD)

@@ -68,9 +68,10 @@ class Blocks(NamedTuple):
 # Candidate tiles (BLOCK_M, BLOCK_N, warps, stages) per kernel kind for the GPU; Triton
 # benchmarks them on first use for each key and keeps the winner (launch.Launcher).
 _SHAPES = {
-    "forward": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 32, 4, 4)],
+    "forward": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4),
+                (64, 32, 4, 4)],
     "dkdv": [(32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (16, 64, 4, 4), (64, 32, 4, 3)],
-    "dq": [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (64, 16, 4, 4), (32, 64, 4, 3)],
+    "dq": [(128, 32, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (64, 16, 4, 4), (32, 64, 4, 3)],
 }
 # Extra candidates, only for what the shapes above do not serve: head dims above 128
 # (fewer stages, smaller tiles, to fit shared memory) and layouts of 16- or 32-row blocks.
@@ -107,9 +108,8 @@ def _pruner(kind: str, block_sparse: bool):
     """The autotuner's early prune for one kernel kind: tiles that fit in shared memory and,
     for the block kernels, divide the layout's block (a query tile lies in one block).
 
-    The paper kernels keep exactly their former candidates at head dims up to 128 (so
-    their tiles, results and speed stay what they were); larger dims take the candidates
-    that fit, estimated by `shared_bytes`."""
+    The paper kernels take exactly the candidates of `_SHAPES` at head dims up to 128;
+    larger dims take the candidates that fit, estimated by `shared_bytes`."""
     shapes = {(m, n, w, s) for m, n, w, s in _SHAPES[kind]}
 
     def prune(configs, named_args, **kwargs):

@@ -54,13 +54,16 @@ def store_rows(ptr, row, stride, valid, offs, value, DIM: tl.constexpr, PAD: tl.
 
 
 @triton.jit
-def softmax_step(s, v, m_i, l_i, acc):
-    """One key tile of the online softmax. s: (BLOCK_M, BLOCK_N) scores in log2 units,
-    -inf where a pair is not allowed; m_i, l_i: running max and sum per row; acc: the
-    unnormalized output. Returns the updated (m_i, l_i, acc)."""
-    m_new = tl.maximum(m_i, tl.max(s, 1))
+def softmax_step(s, v, m_i, l_i, acc, qk_scale):
+    """One key tile of the online softmax. s: (BLOCK_M, BLOCK_N) raw scores q . k, -inf
+    where a pair is not allowed; qk_scale: the softmax scale times log2(e), applied here
+    so that scaling and subtracting the max are one fused multiply-add per score (the
+    running max is taken over the raw scores, then scaled per row); m_i, l_i: running
+    max and sum per row in log2 units; acc: the unnormalized output. Returns the updated
+    (m_i, l_i, acc)."""
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
     m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing allowed yet
-    p = tl.math.exp2(s - m_ref[:, None])
+    p = tl.math.exp2(s * qk_scale - m_ref[:, None])
     alpha = tl.math.exp2(m_i - m_ref)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
