@@ -562,8 +562,15 @@ def _eager(t: torch.Tensor) -> bool:
 # Both Functions return the logsumexp only when asked (`with_lse`): an output more costs the
 # autograd engine about 35 µs of host time per forward+backward on an H200 host.
 class SparseAttentionFunction(torch.autograd.Function):
+    """Autograd of `attention`. Its forward checks the inputs and takes the default scale
+    itself, so that `sparse_transformer.attention.sparse_attention` can call `apply`
+    directly: one Python frame less between a model and its launches."""
+
     @staticmethod
-    def forward(ctx, q, k, v, spec: KernelSpec, sm_scale: float, blocks: Blocks, with_lse: bool):
+    def forward(ctx, q, k, v, spec: KernelSpec, sm_scale: float | None, blocks: Blocks, with_lse: bool):
+        check_inputs(q, k, v, spec)
+        if sm_scale is None:
+            sm_scale = 1.0 / math.sqrt(q.shape[-1])
         if _eager(q):
             out, lse = forward(q, k, v, spec, sm_scale, blocks)
         else:
@@ -597,9 +604,7 @@ def attention(q, k, v, spec: KernelSpec, sm_scale: float | None = None, blocks: 
     """Sparse causal attention of a paper pattern with autograd: (output, logsumexp), or
     the output alone without `with_lse`; k and v may have fewer heads than q
     (grouped-query attention)."""
-    check_inputs(q, k, v, spec)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else sm_scale
-    return SparseAttentionFunction.apply(q, k, v, spec, scale, blocks, with_lse)
+    return SparseAttentionFunction.apply(q, k, v, spec, sm_scale, blocks, with_lse)
 
 
 # ---------------------------------------------------------------------- block-sparse layouts

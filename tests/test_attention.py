@@ -172,7 +172,7 @@ def test_triton_backend_runs_the_closed_form_for_causal_patterns_and_lists_other
     """What reaches the kernels: a causal Pattern its KernelSpec, a layout or a non-causal
     Pattern its block lists (the kernels themselves are tested in tests/kernels)."""
     calls = []
-    monkeypatch.setattr(ops, "attention", lambda q, k, v, spec, *rest: calls.append(spec) or q)
+    monkeypatch.setattr(ops.SparseAttentionFunction, "apply", staticmethod(lambda q, k, v, spec, *rest: calls.append(spec) or q))
     monkeypatch.setattr(ops, "block_attention", lambda q, k, v, lists, *rest: calls.append(lists) or q)
     q, k, v = random_qkv(1, 2, 40, 16, 16)
     strided = Pattern("strided", 4, integration="interleaved")
@@ -243,11 +243,10 @@ def test_reference_accumulates_in_fp32_under_bf16_autocast():
     assert torch.equal(out, expected.bfloat16())
 
 
-def test_an_eager_call_reaches_the_kernel_launch_through_six_of_our_functions():
+def test_an_eager_call_reaches_the_kernel_launch_through_five_of_our_functions():
     """The route from `attend` to a kernel launch stays short (docs/architecture.md,
-    "The route of a parameter"): attend, sparse_attention, ops.attention, the autograd
-    Function's forward, ops.forward and the planned Launch, counted on the call stack at
-    the launch."""
+    "The route of a parameter"): attend, sparse_attention, the autograd Function's
+    forward, ops.forward and the planned Launch, counted on the call stack at the launch."""
     from sparse_kernels import launch
 
     q, k, v = random_qkv(1, 2, 48, 16, 16, requires_grad=True)
@@ -273,6 +272,6 @@ def test_an_eager_call_reaches_the_kernel_launch_through_six_of_our_functions():
     assert len(stacks) == 2  # the merged pattern's two passes
     assert stacks[0] == [
         "sparse_transformer.attention.attend", "sparse_transformer.attention.sparse_attention",
-        "sparse_kernels.ops.attention", "sparse_kernels.ops.forward",  # SparseAttentionFunction.forward
+        "sparse_kernels.ops.forward",  # SparseAttentionFunction.forward
         "sparse_kernels.ops.forward", "sparse_kernels.launch.__call__",  # Launch.__call__
     ]
