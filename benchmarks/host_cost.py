@@ -63,7 +63,7 @@ def run(args) -> list[dict]:
             out, lse = ops.forward(qd, kd, vd, spec, scale)
             even, odd = spec.passes[0]
             tensors, strides = (qd, kd, vd, out, lse), (*qd.stride()[:3], *kd.stride()[:3], *vd.stride()[:3], *out.stride()[:3])
-            launch_kwargs = dict(qk_scale=scale * ops.LOG2E, MODE_EVEN=ops.MODES[even], MODE_ODD=ops.MODES[odd],
+            launch_kwargs = dict(qk_scale=scale * ops.LOG2E, MODE_EVEN=even, MODE_ODD=odd,
                                  CONTINUE=False, **ops._dims(qd, vd), **ops._common_args(spec, n, args.heads, args.heads))
             tiles = dict(BLOCK_M=64, BLOCK_N=64)
 

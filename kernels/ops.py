@@ -43,14 +43,16 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 class KernelSpec(NamedTuple):
     """A pattern as the kernels see it.
 
-    passes: per pass, (mode of even heads, mode of odd heads), modes from geometry.MODES;
-        passes after the first continue the first's softmax (merged heads).
+    passes: per pass, (mode of even heads, mode of odd heads), each a number of
+        geometry.MODES (what the kernels take as constexprs, and what the custom ops
+        carry, so no name is looked up again); passes after the first continue the
+        first's softmax (merged heads).
     stride: l. summary: c (fixed only; 1 otherwise).
     summary_groups: v, the number of distinct summary sub-blocks in use (1 = shared).
     summary_head_div: head h reads sub-block (h // summary_head_div) % summary_groups.
     """
 
-    passes: tuple[tuple[str, str], ...]
+    passes: tuple[tuple[int, int], ...]
     stride: int
     summary: int = 1
     summary_groups: int = 1
@@ -217,8 +219,9 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: Kernel
     _check_tensors(q, k, v)
     for even, odd in spec.passes:
         for mode in (even, odd):
-            if mode not in MODES:
-                raise ValueError(f"sparse attention: unknown mode {mode!r}; modes are {', '.join(MODES)}")
+            if mode not in MODES.values():
+                known = ", ".join(f"{number} ({name})" for name, number in MODES.items())
+                raise ValueError(f"sparse attention: unknown mode {mode!r}; modes are {known}")
     if spec.stride < 1 or spec.summary < 1 or spec.summary > spec.stride:
         raise ValueError(f"sparse attention: need stride >= 1 and 1 <= summary <= stride, got {spec.stride}, {spec.summary}")
 
@@ -241,9 +244,9 @@ def check_block_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lists:
 _PLANS: dict = {}
 
 
-def _rows(modes: tuple[str, str], n: int, stride: int) -> int:
+def _rows(modes: tuple[int, int], n: int, stride: int) -> int:
     """Extent of the virtual row index over the modes of one pass."""
-    return stride * cdiv(n, stride) if "strided" in modes else n
+    return stride * cdiv(n, stride) if MODES["strided"] in modes else n
 
 
 def _grid(rows: int, tile: str, programs: int) -> Grid:
@@ -301,18 +304,18 @@ def _forward_plan(q, k, v, out, spec: KernelSpec, sm_scale: float, blocks: Block
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3])
     return tuple(
         _FORWARD.bind(_grid(_rows((even, odd), n, spec.stride), "BLOCK_M", batch * heads), *strides, tiles=tiles,
-                      qk_scale=sm_scale * LOG2E, MODE_EVEN=MODES[even], MODE_ODD=MODES[odd], CONTINUE=index > 0,
+                      qk_scale=sm_scale * LOG2E, MODE_EVEN=even, MODE_ODD=odd, CONTINUE=index > 0,
                       **dims, **common)
         for index, (even, odd) in enumerate(spec.passes)
     )
 
 
-def _dkdv_launches(even: str, odd: str, spec: KernelSpec, group: int) -> list[tuple[int, int]]:
+def _dkdv_launches(even: int, odd: int, spec: KernelSpec, group: int) -> list[tuple[int, int]]:
     """(first query head in the group, how many) per dK/dV launch of one pass. One launch
     sums the whole group in registers when its heads visit keys in one order; otherwise
     (modes that differ by head, or distinct summary columns) each query head gets its own
     launch, each adding to what the previous stored."""
-    shared_order = group == 1 or (even == odd and not (even == "summary" and spec.summary_groups > 1))
+    shared_order = group == 1 or (even == odd and not (even == MODES["summary"] and spec.summary_groups > 1))
     return [(0, group)] if shared_order else [(member, 1) for member in range(group)]
 
 
@@ -322,7 +325,7 @@ def backward(do, q, k, v, out, lse, spec: KernelSpec, sm_scale: float, blocks: B
     key = ("backward", *map(tensor_key, (do, q, k, v, out, lse)), spec, sm_scale, blocks)
     do, delta, dq, dk, dv = _gradient_buffers(do, q, k, v)
     # Keys no program owns stay zero: a first pass over summaries owns only summary columns.
-    if "summary" in spec.passes[0]:
+    if MODES["summary"] in spec.passes[0]:
         dk.zero_()
         dv.zero_()
     for dq_launch, dkdv_launches in plan(_PLANS, key, lambda: _backward_plan(do, q, k, v, out, dq, dk, dv, spec, sm_scale, blocks)):
@@ -342,7 +345,7 @@ def _backward_plan(do, q, k, v, out, dq, dk, dv, spec: KernelSpec, sm_scale: flo
     passes = []
     for index, (even, odd) in enumerate(spec.passes):
         rows = _rows((even, odd), n, spec.stride)
-        flags = dict(MODE_EVEN=MODES[even], MODE_ODD=MODES[odd], CONTINUE=index > 0)
+        flags = dict(MODE_EVEN=even, MODE_ODD=odd, CONTINUE=index > 0)
         dq_launch = _DQ.bind(
             _grid(rows, "BLOCK_M", batch * heads), *inputs, *out.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
             tiles=tiles, **scales, **common, **flags, WRITE_DELTA=index == 0, **dims,
@@ -504,15 +507,12 @@ def _block_backward_plan(do, q, k, v, out, dq, dk, dv, lists: BlockLists, sm_sca
 # implementations, so torch.compile and torch.export treat them as opaque operators
 # instead of breaking the graph. Eager calls skip them (see `_eager`): a custom op's
 # dispatch costs more host time than the kernels of a short call need on the GPU.
-_MODE_NAMES = {value: name for name, value in MODES.items()}
-
-
 def _flat_passes(spec: KernelSpec) -> list[int]:
-    return [MODES[mode] for pair in spec.passes for mode in pair]
+    return [mode for pair in spec.passes for mode in pair]
 
 
 def _spec(passes: list[int], stride: int, summary: int, summary_groups: int, summary_head_div: int) -> KernelSpec:
-    pairs = tuple((_MODE_NAMES[passes[i]], _MODE_NAMES[passes[i + 1]]) for i in range(0, len(passes), 2))
+    pairs = tuple((passes[i], passes[i + 1]) for i in range(0, len(passes), 2))
     return KernelSpec(pairs, stride, summary, summary_groups, summary_head_div)
 
 

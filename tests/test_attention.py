@@ -11,6 +11,7 @@ import torch
 from layout_checks import masked_float64
 from pattern_cases import paper_patterns
 from sparse_kernels import decode, ops
+from sparse_kernels.geometry import MODES
 from sparse_transformer.attention import (BACKENDS, attend, attend_decoding, reference_attention, reference_decoding,
                                          reference_lse)
 from sparse_transformer.layouts import SparseLayout
@@ -180,7 +181,7 @@ def test_triton_backend_runs_the_closed_form_for_causal_patterns_and_lists_other
     non_causal = Pattern("local", 3, causal=False)
     for pattern, layer in ((strided, 1), (strided.layout(40, layer=1), 0), (layout, 0), (non_causal, 0)):
         attend(q, k, v, pattern, layer, backend="triton")
-    assert calls[0] == calls[1] == strided.layout(40, layer=1).spec and calls[0].passes == (("strided", "strided"),)
+    assert calls[0] == calls[1] == strided.layout(40, layer=1).spec and calls[0].passes == ((MODES["strided"], MODES["strided"]),)
     assert calls[2] is layout.lists
     assert calls[3] is non_causal.layout(40, 2, device=q.device).lists
 

@@ -53,9 +53,10 @@ SLAB_ELEMENTS = 1 << 24
 def kernel_spec(pattern: Pattern, layer: int = 0) -> KernelSpec:
     """A causal pattern's passes for `layer` with its stride and summary parameters: what
     the kernels are told of it, built once per (pattern, layer)."""
-    from sparse_kernels.ops import KernelSpec  # imports triton: only once the kernels are used
+    from sparse_kernels.geometry import MODES  # imports triton: only once the kernels are used
+    from sparse_kernels.ops import KernelSpec
 
-    passes = pattern.kernel_passes(layer)  # refuses a non-causal pattern
+    passes = tuple((MODES[even], MODES[odd]) for even, odd in pattern.kernel_passes(layer))  # refuses a non-causal pattern
     if pattern.kind != "fixed":
         return KernelSpec(passes, pattern.stride)
     groups = pattern.stride // pattern.summary if pattern.distinct_summaries else 1

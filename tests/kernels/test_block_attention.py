@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from sparse_kernels import blocks as block_lists
 from sparse_kernels import ops
+from sparse_kernels.geometry import MODES
 from sparse_kernels.ops import Blocks, KernelSpec
 
 from .block_layouts import block_oracle, causal_lists, random_lists
@@ -97,7 +98,7 @@ def test_dense_causal_layout_is_the_dense_mode(kv_heads):
     q, k, v, do = block_inputs(1, 2, kv_heads, 45, 16, 16, seed=3)
     runs = []
     for attend in (lambda *t: ops.block_attention(*t, causal_lists(45, 16), blocks=Blocks(16, 16)),
-                   lambda *t: ops.attention(*t, KernelSpec((("dense", "dense"),), 1), blocks=Blocks(16, 16))):
+                   lambda *t: ops.attention(*t, KernelSpec(((MODES["dense"], MODES["dense"]),), 1), blocks=Blocks(16, 16))):
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
         out, lse = attend(*leaves)
         runs.append((out, lse, *torch.autograd.grad(out, leaves, do)))
