@@ -559,6 +559,17 @@ def _eager(t: torch.Tensor) -> bool:
 
 
 # ---------------------------------------------------------------------- autograd
+def softmax_scale(q: torch.Tensor, sm_scale: float | None) -> float:
+    """1 / sqrt(d_qk) by default. A given scale must be positive: the kernels take each
+    row's running maximum over unscaled scores and scale it afterwards, which a negative
+    scale would turn into the minimum."""
+    if sm_scale is None:
+        return 1.0 / math.sqrt(q.shape[-1])
+    if not sm_scale > 0:
+        raise ValueError(f"sparse attention: sm_scale must be positive, got {sm_scale}")
+    return sm_scale
+
+
 # Both Functions return the logsumexp only when asked (`with_lse`): an output more costs the
 # autograd engine about 35 µs of host time per forward+backward on an H200 host.
 class SparseAttentionFunction(torch.autograd.Function):
@@ -569,8 +580,7 @@ class SparseAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, spec: KernelSpec, sm_scale: float | None, blocks: Blocks, with_lse: bool):
         check_inputs(q, k, v, spec)
-        if sm_scale is None:
-            sm_scale = 1.0 / math.sqrt(q.shape[-1])
+        sm_scale = softmax_scale(q, sm_scale)
         if _eager(q):
             out, lse = forward(q, k, v, spec, sm_scale, blocks)
         else:
@@ -693,5 +703,4 @@ def block_attention(q, k, v, lists: BlockLists, sm_scale: float | None = None, b
     logsumexp -inf and zero gradients. `blocks` fixes the tiles (each must divide
     lists.block); by default they are autotuned."""
     check_block_inputs(q, k, v, lists, blocks)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else sm_scale
-    return BlockAttentionFunction.apply(q, k, v, scale, blocks, with_lse, lists.block, *lists[1:])
+    return BlockAttentionFunction.apply(q, k, v, softmax_scale(q, sm_scale), blocks, with_lse, lists.block, *lists[1:])

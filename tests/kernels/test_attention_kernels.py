@@ -193,6 +193,14 @@ def test_heads_not_a_multiple_of_kv_heads_are_refused():
         ops.attention(q, k, v, kernel_spec(Pattern("strided", 4)))
 
 
+def test_a_scale_that_is_not_positive_is_refused():
+    """The kernels scale each row's running maximum after taking it over raw scores."""
+    q, k, v, _ = _inputs(1, 1, 16, 16, torch.float32, seed=0)
+    for scale in (0.0, -0.25):
+        with pytest.raises(ValueError, match="sm_scale must be positive, got"):
+            ops.attention(q, k, v, kernel_spec(Pattern("strided", 4)), sm_scale=scale)
+
+
 def test_unknown_mode_is_refused():
     q, k, v, _ = _inputs(1, 1, 16, 16, torch.float32, seed=0)
     with pytest.raises(ValueError, match=r"unknown mode 9; modes are 0 \(dense\), 1 \(band\)"):

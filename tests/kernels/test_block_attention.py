@@ -183,6 +183,14 @@ def test_bad_lists_are_refused_naming_the_field(change, message):
         ops.block_attention(q, k, v, lists)
 
 
+def test_a_scale_that_is_not_positive_is_refused():
+    """The kernels scale each row's running maximum after taking it over raw scores."""
+    q, k, v, _ = block_inputs(1, 2, 2, 20, 16, 16, seed=0)
+    for scale in (0.0, -0.25):
+        with pytest.raises(ValueError, match="sm_scale must be positive"):
+            ops.block_attention(q, k, v, random_lists(1, 2, 20, 16, torch.Generator()), sm_scale=scale)
+
+
 def test_tiles_must_divide_the_block():
     q, k, v, _ = block_inputs(1, 2, 2, 20, 16, 16, seed=0)
     with pytest.raises(ValueError, match="divide the layout's block 16"):
