@@ -289,9 +289,12 @@ def _gradient_buffers(do, q, k, v):
 
 
 def forward(q, k, v, spec: KernelSpec, sm_scale: float, blocks: Blocks = Blocks()):
-    """Output (layout of q) and logsumexp (batch, heads, n) fp32."""
-    out, lse = _like(v, q.shape[1]), _row_stats(q)
+    """Output (layout of q) and logsumexp (batch, heads, n) fp32. The inputs are checked
+    on a call key's first call only: every check reads only what the key holds."""
     key = ("forward", tensor_key(q), tensor_key(k), tensor_key(v), spec, sm_scale, blocks)
+    if key not in _PLANS:
+        check_inputs(q, k, v, spec)
+    out, lse = _like(v, q.shape[1]), _row_stats(q)
     for launch in plan(_PLANS, key, lambda: _forward_plan(q, k, v, out, spec, sm_scale, blocks)):
         launch(q, k, v, out, lse)
     return out, lse
@@ -433,9 +436,12 @@ def _block_key(kind: str, tensors: tuple, lists: BlockLists, sm_scale: float, bl
 def block_forward(q, k, v, lists: BlockLists, sm_scale: float, blocks: Blocks = Blocks()):
     """Output (layout of q) and logsumexp (batch, heads, n) fp32 of a block-sparse layout:
     the forward launch, then (when the layout splits a list) the launch that combines
-    the pieces' partial results."""
-    out, lse = _like(v, q.shape[1]), _row_stats(q)
+    the pieces' partial results. The inputs are checked on a call key's first call only,
+    as in `forward`."""
     key = _block_key("block forward", (q, k, v), lists, sm_scale, blocks)
+    if key not in _PLANS:
+        check_block_inputs(q, k, v, lists, blocks)
+    out, lse = _like(v, q.shape[1]), _row_stats(q)
     forward_pass = plan(_PLANS, key, lambda: _block_forward_plan(q, k, v, out, lists, sm_scale, blocks))
     o_part, lse_part = _parts(forward_pass, lse)
     forward_pass.main(q, k, v, out, lse, o_part, lse_part, *_kv_lists(lists))
@@ -573,17 +579,18 @@ def softmax_scale(q: torch.Tensor, sm_scale: float | None) -> float:
 # Both Functions return the logsumexp only when asked (`with_lse`): an output more costs the
 # autograd engine about 35 µs of host time per forward+backward on an H200 host.
 class SparseAttentionFunction(torch.autograd.Function):
-    """Autograd of `attention`. Its forward checks the inputs and takes the default scale
-    itself, so that `sparse_transformer.attention.sparse_attention` can call `apply`
-    directly: one Python frame less between a model and its launches."""
+    """Autograd of `attention`. Its forward checks the inputs (`forward` does, on a new
+    call key) and takes the default scale itself, so that
+    `sparse_transformer.attention.sparse_attention` can call `apply` directly: one
+    Python frame less between a model and its launches."""
 
     @staticmethod
     def forward(ctx, q, k, v, spec: KernelSpec, sm_scale: float | None, blocks: Blocks, with_lse: bool):
-        check_inputs(q, k, v, spec)
         sm_scale = softmax_scale(q, sm_scale)
         if _eager(q):
             out, lse = forward(q, k, v, spec, sm_scale, blocks)
-        else:
+        else:  # traced: checked here, before the fake implementation shapes anything
+            check_inputs(q, k, v, spec)
             out, lse = attention_forward_op(q, k, v, *_op_params(spec, sm_scale, blocks))
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.args = (spec, sm_scale, blocks)
@@ -674,7 +681,8 @@ class BlockAttentionFunction(torch.autograd.Function):
         params = (block, sm_scale, blocks.block_m or 0, blocks.block_n or 0)
         if _eager(q):
             out, lse = block_forward(q, k, v, _lists(block, tensors), sm_scale, blocks)
-        else:
+        else:  # traced: checked here, before the fake implementation shapes anything
+            check_block_inputs(q, k, v, _lists(block, tensors), blocks)
             out, lse = block_attention_forward_op(q, k, v, *tensors, *params)
         ctx.save_for_backward(q, k, v, out, lse, *tensors)
         ctx.args = (sm_scale, blocks, block, params)
@@ -702,5 +710,4 @@ def block_attention(q, k, v, lists: BlockLists, sm_scale: float | None = None, b
     the lists and masks say which pairs are allowed; a row with none gets output 0,
     logsumexp -inf and zero gradients. `blocks` fixes the tiles (each must divide
     lists.block); by default they are autotuned."""
-    check_block_inputs(q, k, v, lists, blocks)
     return BlockAttentionFunction.apply(q, k, v, softmax_scale(q, sm_scale), blocks, with_lse, lists.block, *lists[1:])

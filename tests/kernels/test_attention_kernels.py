@@ -201,6 +201,19 @@ def test_a_scale_that_is_not_positive_is_refused():
             ops.attention(q, k, v, kernel_spec(Pattern("strided", 4)), sm_scale=scale)
 
 
+def test_inputs_are_checked_on_every_new_call_key():
+    """The checks run when a call's launches are planned, so bad inputs are refused after
+    good ones with the same pattern were planned: each differs in its call key."""
+    q, k, v, _ = _inputs(1, 2, 16, 16, torch.float32, seed=0)
+    spec = kernel_spec(Pattern("strided", 4))
+    ops.attention(q, k, v, spec)
+    with pytest.raises(TypeError, match="dtypes differ"):
+        ops.attention(q, k, v.half(), spec)
+    strided_v = torch.randn(*v.shape, 2)[..., 0]  # a last dimension of stride 2
+    with pytest.raises(ValueError, match="v must be contiguous in its last dimension"):
+        ops.attention(q, k, strided_v, spec)
+
+
 def test_unknown_mode_is_refused():
     q, k, v, _ = _inputs(1, 1, 16, 16, torch.float32, seed=0)
     with pytest.raises(ValueError, match=r"unknown mode 9; modes are 0 \(dense\), 1 \(band\)"):
