@@ -104,14 +104,14 @@ def _listed_key_tile(
     (BLOCK_M, BLOCK_N) unscaled scores q . k, -inf where a pair is not allowed (the
     caller scales them inside its exponent). PARTIAL: the step lies among the list's
     partial blocks (apply their mask)."""
-    j, mask_id, sub = _listed_block(INDEX, MASK, entry, step, BLOCK // BLOCK_N)
+    j, mask_id, sub = _listed_block(INDEX, MASK, entry, step, SUB=BLOCK // BLOCK_N)
     c0 = sub * BLOCK_N
     row_k0 = j.to(tl.int64) * BLOCK + c0
-    k = load_run(k_ptr, row_k0, stride_kn, n, BLOCK_N, tl.arange(0, QK_PAD), QK_DIM, QK_PAD, EVEN_N)
-    v = load_run(v_ptr, row_k0, stride_vn, n, BLOCK_N, tl.arange(0, V_PAD), V_DIM, V_PAD, EVEN_N)
+    k = load_run(k_ptr, row_k0, stride_kn, n, BLOCK_N, tl.arange(0, QK_PAD), QK_DIM, QK_PAD, ALL_VALID=EVEN_N)
+    v = load_run(v_ptr, row_k0, stride_vn, n, BLOCK_N, tl.arange(0, V_PAD), V_DIM, V_PAD, ALL_VALID=EVEN_N)
     s = tl.dot(q, tl.trans(k))
     if PARTIAL:
-        ok = _mask_tile(MASKS, mask_id, r0, c0, BLOCK, BLOCK_M, BLOCK_N)
+        ok = _mask_tile(MASKS, mask_id, r0, c0, BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
         if not EVEN_N:
             ok = ok & (row_k0 + tl.arange(0, BLOCK_N) < n)[None, :]
         s = tl.where(ok, s, float("-inf"))
@@ -130,7 +130,7 @@ def _query_tile(
     their validity, the tile's first row inside its query block, q, the key/value head's
     k and v, where its list starts, its steps (partial [p0, p1), full [f0, f1)), its
     work item's first entry and its slot."""
-    bh, b, h, rank, r0 = _scheduled_tile(H, NW, BLOCK, BLOCK_M)
+    bh, b, h, rank, r0 = _scheduled_tile(H, NW, BLOCK=BLOCK, TILE=BLOCK_M)
     table = _table(b, h, LIST_SB, LIST_SH)
     i, first, end, slot, live = _work_item(KV_WORK, table * NW + rank, n, r0, BLOCK)
     row_q = i.to(tl.int64) * BLOCK + r0 + tl.arange(0, BLOCK_M)
@@ -139,7 +139,7 @@ def _query_tile(
     k_ptr = K + b * stride_kb + (h // GROUP) * stride_kh
     v_ptr = V + b * stride_vb + (h // GROUP) * stride_vh
     entry = table * NB + i
-    p0, p1, f0, f1 = _step_range(KV_COUNT, KV_PARTIAL, entry, first, end, live, BLOCK // BLOCK_N)
+    p0, p1, f0, f1 = _step_range(KV_COUNT, KV_PARTIAL, entry, first, end, live, SUB=BLOCK // BLOCK_N)
     return bh, b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, p0, p1, f0, f1, first, slot
 
 
@@ -164,19 +164,20 @@ def block_forward_kernel(
     slot of O_PART and LSE_PART, for `block_combine_kernel`."""
     bh, b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, p0, p1, f0, f1, first, slot = _query_tile(
         Q, K, V, KV_COUNT, KV_PARTIAL, KV_WORK, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb,
-        stride_vh, H, GROUP, n, NB, NW, LIST_SB, LIST_SH, BLOCK, BLOCK_M, BLOCK_N, QK_DIM, QK_PAD)
+        stride_vh, H, GROUP, n, NB, NW, LIST_SB, LIST_SH,
+        BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, QK_DIM=QK_DIM, QK_PAD=QK_PAD)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, V_PAD], tl.float32)
     for step in range(p0, p1):
         k, v, s = _listed_key_tile(q, k_ptr, v_ptr, KV_INDEX, KV_MASK, MASKS, entry * KV_WIDTH, step, r0,
-                                   stride_kn, stride_vn, n,
-                                   BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD, True, EVEN_N)
+                                   stride_kn, stride_vn, n, BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+                                   QK_DIM=QK_DIM, V_DIM=V_DIM, QK_PAD=QK_PAD, V_PAD=V_PAD, PARTIAL=True, EVEN_N=EVEN_N)
         m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc, qk_scale)
     for step in range(f0, f1):
         k, v, s = _listed_key_tile(q, k_ptr, v_ptr, KV_INDEX, KV_MASK, MASKS, entry * KV_WIDTH, step, r0,
-                                   stride_kn, stride_vn, n,
-                                   BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD, False, EVEN_N)
+                                   stride_kn, stride_vn, n, BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+                                   QK_DIM=QK_DIM, V_DIM=V_DIM, QK_PAD=QK_PAD, V_PAD=V_PAD, PARTIAL=False, EVEN_N=EVEN_N)
         m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc, qk_scale)
 
     out, lse = softmax_result(m_i, l_i, acc)
@@ -185,19 +186,28 @@ def block_forward_kernel(
         store_rows(O + b * stride_ob + h * stride_oh, row_q, stride_on, valid_q, offs_v, out, V_DIM, V_PAD)
         tl.store(LSE + bh.to(tl.int64) * n + row_q, lse, mask=valid_q)
     else:
-        part = _slot_rows(bh, slot, NSLOTS, r0, BLOCK, BLOCK_M)
+        part = _slot_rows(bh, slot, NSLOTS, r0, BLOCK=BLOCK, TILE=BLOCK_M)
         store_rows(O_PART, part, V_PAD, valid_q, offs_v, out, V_PAD, V_PAD)
         tl.store(LSE_PART + part, lse, mask=valid_q)
 
 
 @triton.jit
-def _split_list(SPLIT, row, n, offset, BLOCK: tl.constexpr, TILE: tl.constexpr):
-    """Row `row` of a split table, for a tile `offset` rows into the list's block: the
-    tile's rows, their validity (none on a padding row), the list's first slot and its
-    number of pieces."""
+def _split_tile(SPLIT, H, GROUP, n, NS, LIST_SB, LIST_SH, BLOCK: tl.constexpr, TILE: tl.constexpr):
+    """What a program of `block_combine_kernel` or `block_sum_kernel` adds up, on their grid
+    (NS * BLOCK // TILE, batch * H): its (batch, head) pair, the pair's batch element and
+    head, its TILE-row tile's first row in the block, and from its row of the split table
+    (that of the head's first query head: GROUP query heads a head) the tile's rows, their
+    validity (none on a padding row), the list's first slot and its number of pieces."""
+    tile = tl.program_id(0)
+    pair = tl.program_id(1)
+    b = (pair // H).to(tl.int64)
+    h = pair % H
+    offset = (tile % (BLOCK // TILE)) * TILE
+    row = _table(b, h * GROUP, LIST_SB, LIST_SH) * NS + tile // (BLOCK // TILE)
     block = tl.load(SPLIT + row * 3)
     rows = tl.maximum(block, 0).to(tl.int64) * BLOCK + offset + tl.arange(0, TILE)
-    return rows, rows < tl.where(block >= 0, n, 0), tl.load(SPLIT + row * 3 + 1), tl.load(SPLIT + row * 3 + 2)
+    valid = rows < tl.where(block >= 0, n, 0)
+    return pair, b, h, offset, rows, valid, tl.load(SPLIT + row * 3 + 1), tl.load(SPLIT + row * 3 + 2)
 
 
 @triton.jit
@@ -208,23 +218,18 @@ def block_combine_kernel(
     """Grid: (NS * BLOCK // BLOCK_M, batch * heads). The output and logsumexp of each split
     list's rows from its pieces' (normalized output, logsumexp), in piece order: the
     output is the pieces' outputs weighted by exp(lse_piece - lse)."""
-    tile = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = bh % H
-    r0 = (tile % (BLOCK // BLOCK_M)) * BLOCK_M
-    row_q, valid_q, first, pieces = _split_list(
-        KV_SPLIT, _table(b, h, LIST_SB, LIST_SH) * NS + tile // (BLOCK // BLOCK_M), n, r0, BLOCK, BLOCK_M)
+    bh, b, h, r0, row_q, valid_q, first, pieces = _split_tile(
+        KV_SPLIT, H, 1, n, NS, LIST_SB, LIST_SH, BLOCK=BLOCK, TILE=BLOCK_M)
     offs_v = tl.arange(0, V_PAD)
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     for piece in range(0, pieces):
-        part = _slot_rows(bh, first + piece, NSLOTS, r0, BLOCK, BLOCK_M)
+        part = _slot_rows(bh, first + piece, NSLOTS, r0, BLOCK=BLOCK, TILE=BLOCK_M)
         m = tl.maximum(m, tl.load(LSE_PART + part, mask=valid_q, other=float("-inf")))
     m_ref = tl.where(m == float("-inf"), 0.0, m)  # rows no piece reaches
     total = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, V_PAD], tl.float32)
     for piece in range(0, pieces):
-        part = _slot_rows(bh, first + piece, NSLOTS, r0, BLOCK, BLOCK_M)
+        part = _slot_rows(bh, first + piece, NSLOTS, r0, BLOCK=BLOCK, TILE=BLOCK_M)
         weight = tl.exp(tl.load(LSE_PART + part, mask=valid_q, other=float("-inf")) - m_ref)
         total += weight
         acc += weight[:, None] * load_rows(O_PART, part, V_PAD, valid_q, offs_v, V_PAD, V_PAD)
@@ -249,7 +254,8 @@ def block_dq_kernel(
     dQ (float32) in its slot of DQ_PART, for `block_sum_kernel`."""
     bh, b, h, row_q, valid_q, r0, q, k_ptr, v_ptr, entry, p0, p1, f0, f1, first, slot = _query_tile(
         Q, K, V, KV_COUNT, KV_PARTIAL, KV_WORK, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_vb,
-        stride_vh, H, GROUP, n, NB, NW, LIST_SB, LIST_SH, BLOCK, BLOCK_M, BLOCK_N, QK_DIM, QK_PAD)
+        stride_vh, H, GROUP, n, NB, NW, LIST_SB, LIST_SH,
+        BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, QK_DIM=QK_DIM, QK_PAD=QK_PAD)
     offs_qk = tl.arange(0, QK_PAD)
     offs_v = tl.arange(0, V_PAD)
     stat_base = bh.to(tl.int64) * n
@@ -261,14 +267,14 @@ def block_dq_kernel(
     dq = tl.zeros([BLOCK_M, QK_PAD], tl.float32)
     for step in range(p0, p1):
         k, v, s = _listed_key_tile(q, k_ptr, v_ptr, KV_INDEX, KV_MASK, MASKS, entry * KV_WIDTH, step, r0,
-                                   stride_kn, stride_vn, n,
-                                   BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD, True, EVEN_N)
+                                   stride_kn, stride_vn, n, BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+                                   QK_DIM=QK_DIM, V_DIM=V_DIM, QK_PAD=QK_PAD, V_PAD=V_PAD, PARTIAL=True, EVEN_N=EVEN_N)
         p = tl.math.exp2(s * qk_scale - lse[:, None])  # 0 where s is -inf (lse is finite or +inf)
         dq = dq_step(p, do, v, k, delta, dq)
     for step in range(f0, f1):
         k, v, s = _listed_key_tile(q, k_ptr, v_ptr, KV_INDEX, KV_MASK, MASKS, entry * KV_WIDTH, step, r0,
-                                   stride_kn, stride_vn, n,
-                                   BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD, False, EVEN_N)
+                                   stride_kn, stride_vn, n, BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+                                   QK_DIM=QK_DIM, V_DIM=V_DIM, QK_PAD=QK_PAD, V_PAD=V_PAD, PARTIAL=False, EVEN_N=EVEN_N)
         p = tl.math.exp2(s * qk_scale - lse[:, None])
         dq = dq_step(p, do, v, k, delta, dq)
 
@@ -276,7 +282,8 @@ def block_dq_kernel(
     if slot < 0:
         store_rows(DQ + b * stride_dqb + h * stride_dqh, row_q, stride_dqn, valid_q, offs_qk, dq, QK_DIM, QK_PAD)
     else:
-        store_rows(DQ_PART, _slot_rows(bh, slot, NSLOTS, r0, BLOCK, BLOCK_M), QK_PAD, valid_q, offs_qk, dq, QK_PAD, QK_PAD)
+        part = _slot_rows(bh, slot, NSLOTS, r0, BLOCK=BLOCK, TILE=BLOCK_M)
+        store_rows(DQ_PART, part, QK_PAD, valid_q, offs_qk, dq, QK_PAD, QK_PAD)
 
 
 @triton.jit
@@ -289,19 +296,20 @@ def _listed_query_tile(
 ):
     """dK and dV of a key tile, updated by the step-th query sub-tile its transposed list
     visits (PARTIAL: among the partial blocks)."""
-    i, mask_id, sub = _listed_block(INDEX, MASK, entry, step, BLOCK // BLOCK_M)
+    i, mask_id, sub = _listed_block(INDEX, MASK, entry, step, SUB=BLOCK // BLOCK_M)
     r0 = sub * BLOCK_M
     row_q0 = i.to(tl.int64) * BLOCK + r0
     row_q = row_q0 + tl.arange(0, BLOCK_M)
     valid_q = row_q < n
-    q = load_run(q_ptr, row_q0, stride_qn, n, BLOCK_M, tl.arange(0, QK_PAD), QK_DIM, QK_PAD, EVEN_N)
-    do = load_run(do_ptr, row_q0, stride_don, n, BLOCK_M, tl.arange(0, V_PAD), V_DIM, V_PAD, EVEN_N)
+    q = load_run(q_ptr, row_q0, stride_qn, n, BLOCK_M, tl.arange(0, QK_PAD), QK_DIM, QK_PAD, ALL_VALID=EVEN_N)
+    do = load_run(do_ptr, row_q0, stride_don, n, BLOCK_M, tl.arange(0, V_PAD), V_DIM, V_PAD, ALL_VALID=EVEN_N)
     lse = load_lse(LSE, stat_base, row_q, valid_q)  # +inf on rows >= n: their P is 0
     delta = tl.load(DELTA + stat_base + row_q, mask=valid_q, other=0.0)
     s_t = tl.dot(k, tl.trans(q)) * qk_scale  # (BLOCK_N, BLOCK_M): scores transposed
     p_t = tl.math.exp2(s_t - lse[None, :])
     if PARTIAL:  # columns >= n need no mask: their dK and dV are never stored
-        p_t = tl.where(tl.trans(_mask_tile(MASKS, mask_id, r0, c0, BLOCK, BLOCK_M, BLOCK_N)), p_t, 0.0)
+        ok = _mask_tile(MASKS, mask_id, r0, c0, BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
+        p_t = tl.where(tl.trans(ok), p_t, 0.0)
     return dkdv_step(p_t, q, do, v, delta, dk, dv)
 
 
@@ -319,7 +327,7 @@ def block_dkdv_kernel(
     first head (a piece's range applies to each head's list; the last piece is open).
     A piece of a split list stores its parts of dK and dV (float32) in its slots of
     DK_PART and DV_PART, for `block_sum_kernel`."""
-    bg, b, g, rank, c0 = _scheduled_tile(H // GROUP, NW, BLOCK, BLOCK_N)  # c0: first column in the key block
+    bg, b, g, rank, c0 = _scheduled_tile(H // GROUP, NW, BLOCK=BLOCK, TILE=BLOCK_N)  # c0: first column in the key block
     j, first, end, slot, live = _work_item(Q_WORK, _table(b, g * GROUP, LIST_SB, LIST_SH) * NW + rank, n, c0, BLOCK)
     offs_qk = tl.arange(0, QK_PAD)
     offs_v = tl.arange(0, V_PAD)
@@ -335,22 +343,24 @@ def block_dkdv_kernel(
         do_ptr = DO + b * stride_dob + h * stride_doh
         stat_base = (b * H + h) * n
         entry = _table(b, h, LIST_SB, LIST_SH) * NB + j
-        p0, p1, f0, f1 = _step_range(Q_COUNT, Q_PARTIAL, entry, first, end, live, BLOCK // BLOCK_M)
+        p0, p1, f0, f1 = _step_range(Q_COUNT, Q_PARTIAL, entry, first, end, live, SUB=BLOCK // BLOCK_M)
         for step in range(p0, p1):
             dk, dv = _listed_query_tile(k, v, dk, dv, q_ptr, do_ptr, LSE, DELTA, Q_INDEX, Q_MASK, MASKS,
                                         entry * Q_WIDTH, step, c0, stat_base, stride_qn, stride_don, n, qk_scale,
-                                        BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD, True, EVEN_N)
+                                        BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, QK_DIM=QK_DIM, V_DIM=V_DIM,
+                                        QK_PAD=QK_PAD, V_PAD=V_PAD, PARTIAL=True, EVEN_N=EVEN_N)
         for step in range(f0, f1):
             dk, dv = _listed_query_tile(k, v, dk, dv, q_ptr, do_ptr, LSE, DELTA, Q_INDEX, Q_MASK, MASKS,
                                         entry * Q_WIDTH, step, c0, stat_base, stride_qn, stride_don, n, qk_scale,
-                                        BLOCK, BLOCK_M, BLOCK_N, QK_DIM, V_DIM, QK_PAD, V_PAD, False, EVEN_N)
+                                        BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, QK_DIM=QK_DIM, V_DIM=V_DIM,
+                                        QK_PAD=QK_PAD, V_PAD=V_PAD, PARTIAL=False, EVEN_N=EVEN_N)
 
     dk *= sm_scale
     if slot < 0:
         store_rows(DK + b * stride_dkb + g * stride_dkh, row_k, stride_dkn, valid_k, offs_qk, dk, QK_DIM, QK_PAD)
         store_rows(DV + b * stride_dvb + g * stride_dvh, row_k, stride_dvn, valid_k, offs_v, dv, V_DIM, V_PAD)
     else:
-        part = _slot_rows(bg, slot, NSLOTS, c0, BLOCK, BLOCK_N)
+        part = _slot_rows(bg, slot, NSLOTS, c0, BLOCK=BLOCK, TILE=BLOCK_N)
         store_rows(DK_PART, part, QK_PAD, valid_k, offs_qk, dk, QK_PAD, QK_PAD)
         store_rows(DV_PART, part, V_PAD, valid_k, offs_v, dv, V_PAD, V_PAD)
 
@@ -363,15 +373,11 @@ def block_sum_kernel(
     """Grid: (NS * BLOCK // BLOCK_M, batch * H). Each split list's rows of DST (dQ, dK or
     dV), the sum of its pieces' parts in piece order. H: the heads of DST; a head's split
     table is that of its first query head (GROUP query heads a head: 1 for dQ)."""
-    tile = tl.program_id(0)
-    pair = tl.program_id(1)
-    b = (pair // H).to(tl.int64)
-    g = pair % H
-    r0 = (tile % (BLOCK // BLOCK_M)) * BLOCK_M
-    rows, valid, first, pieces = _split_list(
-        SPLIT, _table(b, g * GROUP, LIST_SB, LIST_SH) * NS + tile // (BLOCK // BLOCK_M), n, r0, BLOCK, BLOCK_M)
+    pair, b, g, r0, rows, valid, first, pieces = _split_tile(
+        SPLIT, H, GROUP, n, NS, LIST_SB, LIST_SH, BLOCK=BLOCK, TILE=BLOCK_M)
     offs = tl.arange(0, PAD)
     total = tl.zeros([BLOCK_M, PAD], tl.float32)
     for piece in range(0, pieces):
-        total += load_rows(PART, _slot_rows(pair, first + piece, NSLOTS, r0, BLOCK, BLOCK_M), PAD, valid, offs, PAD, PAD)
+        part = _slot_rows(pair, first + piece, NSLOTS, r0, BLOCK=BLOCK, TILE=BLOCK_M)
+        total += load_rows(PART, part, PAD, valid, offs, PAD, PAD)
     store_rows(DST + b * stride_db + g * stride_dh, rows, stride_dn, valid, offs, total, DIM, PAD)

@@ -25,10 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import LOG2E, Launcher, _interpreted, cdiv, next_power_of_2, plan, tensor_key
+from .launch import DTYPES, LOG2E, Launcher, _interpreted, cdiv, next_power_of_2, plan, tensor_key
 
 MAX_HEAD_DIM = 256
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # A split reads at least this many keys: fewer would cost more in the combine launch and
 # its scratch traffic than the extra programs gain.
 SPLIT_MIN_KEYS = 128

@@ -26,13 +26,26 @@ In these virtual orders the keys a query row may read are one contiguous range
 import triton
 import triton.language as tl
 
-DENSE = tl.constexpr(0)
-BAND = tl.constexpr(1)
-CHUNK = tl.constexpr(2)
-STRIDED = tl.constexpr(3)
-SUMMARY = tl.constexpr(4)
+MODES = {"dense": 0, "band": 1, "chunk": 2, "strided": 3, "summary": 4}  # what MODE_EVEN and MODE_ODD take
+DENSE = tl.constexpr(MODES["dense"])
+BAND = tl.constexpr(MODES["band"])
+CHUNK = tl.constexpr(MODES["chunk"])
+STRIDED = tl.constexpr(MODES["strided"])
+SUMMARY = tl.constexpr(MODES["summary"])
 
-MODES = {"dense": 0, "band": 1, "chunk": 2, "strided": 3, "summary": 4}
+
+@triton.jit
+def by_head_mode(fn: tl.constexpr, h, MODE_EVEN: tl.constexpr, MODE_ODD: tl.constexpr, args):
+    """fn(*args, MODE=...) in head h's mode: MODE_EVEN for even h, MODE_ODD for odd h (the
+    multi-head integration serves both factorized heads in one launch). The mode stays a
+    constexpr: each branch is fn compiled for one mode, and a program takes the branch of
+    its head's parity. fn takes MODE as its last parameter, after those `args` fill."""
+    if MODE_EVEN == MODE_ODD:  # one mode for every head: one compiled body of fn instead of two identical ones
+        fn(*args, MODE=MODE_EVEN)
+    elif h % 2 == 0:
+        fn(*args, MODE=MODE_EVEN)
+    else:
+        fn(*args, MODE=MODE_ODD)
 
 
 @triton.jit
@@ -103,6 +116,18 @@ def key_bounds(u_q, pos_q, valid_q, L, G, C, col_lo, MODE: tl.constexpr, CONTINU
             end += tl.minimum(tl.maximum(pos_q % L + 1 - col_lo, 0), C)
     end = tl.where(valid_q, end, first)
     return first, end
+
+
+@triton.jit
+def key_walk(u0, u_q, pos_q, valid_q, n, L, G, C, col_lo, MODE: tl.constexpr, CONTINUE: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The keys a query tile (virtual rows u_q from u0, positions pos_q) walks: the virtual
+    key range [lo, hi) (`key_range`), each row's allowed keys [first, end) (`key_bounds`)
+    and [full_lo, full_hi), the keys every row may read, where a key tile needs no mask
+    (a tile with a missing row has an empty such range, since its end is its first)."""
+    first, end = key_bounds(u_q, pos_q, valid_q, L, G, C, col_lo, MODE=MODE, CONTINUE=CONTINUE)  # (BLOCK_M,) each
+    lo, hi = key_range(u0, n, L, G, C, col_lo, MODE=MODE, CONTINUE=CONTINUE, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
+    return lo, hi, first, end, tl.max(first, 0), tl.min(end, 0)
 
 
 @triton.jit

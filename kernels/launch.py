@@ -25,22 +25,22 @@ from typing import Any, Callable, Hashable
 
 import torch
 import triton
+from triton import knobs
 from triton.compiler import CompiledKernel
 
-try:
-    from triton import knobs
+from . import tiles
 
-    def _hooked() -> bool:
-        """Whether a launch hook is installed: None or a function in older Triton, a chain
-        of functions (empty when none) in newer."""
-        hook = knobs.runtime.launch_enter_hook
-        return hook is not None and bool(getattr(hook, "calls", True))
-except ImportError:  # Triton before 3.4 keeps its launch hooks on CompiledKernel
-    def _hooked() -> bool:
-        return CompiledKernel.launch_enter_hook is not None
+
+def _hooked() -> bool:
+    """Whether a launch hook is installed: None or a function in older Triton (3.4, the
+    oldest that pyproject.toml admits), a chain of functions (empty when none) in newer."""
+    hook = knobs.runtime.launch_enter_hook
+    return hook is not None and bool(getattr(hook, "calls", True))
+
 
 Grid = Callable[[dict], tuple[int, ...]]
-LOG2E = 1.4426950408889634  # log2(e): the kernels' softmax runs in base 2
+LOG2E = tiles.LOG2E.value  # log2(e) as a float, for the host's qk_scale: the kernels' softmax runs in base 2
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # what every kernel takes (ops and decode check it)
 
 
 def cdiv(a: int, b: int) -> int:

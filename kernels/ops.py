@@ -34,10 +34,9 @@ from .block_sparse import block_combine_kernel, block_dkdv_kernel, block_dq_kern
 from .blocks import BlockLists
 from .forward import attention_forward_kernel
 from .geometry import MODES
-from .launch import LOG2E, Grid, Launch, Launcher, _interpreted, cdiv, next_power_of_2, plan, tensor_key
+from .launch import DTYPES, LOG2E, Grid, Launch, Launcher, _interpreted, cdiv, next_power_of_2, plan, tensor_key
 
 HEAD_DIMS = tuple(range(16, 257, 16))
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 class KernelSpec(NamedTuple):

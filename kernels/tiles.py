@@ -10,7 +10,7 @@ function is a @triton.jit helper, inlined into its caller: no cost at run time.
 import triton
 import triton.language as tl
 
-LOG2E = tl.constexpr(1.4426950408889634)
+LOG2E = tl.constexpr(1.4426950408889634)  # log2(e), the one definition (launch.LOG2E is its float)
 
 
 @triton.jit
