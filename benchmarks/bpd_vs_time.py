@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = [run for run in earlier if run["pattern"] not in args.patterns]
         for kind in args.patterns:
             config = model_config(model, kind)
-            describe = config.pattern.build().describe()
+            describe = config.pattern.describe()
             print(f"{kind}: {describe}, attention {config.attention}", flush=True)
             about = dict(pattern=kind, describe=describe, attention=config.attention, date=meta["date"])
             # Saved at every validation, so that a run stopped at a time limit keeps its curve so

@@ -51,7 +51,7 @@ def search(base: ModelConfig, args: argparse.Namespace, device: torch.device, sa
     rows = []
     for n in doublings(args.min_n, args.max_n):
         config = at_length(base, n)
-        row = dict(n=n, stride=config.pattern.stride, pattern=config.pattern.build().describe(),
+        row = dict(n=n, stride=config.pattern.stride, pattern=config.pattern.describe(),
                    attention=config.attention, audio_s=n / sample_rate, params=count_params(config), batch=1,
                    **measure_step(config, 1, args.steps, args.warmup, device))
         row["tokens_per_s"] = n / row["step_s"] if row["fits"] else None

@@ -150,7 +150,7 @@ def sweep(base: ModelConfig, args: argparse.Namespace, device: torch.device) -> 
             for n in doublings(args.min_n, args.max_n):
                 config = at_length(dataclasses.replace(base, layers=layers, recompute=recompute), n)
                 row = dict(layers=layers, recompute=recompute, n=n, stride=config.pattern.stride,
-                           pattern=config.pattern.build().describe(), attention=config.attention,
+                           pattern=config.pattern.describe(), attention=config.attention,
                            params=count_params(config), batch=args.batch,
                            **measure_step(config, args.batch, args.steps, args.warmup, device))
                 rows.append(row)

@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     length = args.positions or context
     generator = torch.Generator().manual_seed(args.seed)
     print(f"{args.experiment}: {model.num_params() / 1e6:.1f}M parameters (random weights), context {context}, "
-          f"{model.config.pattern.build().describe()}, attention {model.config.attention}, batch {batch}, {device}",
+          f"{model.config.pattern.describe()}, attention {model.config.attention}, batch {batch}, {device}",
           flush=True)
 
     check_length = min(args.check_length, context)

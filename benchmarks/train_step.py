@@ -28,8 +28,9 @@ from typing import Callable
 import torch
 
 from common import add_compile_arguments, autocast, for_training, environment, run_benchmark, synchronize, write_json
-from sparse_transformer.config import PatternConfig, load_experiment
+from sparse_transformer.config import load_experiment
 from sparse_transformer.model import SparseTransformer
+from sparse_transformer.patterns import Pattern
 from sparse_transformer.training import parameter_groups
 
 # Table 2 of the paper: seconds per iteration (unit not given), dense / fixed / strided.
@@ -42,10 +43,10 @@ def model_config(model, kind: str):
     pattern = model.pattern
     integration = pattern.integration if kind == pattern.kind else "merged"
     if kind == "dense":
-        return dataclasses.replace(model, pattern=PatternConfig("dense", pattern.stride), attention="sdpa")
+        return dataclasses.replace(model, pattern=Pattern("dense", pattern.stride), attention="sdpa")
     summary = (pattern.summary or 32) if kind == "fixed" else None
     attention = "triton" if model.attention in ("auto", "sdpa") else model.attention
-    return dataclasses.replace(model, pattern=PatternConfig(kind, pattern.stride, summary, integration), attention=attention)
+    return dataclasses.replace(model, pattern=Pattern(kind, pattern.stride, summary, integration), attention=attention)
 
 
 def training_step(model: SparseTransformer, batch: torch.Tensor, device: torch.device) -> Callable[[], None]:
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         seconds = time_steps(model, batch.to(device), args.steps, args.warmup, device)
-        row = dict(pattern=kind, describe=config.pattern.build().describe(), attention=config.attention,
+        row = dict(pattern=kind, describe=config.pattern.describe(), attention=config.attention,
                    compiled=args.compile, compile_mode=args.compile_mode if args.compile else None,
                    params=model.num_params(), batch=args.batch, context=context, step_s=seconds,
                    tokens_per_s=args.batch * context / seconds,

@@ -19,7 +19,7 @@ from sparse_transformer.patterns import Pattern
 
 # the paper's patterns, and fixed interleaved with shared summaries: at layer 1, fixed A2
 # alone, whose first rows have no key
-PATTERNS = [*paper_patterns(Pattern, summary=3), Pattern("fixed", 8, 3, integration="interleaved")]
+PATTERNS = [*paper_patterns(summary=3), Pattern("fixed", 8, 3, integration="interleaved")]
 
 
 def dense_float64(q, k, v, pattern, layer):

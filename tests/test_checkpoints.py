@@ -17,6 +17,30 @@ from sparse_transformer.evaluation import evaluate
 from sparse_transformer.training import AtomicCheckpointIO, read_checkpoint, train
 
 
+def test_a_checkpoint_from_before_model_mask_loads_with_its_mask(tmp_path):
+    """Checkpoints written before 2026-11-30 stored the named mask as model.pattern.mask."""
+    from dataclasses import asdict
+
+    from sparse_transformer.checkpoints import model_from_checkpoint
+    from sparse_transformer.config import ModelConfig
+    from sparse_transformer.model import SparseTransformer
+    from sparse_transformer.patterns import Pattern
+
+    mask = {"name": "sliding_window", "window": 3}
+    config = ModelConfig(context=8, pattern=Pattern("dense", 4), mask=mask, attention="reference")
+    old_section = asdict(config)
+    old_section["pattern"]["mask"] = old_section.pop("mask")
+    model = SparseTransformer(config)
+    path = tmp_path / "old.ckpt"
+    torch.save({"hyper_parameters": {"model": old_section},
+                "state_dict": {f"model.{name}": value for name, value in model.state_dict().items()}}, path)
+    loaded, _ = model_from_checkpoint(path)
+    assert loaded.config == config
+    tokens = torch.randint(0, 256, (1, 8))
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens), model.eval()(tokens))
+
+
 def test_a_checkpoint_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
     io.save_checkpoint({"global_step": 1}, path)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from sparse_transformer.config import ConfigError, ModelConfig, PatternConfig, load_model_config, load_yaml
+from sparse_transformer.config import ConfigError, ModelConfig, load_model_config, load_yaml, stored_model_section
+from sparse_transformer.patterns import Pattern
 
 VALID = """
 context: 3072
@@ -35,22 +36,35 @@ def load(text: str, **changes) -> ModelConfig:
 def test_a_valid_section_loads_into_typed_dataclasses():
     cfg = load(VALID)
     assert cfg.image_shape == (32, 32, 3)  # a YAML list becomes the annotated tuple
-    assert cfg.pattern == PatternConfig("strided", 32, None, "multihead", False)
+    assert cfg.pattern == Pattern("strided", 32, None, "multihead", False)  # the Pattern itself
     assert cfg.dropout == 0.25 and cfg.half_qk is True and cfg.head_dim == 32
 
 
 def test_defaults_fill_missing_fields():
     cfg = load_model_config({"pattern": {"kind": "fixed", "stride": 16, "summary": 4}})
     assert cfg.layers == ModelConfig().layers and cfg.pattern.integration == "merged"
+    # a pattern given in part keeps the default pattern's other fields (stride 128)
+    assert load_model_config({"pattern": {"kind": "dense"}}).pattern == Pattern("dense", ModelConfig().pattern.stride)
 
 
 def test_a_named_mask_loads_with_its_parameters_and_is_off_by_default():
-    assert load(VALID).pattern.mask is None and load(VALID).pattern.mask_spec() is None
+    assert load(VALID).mask is None and load(VALID).mask_spec() is None
     mask = {"name": "sliding_window_global", "window": 256, "globals": 64}
-    cfg = load(VALID, pattern={"kind": "dense", "stride": 32, "mask": mask})
-    assert cfg.pattern.mask == mask
-    assert cfg.pattern.mask_spec().describe() == "sliding_window_global, window=256, globals=64"
-    assert cfg.pattern.describe() == "dense, l=32, mask sliding_window_global, window=256, globals=64"  # tracking's tag
+    cfg = load(VALID, pattern={"kind": "dense", "stride": 32}, mask=mask)
+    assert cfg.mask == mask
+    assert cfg.mask_spec().describe() == "sliding_window_global, window=256, globals=64"
+    assert cfg.describe_attention() == "dense, l=32, mask sliding_window_global, window=256, globals=64"
+
+
+def test_a_checkpoints_model_section_from_before_model_mask_reads_as_today():
+    """Checkpoints written before 2026-11-30 stored the named mask as pattern.mask."""
+    mask = {"name": "sliding_window", "window": 8}
+    old = {"context": 16, "pattern": {"kind": "dense", "stride": 4, "mask": mask}}
+    assert stored_model_section(old) == {"context": 16, "pattern": {"kind": "dense", "stride": 4}, "mask": mask}
+    assert old["pattern"]["mask"] == mask  # the stored section itself is left as it was
+    assert load_model_config(stored_model_section(old)) == ModelConfig(context=16, pattern=Pattern("dense", 4), mask=mask)
+    today = {"context": 16, "pattern": {"kind": "dense", "stride": 4}, "mask": None}
+    assert stored_model_section(today) is today
 
 
 def test_integer_dropout_is_accepted_as_float():
@@ -80,14 +94,14 @@ def test_integer_dropout_is_accepted_as_float():
         (dict(width=64), "cifar10.model", "unknown field(s) width"),
         (dict(heads=1, d_model=64, half_qk=False), "cifar10.model.heads", "needs heads >= 2"),
         (dict(pattern={"kind": "strided", "stride": 8, "causal": False}), "cifar10.model.pattern.causal", "set causal to true"),
-        (dict(pattern={"kind": "dense", "stride": 8, "mask": {"name": "dilated"}}), "cifar10.model.pattern.mask",
+        (dict(pattern={"kind": "dense", "stride": 8}, mask={"name": "dilated"}), "cifar10.model.mask",
          "unknown name 'dilated': choose one of sliding_window, sliding_window_global"),
-        (dict(pattern={"kind": "dense", "stride": 8, "mask": {"name": "sliding_window", "window": -1}}),
-         "cifar10.model.pattern.mask", "window must be a positive integer, got -1"),
-        (dict(pattern={"kind": "dense", "stride": 8, "mask": "sliding_window"}), "cifar10.model.pattern.mask",
+        (dict(pattern={"kind": "dense", "stride": 8}, mask={"name": "sliding_window", "window": -1}),
+         "cifar10.model.mask", "window must be a positive integer, got -1"),
+        (dict(pattern={"kind": "dense", "stride": 8}, mask="sliding_window"), "cifar10.model.mask",
          "expected a mapping"),
-        (dict(attention="sdpa", pattern={"kind": "dense", "stride": 8, "mask": {"name": "sliding_window", "window": 4}}),
-         "cifar10.model.attention", "but pattern.mask is sliding_window, window=4: use triton, flex or reference"),
+        (dict(attention="sdpa", pattern={"kind": "dense", "stride": 8}, mask={"name": "sliding_window", "window": 4}),
+         "cifar10.model.attention", "but mask is sliding_window, window=4: use triton, flex or reference"),
     ],
 )
 def test_errors_name_the_field_and_the_fix(changes, field, fix):

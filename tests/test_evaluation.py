@@ -15,7 +15,8 @@ import torch
 from training_setup import experiment, text_h5  # noqa: F401 (fixtures)
 
 from sparse_transformer import evaluation
-from sparse_transformer.config import ConfigError, ModelConfig, PatternConfig
+from sparse_transformer.config import ConfigError, ModelConfig
+from sparse_transformer.patterns import Pattern
 from sparse_transformer.data.errors import DataError
 from sparse_transformer.errors import UserError
 from sparse_transformer.evaluation import _nats as nats_of
@@ -43,7 +44,7 @@ def test_windows_score_every_byte_once_with_at_least_min_context(lo, hi, context
 
 
 def random_model(**overrides) -> SparseTransformer:
-    settings = dict(context=16, layers=2, d_model=32, heads=2, attention="reference", pattern=PatternConfig("strided", 4))
+    settings = dict(context=16, layers=2, d_model=32, heads=2, attention="reference", pattern=Pattern("strided", 4))
     settings.update(overrides)
     torch.manual_seed(0)
     model = SparseTransformer(ModelConfig(**settings))

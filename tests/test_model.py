@@ -13,15 +13,16 @@ import yaml
 
 from pattern_cases import paper_patterns
 from sparse_transformer import acceleration
-from sparse_transformer.config import ConfigError, ModelConfig, PatternConfig, load_model_config
+from sparse_transformer.config import ConfigError, ModelConfig, load_model_config
 from sparse_transformer.model import SparseTransformer, bits_per_dim, gelu
+from sparse_transformer.patterns import Pattern
 
 REPO = Path(__file__).resolve().parents[1]
 
-PATTERNS = [*paper_patterns(PatternConfig), PatternConfig("fixed", 8, 2, integration="interleaved")]
+PATTERNS = [*paper_patterns(), Pattern("fixed", 8, 2, integration="interleaved")]
 
 
-def small_model(pattern: PatternConfig, **overrides) -> SparseTransformer:
+def small_model(pattern: Pattern, **overrides) -> SparseTransformer:
     settings = dict(context=26, layers=2, d_model=32, heads=4, ff_mult=2, attention="reference", pattern=pattern)
     settings.update(overrides)
     torch.manual_seed(0)
@@ -40,31 +41,30 @@ def dependency_matrix(model: SparseTransformer, n: int) -> torch.Tensor:
     return (diff > 0).T
 
 
-@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p.build().describe())
+@pytest.mark.parametrize("pattern", PATTERNS, ids=Pattern.describe)
 def test_information_flows_exactly_along_two_hops_of_the_pattern(pattern):
     """Causality (nothing after i reaches i) and reach (every j within two hops of the
     layers' patterns does): the dependency set of a two-layer model is exactly the reach."""
     n, heads = 26, 4
     model = small_model(pattern)
-    p = pattern.build()
     eye = torch.eye(n, dtype=torch.bool)
-    hop1 = (p.layer_mask(n, 0, heads) | eye).to(torch.int64)
-    hop2 = (p.layer_mask(n, 1, heads) | eye).to(torch.int64)
+    hop1 = (pattern.layer_mask(n, 0, heads) | eye).to(torch.int64)
+    hop2 = (pattern.layer_mask(n, 1, heads) | eye).to(torch.int64)
     reach = (hop2 @ hop1) > 0
     depends = dependency_matrix(model, n)
     assert not depends.triu(1).any(), "an output depends on a later input"
     assert torch.equal(depends, reach)
-    if p.kind == "local":
+    if pattern.kind == "local":
         assert not depends[n - 1, 0]  # the matrix is not trivially all-causal
 
 
 # Longformer-style: a window of 5 and the first 3 positions global; the model adds causality.
-MASKED = PatternConfig("dense", 6, mask={"name": "sliding_window_global", "window": 5, "globals": 3})
+MASK = {"name": "sliding_window_global", "window": 5, "globals": 3}
 
 
 def masked_reference(model: SparseTransformer, tokens: torch.Tensor) -> torch.Tensor:
     """The model's logits with each attention written out in float64: softmax over the
-    keys j <= i with |i - j| < 5 or i < 3 or j < 3 (MASKED's), through the model's own
+    keys j <= i with |i - j| < 5 or i < 3 or j < 3 (MASK's under a dense pattern), through the model's own
     projections and residual updates."""
     n = tokens.shape[1]
     allowed = torch.tensor([[j <= i and (abs(i - j) < 5 or i < 3 or j < 3) for j in range(n)] for i in range(n)])
@@ -81,11 +81,11 @@ def masked_reference(model: SparseTransformer, tokens: torch.Tensor) -> torch.Te
 def test_a_model_with_a_named_mask_computes_the_masked_attention(attention):
     """Every layer attends through the layout of causal AND the mask; the triton backend
     runs its block lists (two heads of 16 dims keep the interpreter's programs few)."""
-    model = small_model(MASKED, heads=2, attention=attention)
+    model = small_model(Pattern("dense", 6), mask=MASK, heads=2, attention=attention)
     tokens = torch.randint(0, 256, (2, 26), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         want = masked_reference(model, tokens)
-        dense = small_model(PatternConfig("dense", 6), heads=2)(tokens).double()
+        dense = small_model(Pattern("dense", 6), heads=2)(tokens).double()
         assert (want - dense).abs().max() > 1e-3  # the mask changes the logits
         if attention == "reference":
             torch.testing.assert_close(model.double()(tokens), want, rtol=1e-10, atol=1e-10)
@@ -96,7 +96,7 @@ def test_a_model_with_a_named_mask_computes_the_masked_attention(attention):
 def test_recomputation_runs_each_block_again_with_the_same_loss_and_gradients():
     """acceleration.for_training with recomputation: each block's forward runs once more
     in the backward pass, and the loss and gradients are those without it."""
-    pattern = PatternConfig("fixed", 8, 2, integration="interleaved")
+    pattern = Pattern("fixed", 8, 2, integration="interleaved")
     tokens = torch.randint(0, 256, (3, 27), generator=torch.Generator().manual_seed(2))
     results, block_calls = [], []
     for recompute in (False, True):
@@ -122,7 +122,7 @@ def test_compiled_blocks_match_eager_with_one_graph_per_layer_class():
     from torch._dynamo.utils import counters
 
     tokens = torch.randint(0, 256, (2, 27), generator=torch.Generator().manual_seed(4))
-    model = small_model(PatternConfig("strided", 6, integration="interleaved"), layers=4, recompute=True).train()
+    model = small_model(Pattern("strided", 6, integration="interleaved"), layers=4, recompute=True).train()
     results = []
     for compiled in (False, True):
         if compiled:
@@ -163,7 +163,7 @@ def test_initialization_matches_spec(image_shape):
         heads=4,
         ff_mult=ff,
         image_shape=image_shape,
-        pattern=PatternConfig("strided", 32),
+        pattern=Pattern("strided", 32),
     )
     torch.manual_seed(0)
     groups = weight_groups(SparseTransformer(config))
@@ -196,21 +196,21 @@ def test_initialization_matches_spec(image_shape):
 
 
 def test_image_positions_are_row_column_channel_in_raster_order():
-    model = SparseTransformer(ModelConfig(context=2 * 3 * 4, image_shape=(2, 3, 4), pattern=PatternConfig("strided", 4)))
+    model = SparseTransformer(ModelConfig(context=2 * 3 * 4, image_shape=(2, 3, 4), pattern=Pattern("strided", 4)))
     coords = model.position_embedding.coords
     expected = [(row, col, ch) for row in range(2) for col in range(3) for ch in range(4)]
     assert [tuple(c) for c in coords.T.tolist()] == expected
 
 
 def test_text_positions_are_row_and_column_of_a_stride_wide_matrix():
-    model = SparseTransformer(ModelConfig(context=10, pattern=PatternConfig("strided", 4)))
+    model = SparseTransformer(ModelConfig(context=10, pattern=Pattern("strided", 4)))
     assert model.position_embedding.coords.T.tolist() == [[i // 4, i % 4] for i in range(10)]
     assert [t.num_embeddings for t in model.position_embedding.tables] == [3, 4]
 
 
 def test_untrained_model_predicts_uniform_bytes():
     """W_out = 0, so every byte has probability 1/256: exactly 8 bits per byte."""
-    model = SparseTransformer(ModelConfig(context=16, pattern=PatternConfig("strided", 4)))
+    model = SparseTransformer(ModelConfig(context=16, pattern=Pattern("strided", 4)))
     tokens = torch.randint(0, 256, (2, 17), dtype=torch.uint8)
     assert model(tokens[:, :-1]).shape == (2, 16, 256)
     assert model.loss(tokens[:, :-1], tokens[:, 1:]).item() == pytest.approx(8.0, abs=1e-5)
@@ -235,7 +235,7 @@ def shakespeare() -> bytes:
 def test_small_model_overfits_a_text_window(integration):
     text = torch.tensor(list(shakespeare()[:4 * 65]), dtype=torch.long).view(4, 65)
     config = ModelConfig(
-        context=64, layers=2, d_model=64, heads=2, attention="reference", pattern=PatternConfig("strided", 8, integration=integration)
+        context=64, layers=2, d_model=64, heads=2, attention="reference", pattern=Pattern("strided", 8, integration=integration)
     )
     torch.manual_seed(0)
     model = SparseTransformer(config)
@@ -249,7 +249,7 @@ def test_small_model_overfits_a_text_window(integration):
 
 
 def test_bf16_autocast_forward_runs():
-    model = small_model(PatternConfig("fixed", 8, 2, integration="merged"), half_qk=True)
+    model = small_model(Pattern("fixed", 8, 2, integration="merged"), half_qk=True)
     tokens = torch.randint(0, 256, (2, 26))
     with torch.no_grad():
         full = model(tokens)
@@ -261,12 +261,21 @@ def test_bf16_autocast_forward_runs():
 
 
 def test_backend_comes_from_the_config():
-    dense = PatternConfig("dense", 4)
+    dense = Pattern("dense", 4)
     tokens = torch.randint(0, 256, (2, 26))
     with torch.no_grad():
         by_reference = small_model(dense, attention="reference")(tokens)
         by_sdpa = small_model(dense, attention="sdpa")(tokens)
     assert torch.allclose(by_reference, by_sdpa, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "sdpa", "flex", "triton", "auto"])
+def test_the_backend_is_resolved_once_when_the_model_is_built(backend):
+    from sparse_transformer import attention
+
+    model = SparseTransformer(ModelConfig(context=8, pattern=Pattern("dense", 4), attention=backend))
+    assert {block.attn.attention for block in model.blocks} == {attention.attention_function(backend)}
+    assert {block.attn.decoding for block in model.blocks} == {attention.decoding_function(backend)}
 
 
 def test_unknown_backend_names_the_choices():
@@ -278,12 +287,12 @@ def test_unknown_backend_names_the_choices():
 
 def test_a_non_causal_pattern_is_refused_in_one_line():
     with pytest.raises(ConfigError, match="autoregressive") as info:
-        SparseTransformer(ModelConfig(pattern=PatternConfig("strided", 4, causal=False)))
+        SparseTransformer(ModelConfig(pattern=Pattern("strided", 4, causal=False)))
     assert "\n" not in str(info.value)
 
 
 def test_sequences_longer_than_the_context_are_refused():
-    model = SparseTransformer(ModelConfig(context=8, pattern=PatternConfig("strided", 4)))
+    model = SparseTransformer(ModelConfig(context=8, pattern=Pattern("strided", 4)))
     with pytest.raises(ValueError, match="exceeds the model's context 8"):
         model(torch.zeros(1, 9, dtype=torch.long))
 
@@ -352,7 +361,7 @@ def test_compiled_blocks_match_eager_on_gpu(mode):
     (reduce-overhead) replay correctly with new inputs. The kernels multiply fp32 in
     TF32, so a tiny change of their inputs (Inductor's fused arithmetic) moves gradients
     by about 1e-4 of their norm; a replay on stale inputs would move them by order 1."""
-    pattern = PatternConfig("fixed", 32, 8, integration="merged")
+    pattern = Pattern("fixed", 32, 8, integration="merged")
     model = small_model(pattern, context=512, layers=4, d_model=128, heads=4, attention="triton", recompute=True)
     model = model.cuda().train()
     batches = torch.randint(0, 256, (3, 2, 513), generator=torch.Generator().manual_seed(5)).cuda()

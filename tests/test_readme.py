@@ -76,8 +76,8 @@ def test_the_named_mask_example_and_its_override_load():
     quickstart = section("Quickstart (CPU, offline, minutes)")
     (snippet,) = code_blocks(quickstart, "yaml")
     model = load_model_config(yaml.safe_load(snippet)["model"])
-    assert model.pattern.mask_spec().describe() == "sliding_window_global, window=64, globals=8"
+    assert model.mask_spec().describe() == "sliding_window_global, window=64, globals=8"
     (line,) = re.findall(r"or, for one run, `(--set .*?)`", quickstart)
     overrides = shlex.split(line)[1::2]
     cfg = load_experiment(ROOT / "params.yaml", "quickstart-text", tuple(overrides))
-    assert cfg.model.pattern.kind == "dense" and cfg.model.pattern.mask_spec().describe() == "sliding_window, window=64"
+    assert cfg.model.pattern.kind == "dense" and cfg.model.mask_spec().describe() == "sliding_window, window=64"

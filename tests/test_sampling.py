@@ -9,27 +9,30 @@ import torch
 from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pattern_cases import paper_patterns
+from pattern_cases import case_id, paper_patterns
 from sparse_transformer import acceleration
-from sparse_transformer.config import ModelConfig, PatternConfig
+from sparse_transformer.config import ModelConfig
 from sparse_transformer.data import mulaw
+from sparse_transformer.masks import MaskSpec
 from sparse_transformer.model import DecodingCache, SparseTransformer, decoding_keys
+from sparse_transformer.patterns import Pattern
 from sparse_transformer.sampling import (GRID_GUTTER, CUDAGraphDecoder, draw, generate, image_grid, matmul_weights_cast,
                                         write_samples)
 from training_setup import digits_h5, experiment, text_h5  # noqa: F401 (fixtures)
 
-PATTERNS = paper_patterns(PatternConfig)
-# Named masks: a window with global tokens alone (dense: the whole cache), and narrowing a
-# pattern with a pruned cache (local: the band) that differs per head (multihead strided).
+PATTERNS = paper_patterns()
+UNMASKED = [(pattern, None) for pattern in PATTERNS]
+# (pattern, named mask): a window with global tokens alone (dense: the whole cache), and
+# narrowing a pattern with a pruned cache (local: the band) that differs per head (multihead strided).
 MASKED = [
-    PatternConfig("dense", 6, mask={"name": "sliding_window_global", "window": 5, "globals": 3}),
-    PatternConfig("local", 6, mask={"name": "sliding_window_global", "window": 2, "globals": 1}),
-    PatternConfig("strided", 6, integration="multihead", mask={"name": "sliding_window", "window": 8}),
+    (Pattern("dense", 6), {"name": "sliding_window_global", "window": 5, "globals": 3}),
+    (Pattern("local", 6), {"name": "sliding_window_global", "window": 2, "globals": 1}),
+    (Pattern("strided", 6, integration="multihead"), {"name": "sliding_window", "window": 8}),
 ]
 IMAGE_SHAPE = (3, 4, 2)  # 24 bytes
 
 
-def model_for(pattern: PatternConfig, image: bool, **overrides) -> SparseTransformer:
+def model_for(pattern: Pattern, image: bool, **overrides) -> SparseTransformer:
     settings = dict(context=24, layers=3, d_model=32, heads=4, ff_mult=2, attention="reference", pattern=pattern,
                     image_shape=IMAGE_SHAPE if image else None)
     settings.update(overrides)
@@ -45,9 +48,9 @@ def keys_read(p, heads: int, n: int, i: int, layer: int) -> list[list[int]]:
     return [index[h][valid[h]].tolist() for h in range(heads)]
 
 
-@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p.build().describe())
+@pytest.mark.parametrize("pattern", PATTERNS, ids=Pattern.describe)
 def test_decoding_keys_are_the_patterns_row_each_once(pattern):
-    p, n, heads = pattern.build(), 40, 4
+    p, n, heads = pattern, 40, 4
     for layer in (0, 1):
         for i in range(n):
             index, valid = decoding_keys(p, heads, n, torch.tensor(i), layer)
@@ -57,9 +60,9 @@ def test_decoding_keys_are_the_patterns_row_each_once(pattern):
                 assert len(keys) == p.key_counts(n, layer, head)[i]  # no key twice
 
 
-@pytest.mark.parametrize("pattern", MASKED, ids=PatternConfig.describe)
-def test_decoding_keys_under_a_mask_are_the_rows_both_allow_each_once(pattern):
-    p, mask, n, heads = pattern.build(), pattern.mask_spec(), 40, 4
+@pytest.mark.parametrize("pattern, mask", MASKED, ids=case_id)
+def test_decoding_keys_under_a_mask_are_the_rows_both_allow_each_once(pattern, mask):
+    p, mask, n, heads = pattern, MaskSpec.parse(mask), 40, 4
     rows = torch.arange(n)
     named = mask.mask_mod()(0, 0, rows[:, None], rows[None, :])
     for i in range(n):
@@ -73,7 +76,7 @@ def test_decoding_keys_under_a_mask_are_the_rows_both_allow_each_once(pattern):
 def test_a_decoding_step_reads_about_two_sqrt_n_keys():
     n, stride = 1024, 32
     position = torch.tensor(n - 1)
-    strided, fixed = PatternConfig("strided", stride).build(), PatternConfig("fixed", stride, 4).build()
+    strided, fixed = Pattern("strided", stride), Pattern("fixed", stride, 4)
     assert decoding_keys(strided, 2, n, position, 0)[0].shape[1] <= stride + n // stride
     assert decoding_keys(fixed, 2, n, position, 0)[0].shape[1] <= stride + 4 * n // stride
 
@@ -94,13 +97,13 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("pattern, attention", [
-    *((pattern, "reference") for pattern in [*PATTERNS, MASKED[0]]),
-    pytest.param(PATTERNS[8], "triton", marks=pytest.mark.interpreter),  # the fused decode kernel's launches
-], ids=lambda v: v if isinstance(v, str) else v.describe())
-def test_a_decoding_step_never_reads_a_tensor_on_the_host(pattern, attention):
+@pytest.mark.parametrize("pattern, mask, attention", [
+    *((pattern, mask, "reference") for pattern, mask in [*UNMASKED, MASKED[0]]),
+    pytest.param(PATTERNS[8], None, "triton", marks=pytest.mark.interpreter),  # the fused decode kernel's launches
+], ids=case_id)
+def test_a_decoding_step_never_reads_a_tensor_on_the_host(pattern, mask, attention):
     """What lets CUDAGraphDecoder capture a step (checked here on the CPU; the capture itself by the gpu tests)."""
-    model = model_for(pattern, image=True, half_qk=pattern.kind == "fixed", attention=attention)
+    model = model_for(pattern, image=True, half_qk=pattern.kind == "fixed", attention=attention, mask=mask)
     cache = DecodingCache(model, batch=2)
     with torch.no_grad(), HostReads() as reads:
         for token in (model.start_token, 7):
@@ -109,11 +112,11 @@ def test_a_decoding_step_never_reads_a_tensor_on_the_host(pattern, attention):
 
 
 @pytest.mark.parametrize("image", [False, True], ids=["stream", "image"])
-@pytest.mark.parametrize("pattern", [*PATTERNS, *MASKED], ids=PatternConfig.describe)
-def test_cached_decoding_gives_the_distributions_of_a_full_forward_pass(pattern, image):
+@pytest.mark.parametrize("pattern, mask", [*UNMASKED, *MASKED], ids=case_id)
+def test_cached_decoding_gives_the_distributions_of_a_full_forward_pass(pattern, mask, image):
     """A prompt read in one pass (prefill; 1 position: a decoding step), then decoding step
     by step through the pruned cache: the distributions of one full forward pass."""
-    model = model_for(pattern, image, half_qk=pattern.kind == "fixed")
+    model = model_for(pattern, image, half_qk=pattern.kind == "fixed", mask=mask)
     tokens = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(2))
     if image:
         tokens[:, 0] = model.start_token
@@ -129,7 +132,7 @@ def test_cached_decoding_gives_the_distributions_of_a_full_forward_pass(pattern,
         model.prefill(tokens[:, :3], cache)
 
 
-FUSED_PATTERNS = [*(PATTERNS[i] for i in (0, 1, 2, 3, 5, 7, 8)), MASKED[0]]  # every kind, layout and integration, a mask
+FUSED_PATTERNS = [*(UNMASKED[i] for i in (0, 1, 2, 3, 5, 7, 8)), MASKED[0]]  # every kind, layout and integration, a mask
 
 
 def decoded_logits(model: SparseTransformer, tokens: torch.Tensor) -> torch.Tensor:
@@ -139,8 +142,8 @@ def decoded_logits(model: SparseTransformer, tokens: torch.Tensor) -> torch.Tens
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("pattern", FUSED_PATTERNS, ids=PatternConfig.describe)
-def test_the_fused_decode_kernel_gives_the_reference_steps_logits(pattern, monkeypatch):
+@pytest.mark.parametrize("pattern, mask", FUSED_PATTERNS, ids=case_id)
+def test_the_fused_decode_kernel_gives_the_reference_steps_logits(pattern, mask, monkeypatch):
     """The triton backend decodes with the fused kernel (reading the pruned cache in place),
     the reference backend with PyTorch's gather: the same logits at every position. Two
     heads of 16 dims (8 for fixed's half-size q/k) and one batch row keep the interpreter's
@@ -153,7 +156,7 @@ def test_the_fused_decode_kernel_gives_the_reference_steps_logits(pattern, monke
     tokens = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         reference, fused = (decoded_logits(model_for(pattern, image=False, heads=2, layers=2, attention=attention,
-                                                     half_qk=pattern.kind == "fixed"), tokens)
+                                                     half_qk=pattern.kind == "fixed", mask=mask), tokens)
                             for attention in ("reference", "triton"))
     assert len(launches) == 24 * 2  # every step of every layer, and only under the triton backend
     assert reference.std() > 0.1
@@ -164,12 +167,12 @@ N, L, C = 1024, 32, 4
 
 
 @pytest.mark.parametrize("pattern, kept", [
-    (PatternConfig("fixed", L, C, integration="merged"), ((L + C * N / L) / N,) * 2),
-    (PatternConfig("fixed", L, C, integration="multihead", distinct_summaries=True), ((L + C * N / L) / N,) * 2),
-    (PatternConfig("local", L), (L / N,) * 2),
-    (PatternConfig("strided", L, integration="interleaved"), (L / N, 1.0)),  # A1 layers keep the band only
-    (PatternConfig("strided", L, integration="merged"), (1.0, 1.0)),
-    (PatternConfig("dense", L), (1.0, 1.0)),
+    (Pattern("fixed", L, C, integration="merged"), ((L + C * N / L) / N,) * 2),
+    (Pattern("fixed", L, C, integration="multihead", distinct_summaries=True), ((L + C * N / L) / N,) * 2),
+    (Pattern("local", L), (L / N,) * 2),
+    (Pattern("strided", L, integration="interleaved"), (L / N, 1.0)),  # A1 layers keep the band only
+    (Pattern("strided", L, integration="merged"), (1.0, 1.0)),
+    (Pattern("dense", L), (1.0, 1.0)),
 ])
 def test_the_cache_keeps_only_what_later_queries_read(pattern, kept):
     """Per layer, at most this fraction of a cache of every position: (l + c n / l) / n for
@@ -184,7 +187,7 @@ def test_the_cache_keeps_only_what_later_queries_read(pattern, kept):
 
 
 def test_generate_samples_from_the_models_distribution_at_the_temperature():
-    model = model_for(PatternConfig("strided", 6), image=False)
+    model = model_for(Pattern("strided", 6), image=False)
     first = torch.tensor([[65], [66]])
     greedy = generate(model, first, 12, temperature=1e-6, progress=False)
     assert greedy.shape == (2, 12) and greedy.dtype == torch.uint8 and greedy[:, 0].tolist() == [65, 66]
@@ -198,7 +201,7 @@ def test_generate_samples_from_the_models_distribution_at_the_temperature():
 def test_under_autocast_the_weights_are_cast_once_with_the_same_logits_and_restored():
     """matmul_weights_cast spares autocast's per-step weight casts without changing a
     product; generate uses it and gives the model back as it was."""
-    model = model_for(PatternConfig("fixed", 8, 2), image=False)
+    model = model_for(Pattern("fixed", 8, 2), image=False)
     before = {name: parameter.clone() for name, parameter in model.named_parameters()}
     tokens = torch.randint(0, 256, (2, 10), generator=torch.Generator().manual_seed(5))
     logits = []
@@ -215,7 +218,7 @@ def test_under_autocast_the_weights_are_cast_once_with_the_same_logits_and_resto
 
 
 def test_images_are_generated_from_the_start_symbol_and_are_whole():
-    model = model_for(PatternConfig("strided", 6), image=True)
+    model = model_for(Pattern("strided", 6), image=True)
     images = generate(model, torch.full((2, 1), model.start_token), 24, progress=False)
     assert images.shape == (2, 24)
 
@@ -237,7 +240,7 @@ def test_a_prompt_is_continued_and_a_stream_slides_past_the_context():
     """The output starts with the prompt; past the context, each byte is predicted from
     the last half context read again (the sliding window), as a full forward pass over
     that window predicts it."""
-    model = model_for(PatternConfig("fixed", 8, 2), image=False)  # context 24
+    model = model_for(Pattern("fixed", 8, 2), image=False)  # context 24
     prompt = torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(3))
     greedy = generate(model, prompt, 60, temperature=1e-6, progress=False).long()
     assert greedy.shape == (2, 60) and torch.equal(greedy[:, :5], prompt)
@@ -256,7 +259,7 @@ def test_compiled_decoding_gives_the_same_logits_with_one_graph_per_part_for_eve
     and positions (two graphs: the projections, and the residual update); the same logits."""
     from torch._dynamo.utils import counters
 
-    model = model_for(PatternConfig("strided", 6, integration="interleaved"), image=False)
+    model = model_for(Pattern("strided", 6, integration="interleaved"), image=False)
     tokens = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(6))
     logits = []
     with torch.no_grad():
@@ -273,7 +276,7 @@ def test_compiled_decoding_gives_the_same_logits_with_one_graph_per_part_for_eve
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
-@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p.build().describe())
+@pytest.mark.parametrize("pattern", PATTERNS, ids=Pattern.describe)
 def test_cuda_graph_replays_the_eager_decoding_steps(pattern, bf16):
     model = model_for(pattern, image=True, half_qk=pattern.kind == "fixed").cuda()
     tokens = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(1)).cuda()
@@ -293,7 +296,7 @@ def test_cuda_graph_replays_the_eager_decoding_steps(pattern, bf16):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p.build().describe())
+@pytest.mark.parametrize("pattern", PATTERNS, ids=Pattern.describe)
 def test_compiled_decoding_replayed_as_a_cuda_graph_predicts_what_the_forward_pass_does(pattern):
     """What the sampler runs on a GPU: acceleration.for_decoding (Inductor), the decode kernel, weights
     cast once, a bf16 cache, each step replayed as a CUDA graph, under bf16 autocast."""
@@ -313,7 +316,7 @@ def test_compiled_decoding_replayed_as_a_cuda_graph_predicts_what_the_forward_pa
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
-@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p.build().describe())
+@pytest.mark.parametrize("pattern", PATTERNS, ids=Pattern.describe)
 def test_a_captured_fused_decode_step_gives_the_reference_steps_logits(pattern, bf16):
     """The fused decode kernel (backend auto on CUDA) inside a CUDA graph, replayed at every
     position, against eager decoding through PyTorch's gather (backend reference)."""

@@ -12,7 +12,8 @@ from mlflow import MlflowClient
 from PIL import Image
 from training_setup import digits_h5, experiment, text_h5  # noqa: F401 (fixtures)
 
-from sparse_transformer.config import ConfigError, ModelConfig, PatternConfig
+from sparse_transformer.config import ConfigError, ModelConfig
+from sparse_transformer.patterns import Pattern
 from sparse_transformer.model import SparseTransformer
 from sparse_transformer.training import (
     SparseTransformerModule, parameter_groups, read_checkpoint, train, warmup_cosine,
@@ -32,7 +33,7 @@ def test_warmup_is_linear_then_cosine_to_zero():
 
 
 def test_only_linear_weight_matrices_are_decayed():
-    model = SparseTransformer(ModelConfig(context=16, pattern=PatternConfig("strided", 4)))
+    model = SparseTransformer(ModelConfig(context=16, pattern=Pattern("strided", 4)))
     decayed, not_decayed = parameter_groups(model, 0.01)
     names = {id(p): name for name, p in model.named_parameters()}
     decayed_names = {names[id(p)] for p in decayed["params"]}

@@ -57,13 +57,19 @@ def attend(
     backend: str = "reference",
 ) -> torch.Tensor:
     """Masked attention of layer `layer` under `pattern` (or a layout): (B, H, n, d_v), dtype of q."""
-    if backend == "auto":
-        backend = "triton" if q.is_cuda else "reference"
+    return attention_function(backend)(q, k, v, pattern, layer)
+
+
+AttentionFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "Pattern | SparseLayout", int], torch.Tensor]
+
+
+def attention_function(backend: str) -> AttentionFunction:
+    """The function of a backend name, resolved once (the model does so when it is built):
+    f(q, k, v, pattern_or_layout, layer) -> (B, H, n, d_v)."""
     try:
-        run = _BACKEND_FUNCTIONS[backend]
+        return _BACKEND_FUNCTIONS[backend]
     except KeyError:
         raise ValueError(f"unknown attention backend {backend!r}: choose one of {', '.join(BACKENDS)}") from None
-    return run(q, k, v, pattern, layer)
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern | SparseLayout) -> int:
@@ -265,7 +271,15 @@ def sparse_attention_with_lse(
     return sparse_attention(q, k, v, pattern, layer, sm_scale, blocks, with_lse=True)
 
 
-_BACKEND_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
+def auto_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern | SparseLayout, layer: int = 0
+) -> torch.Tensor:
+    """The kernels on CUDA tensors, the reference elsewhere (a model may move between devices)."""
+    return (sparse_attention if q.is_cuda else reference_attention)(q, k, v, pattern, layer)
+
+
+_BACKEND_FUNCTIONS: dict[str, AttentionFunction] = {
+    "auto": auto_attention,
     "reference": reference_attention,
     "flex": flex_attention,
     "sdpa": sdpa_attention,
@@ -282,6 +296,23 @@ def attend_decoding(
     value_cache (B, H, S, d_v); head h reads the cache rows slots[h, valid[h]] (slots, valid
     (H, K)) -> (B, H, d_v) in q's dtype, 0 for a head with no valid key. q.k and the softmax
     in fp32 at least, as the paper's section 5.6 asks when sampling. Nothing is read back to the host."""
-    if backend == "triton" or (backend != "reference" and q.is_cuda):
-        return decode.decode_attention(q, key_cache, value_cache, slots, valid, 1 / math.sqrt(q.shape[-1]))
-    return reference_decoding(q, key_cache, value_cache, slots, valid)
+    return decoding_function(backend)(q, key_cache, value_cache, slots, valid)
+
+
+def decoding_function(backend: str) -> Callable[..., torch.Tensor]:
+    """`attend_decoding`'s implementation for a backend name, resolved once: the kernel for
+    triton, the reference for reference, and for the others the kernel on CUDA tensors."""
+    attention_function(backend)  # an unknown name is refused here as for attention
+    return {"triton": kernel_decoding, "reference": reference_decoding}.get(backend, auto_decoding)
+
+
+def kernel_decoding(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, slots: torch.Tensor,
+                    valid: torch.Tensor) -> torch.Tensor:
+    """The fused decode kernel (`sparse_kernels.decode`), reading the cache in place."""
+    return decode.decode_attention(q, key_cache, value_cache, slots, valid, 1 / math.sqrt(q.shape[-1]))
+
+
+def auto_decoding(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, slots: torch.Tensor,
+                  valid: torch.Tensor) -> torch.Tensor:
+    """The kernel on CUDA tensors, the reference elsewhere."""
+    return (kernel_decoding if q.is_cuda else reference_decoding)(q, key_cache, value_cache, slots, valid)

@@ -33,7 +33,7 @@ from typing import Any, Iterator
 import torch
 
 from . import outputs
-from .config import ConfigError, ModelConfig, flatten, from_dict
+from .config import ConfigError, ModelConfig, flatten, from_dict, stored_model_section
 from .errors import UserError, cut, shown
 from .model import SparseTransformer
 
@@ -58,10 +58,14 @@ def read_checkpoint(path: str | Path, what_to_do: str = "train again or choose a
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: train first (`sparse-transformer train`) or set its path")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: read what is used
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: read what is used
     except Exception as err:
         reason = " ".join(str(err).split()) or type(err).__name__
         raise CheckpointError(f"checkpoint {path} cannot be read ({cut(reason)}): {what_to_do}") from None
+    stored = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+    if isinstance(stored.get("model"), dict):
+        stored["model"] = stored_model_section(stored["model"])
+    return checkpoint
 
 
 def check_finite_weights(checkpoint: dict, path: str | Path, what_to_do: str) -> None:

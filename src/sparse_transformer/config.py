@@ -22,7 +22,7 @@ import yaml
 
 from .errors import UserError, cut, shown
 from .masks import MaskError, MaskSpec
-from .patterns import Integration, Pattern, PatternError, PatternKind
+from .patterns import Pattern, PatternError
 
 
 class ConfigError(UserError, ValueError):
@@ -45,35 +45,6 @@ COMPILE_MODES = get_args(CompileMode)
 
 # ---------------------------------------------------------------------- model
 @dataclass(frozen=True)
-class PatternConfig:
-    """A `Pattern`'s arguments, and optionally a named mask (masks.py) that attention
-    is further restricted to: {name: NAME, <its parameters>}, e.g. {name: sliding_window,
-    window: 64}. With a mask, attention reads the pairs both the pattern and the mask
-    allow (kind dense: the mask alone, kept causal); the stride still sets the position
-    embedding of 1-D data. null: the pattern alone."""
-
-    kind: PatternKind = "strided"
-    stride: int = 128
-    summary: int | None = None
-    integration: Integration = "merged"
-    distinct_summaries: bool = False
-    causal: bool = True
-    mask: dict[str, Any] | None = None
-
-    def build(self) -> Pattern:
-        return Pattern(self.kind, self.stride, self.summary, self.integration, self.distinct_summaries, self.causal)
-
-    def mask_spec(self) -> MaskSpec | None:
-        """The named mask, checked (MaskError), or None."""
-        return None if self.mask is None else MaskSpec.parse(self.mask)
-
-    def describe(self) -> str:
-        """The pattern, and the mask if any: "dense, l=16, mask sliding_window, window=64"."""
-        mask = self.mask_spec()
-        return self.build().describe() + ("" if mask is None else f", mask {mask.describe()}")
-
-
-@dataclass(frozen=True)
 class ModelConfig:
     """The Sparse Transformer of the paper's section 5 (docs/architecture.md, "Model").
 
@@ -87,6 +58,12 @@ class ModelConfig:
         or "auto" (triton on CUDA, reference elsewhere).
     recompute: recompute each residual block in the backward pass (the paper's section
         5.4), applied by the training side (acceleration.for_training).
+    pattern: the attention pattern itself (`Pattern`, checked as it is built).
+    mask: a named mask (masks.py) that attention is further restricted to: {name: NAME,
+        <its parameters>}, e.g. {name: sliding_window, window: 64}. Attention then reads
+        the pairs both the pattern and the mask allow (kind dense: the mask alone, kept
+        causal); the stride still sets the position embedding of 1-D data. null: the
+        pattern alone.
     """
 
     context: int = 1024
@@ -99,7 +76,8 @@ class ModelConfig:
     image_shape: tuple[int, int, int] | None = None
     attention: AttentionBackend = "auto"
     recompute: bool = False
-    pattern: PatternConfig = field(default_factory=PatternConfig)
+    pattern: Pattern = field(default_factory=lambda: Pattern("strided", 128))
+    mask: dict[str, Any] | None = None
     vocab_size: int = 256
 
     def validate(self, where: str = "model") -> None:
@@ -107,7 +85,6 @@ class ModelConfig:
             raise ConfigError(f"{where}.{name}: {msg}")
 
         _check_choices(self, where)
-        _check_choices(self.pattern, f"{where}.pattern")
         for name in ("context", "layers", "d_model", "heads", "ff_mult", "vocab_size"):
             if getattr(self, name) < 1:
                 fail(name, f"must be a positive integer, got {getattr(self, name)}")
@@ -117,14 +94,11 @@ class ModelConfig:
             fail("half_qk", f"d_model/2={self.d_model / 2} is not divisible by heads={self.heads}: turn half_qk off or change heads")
         if not 0.0 <= self.dropout < 1.0:
             fail("dropout", f"must be in [0, 1), got {self.dropout}")
+        pattern = self.pattern
         try:
-            pattern = self.pattern.build()
-        except PatternError as err:
-            raise ConfigError(f"{where}.pattern.{err.field}: {err.problem}") from None
-        try:
-            mask = self.pattern.mask_spec()
+            mask = self.mask_spec()
         except MaskError as err:
-            raise ConfigError(f"{where}.pattern.mask: {err}") from None
+            raise ConfigError(f"{where}.mask: {err}") from None
         if not pattern.causal:
             fail("pattern.causal", "the model is autoregressive (each byte is predicted from the ones before it), "
                  "so its attention must be causal: set causal to true")
@@ -133,13 +107,22 @@ class ModelConfig:
         if self.attention == "sdpa" and pattern.kind != "dense":
             fail("attention", f"'sdpa' computes dense causal attention only, but pattern.kind is {pattern.kind!r}: use triton, flex or reference")
         if self.attention == "sdpa" and mask is not None:
-            fail("attention", f"'sdpa' computes dense causal attention only, but pattern.mask is {mask.describe()}: use triton, flex or reference")
+            fail("attention", f"'sdpa' computes dense causal attention only, but mask is {mask.describe()}: use triton, flex or reference")
         if self.image_shape is not None:
             if len(self.image_shape) != 3 or min(self.image_shape) < 1:
                 fail("image_shape", f"must be [height, width, channels], got {list(self.image_shape)}")
             size = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
             if size != self.context:
                 fail("context", f"an image of shape {list(self.image_shape)} has {size} bytes but context is {self.context}: set context to {size}")
+
+    def mask_spec(self) -> MaskSpec | None:
+        """The named mask, checked (MaskError), or None."""
+        return None if self.mask is None else MaskSpec.parse(self.mask)
+
+    def describe_attention(self) -> str:
+        """The pattern, and the mask if any: "dense, l=16, mask sliding_window, window=64"."""
+        mask = self.mask_spec()
+        return self.pattern.describe() + ("" if mask is None else f", mask {mask.describe()}")
 
     @property
     def head_dim(self) -> int:
@@ -219,22 +202,35 @@ def _check_choices(section: Any, where: str) -> None:
             _choice(value, literal, f"{where}.{name}")
 
 
-def from_dict(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass `cls` from a mapping, refusing unknown keys and wrong types."""
+def from_dict(cls: type, data: Any, where: str, base: Any = None) -> Any:
+    """Build dataclass `cls` from a mapping, refusing unknown keys and wrong types. Fields
+    the mapping leaves out keep their defaults, or `base`'s values when given (the
+    enclosing section's default: `pattern: {kind: dense}` keeps the default stride)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of fields, got {shown(data)}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    names = [f.name for f in fields]
     unknown = sorted(str(key) for key in set(data) - set(names))
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {cut(', '.join(unknown))}; the fields are {', '.join(names)}")
-    kwargs = {name: _convert(data[name], hints[name], f"{where}.{name}") for name in names if name in data}
+    kwargs = {} if base is None else {name: getattr(base, name) for name in names}
+    for f in fields:
+        if f.name not in data:
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(hints[f.name]) and dataclasses.is_dataclass(default):
+            kwargs[f.name] = from_dict(hints[f.name], data[f.name], f"{where}.{f.name}", base=default)
+        else:
+            kwargs[f.name] = _convert(data[f.name], hints[f.name], f"{where}.{f.name}")
     try:
         return cls(**kwargs)
     except TypeError as err:  # a required field without default
         raise ConfigError(f"{where}: {err}") from None
+    except PatternError as err:  # a Pattern checks its own arguments as it is built
+        raise ConfigError(f"{where}.{err.field}: {err.problem}") from None
 
 
 def yaml_problem(err: yaml.YAMLError) -> str:
@@ -260,6 +256,16 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return data
+
+
+def stored_model_section(section: dict) -> dict:
+    """A model section as a checkpoint stored it, in this version's fields: checkpoints
+    written before 2026-11-30 kept the named mask under pattern.mask (model.mask now)."""
+    pattern = section.get("pattern")
+    if not isinstance(pattern, dict) or "mask" not in pattern:
+        return section
+    pattern = dict(pattern)
+    return {**section, "pattern": pattern, "mask": pattern.pop("mask")}
 
 
 def load_model_config(section: dict, where: str = "model") -> ModelConfig:

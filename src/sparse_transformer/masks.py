@@ -1,7 +1,8 @@
 """Named mask functions: sparsity a params.yaml experiment can train with by name.
 
     model:
-      pattern: {kind: dense, stride: 16, mask: {name: sliding_window_global, window: 64, globals: 8}}
+      pattern: {kind: dense, stride: 16}
+      mask: {name: sliding_window_global, window: 64, globals: 8}
 
 Each entry of `MASKS` is a factory, called with the mask's parameters as keywords, that
 returns a predicate in FlexAttention's convention, mask_mod(b, h, q_idx, kv_idx) -> bool

@@ -8,7 +8,8 @@
 Bytes in, logits over the next byte out: `SparseTransformer(config)(tokens)` maps
 (batch, n) byte values to (batch, n, 256) logits, logits[:, i] predicting the byte after
 position i. The attention backend (reference, flex, sdpa, triton) comes from
-`config.attention`. With a named mask (`config.pattern.mask`, masks.py) every layer
+`config.attention`, resolved to its function once, when the model is built. With a named
+mask (`config.mask`, masks.py) every layer
 attends through the layout of the pairs both its pattern and the mask allow
 (`MaskSpec.layout`: block lists, built once per length and device), through the same
 backends. This module knows nothing of training loops, files or tracking.
@@ -38,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import attend, attend_decoding
+from .attention import attention_function, decoding_function
 from .config import ModelConfig
 from .masks import MaskSpec
 from .patterns import Pattern
@@ -99,8 +100,9 @@ class SparseAttention(nn.Module):
     def __init__(self, config: ModelConfig, pattern: Pattern, layer: int, mask: MaskSpec | None = None):
         super().__init__()
         d, heads, qk_width = config.d_model, config.heads, config.qk_width
-        self.heads, self.layer, self.pattern, self.backend = heads, layer, pattern, config.attention
-        self.mask = mask
+        self.heads, self.layer, self.pattern, self.mask = heads, layer, pattern, mask
+        self.attention = attention_function(config.attention)  # (q, k, v, pattern or layout, layer) -> out
+        self.decoding = decoding_function(config.attention)  # one query per head against a cache
         # What attention needs of the layer index: blocks of one class then trace alike,
         # so torch.compile builds one graph for all of them, not one per layer.
         self.layer_class = pattern.layer_class(layer)
@@ -133,10 +135,10 @@ class SparseAttention(nn.Module):
         if cache is not None and q.shape[2] == 1:
             return self._decode(q, k, v, cache)
         if self.mask is None:
-            out = attend(q, k, v, self.pattern, self.layer_class, self.backend)
+            out = self.attention(q, k, v, self.pattern, self.layer_class)
         else:  # the layout is built once per (length, device) and kept
             layout = self.mask.layout(self.pattern, q.shape[2], self.heads, self.layer_class, q.device)
-            out = attend(q, k, v, layout, self.layer_class, self.backend)
+            out = self.attention(q, k, v, layout, self.layer_class)
         if cache is not None:
             cache.fill(self.layer, k, v)
         return out
@@ -150,7 +152,7 @@ class SparseAttention(nn.Module):
         """q, k, v (B, H, 1, dh) of position i = cache.position -> (B, H, 1, dv), reading only allowed keys."""
         cache.store(self.layer, k, v)
         slots, valid = cache.reads(self.layer)  # (H, K) cache slots, (H, K) False where not read
-        out = attend_decoding(q[:, :, 0], cache.keys[self.layer], cache.values[self.layer], slots, valid, self.backend)
+        out = self.decoding(q[:, :, 0], cache.keys[self.layer], cache.values[self.layer], slots, valid)
         return out[:, :, None]  # (B, H, 1, dv)
 
 
@@ -201,13 +203,13 @@ class SparseTransformer(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        pattern = config.pattern.build()
+        pattern = config.pattern
         d = config.d_model
         # One row more than there are bytes: row vocab_size is the start symbol of images.
         self.token_embedding = nn.Embedding(config.vocab_size + 1, d)
         nn.init.normal_(self.token_embedding.weight, std=math.sqrt(0.125 / d))
         self.position_embedding = PositionEmbedding(config.context, d, config.image_shape, pattern.stride)
-        mask = config.pattern.mask_spec()
+        mask = config.mask_spec()
         self.blocks = nn.ModuleList(ResidualBlock(config, pattern, layer, mask) for layer in range(config.layers))
         self.final_norm = nn.LayerNorm(d)
         self.out = nn.Linear(d, config.vocab_size, bias=False)  # W_out
@@ -396,8 +398,8 @@ class DecodingCache:
                  dtype: torch.dtype = torch.float32):
         config = model.config
         qk_width = config.qk_width
-        self.pattern, self.heads, self.context = config.pattern.build(), config.heads, config.context
-        self.mask = config.pattern.mask_spec()  # a named mask keeps the pattern's cache and narrows its reads
+        self.pattern, self.heads, self.context = config.pattern, config.heads, config.context
+        self.mask = config.mask_spec()  # a named mask keeps the pattern's cache and narrows its reads
         self.layouts = [CacheLayout.for_layer(self.pattern, config.heads, config.context, layer)
                         for layer in range(config.layers)]
         self.keys = [torch.zeros(batch, config.heads, layout.size, qk_width // config.heads, device=device, dtype=dtype)

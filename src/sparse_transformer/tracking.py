@@ -169,7 +169,7 @@ def run_tags(cfg: ExperimentConfig, parameters: int | None = None) -> dict[str, 
     model = cfg.model
     tags = {
         "dataset": Path(cfg.data.hdf5).stem,
-        "pattern": model.pattern.describe(),
+        "pattern": model.describe_attention(),  # the pattern, and its named mask if any
         "model": f"{model.layers} layers, d={model.d_model}, {model.heads} heads, context {model.context}",
     }
     if parameters is not None:
