@@ -23,6 +23,8 @@ def t(fn, reps=100):
         for _ in range(reps): fn()
         best = min(best, (time.perf_counter() - s) / reps)
     return best * 1e6
+# A deliberate copy of host_autograd_outputs_2026-11-30.py's no-op Function (CPU tensors here):
+# each record script runs on its own, and the two measure the same baseline.
 class One(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v):
