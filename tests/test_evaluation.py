@@ -12,16 +12,15 @@ import sys
 import numpy as np
 import pytest
 import torch
+from tiny_model import tiny_model
 from training_setup import experiment, text_h5  # noqa: F401 (fixtures)
 
 from sparse_transformer import evaluation
-from sparse_transformer.config import ConfigError, ModelConfig
-from sparse_transformer.patterns import Pattern
+from sparse_transformer.config import ConfigError
 from sparse_transformer.data.errors import DataError
 from sparse_transformer.errors import UserError
 from sparse_transformer.evaluation import _nats as nats_of
 from sparse_transformer.evaluation import evaluate, score_images, score_stream, stream_windows
-from sparse_transformer.model import SparseTransformer
 from sparse_transformer.training import read_checkpoint, train
 
 CPU = torch.device("cpu")
@@ -43,17 +42,8 @@ def test_windows_score_every_byte_once_with_at_least_min_context(lo, hi, context
     assert scored == list(range(lo + 1, hi))
 
 
-def random_model(**overrides) -> SparseTransformer:
-    settings = dict(context=16, layers=2, d_model=32, heads=2, attention="reference", pattern=Pattern("strided", 4))
-    settings.update(overrides)
-    torch.manual_seed(0)
-    model = SparseTransformer(ModelConfig(**settings))
-    torch.nn.init.normal_(model.out.weight, std=0.3)
-    return model.eval()
-
-
 def test_stream_score_is_the_sum_of_log_probabilities_of_its_windows():
-    model = random_model()
+    model = tiny_model()
     data = np.random.default_rng(0).integers(0, 256, 150, dtype=np.uint8)
     boundaries = [0, 70, 80, 150]  # three recordings, one shorter than a window
     context, min_context = 16, 6
@@ -72,7 +62,7 @@ def test_stream_score_is_the_sum_of_log_probabilities_of_its_windows():
 
 
 def test_image_score_covers_every_byte_from_the_start_symbol(monkeypatch):
-    model = random_model(context=12, image_shape=(2, 2, 3))
+    model = tiny_model(context=12, image_shape=(2, 2, 3))
     images = np.random.default_rng(1).integers(0, 256, (5, 2, 2, 3), dtype=np.uint8)
     images.flags.writeable = False  # as a split of the HDF5 file arrives (memory-mapped)
     given_to_torch = []  # torch.from_numpy warns (once a process) about read-only arrays

@@ -16,6 +16,7 @@ from sparse_transformer import acceleration
 from sparse_transformer.config import ConfigError, ModelConfig, load_model_config
 from sparse_transformer.model import SparseTransformer, bits_per_dim, gelu
 from sparse_transformer.patterns import Pattern
+from tiny_model import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,12 +24,7 @@ PATTERNS = [*paper_patterns(), Pattern("fixed", 8, 2, integration="interleaved")
 
 
 def small_model(pattern: Pattern, **overrides) -> SparseTransformer:
-    settings = dict(context=26, layers=2, d_model=32, heads=4, ff_mult=2, attention="reference", pattern=pattern)
-    settings.update(overrides)
-    torch.manual_seed(0)
-    model = SparseTransformer(ModelConfig(**settings))
-    torch.nn.init.normal_(model.out.weight, std=0.1)  # W_out starts at 0; the logits would not depend on anything
-    return model.eval()
+    return tiny_model(pattern, out_std=0.1, **{"context": 26, "heads": 4, "ff_mult": 2, **overrides})
 
 
 def dependency_matrix(model: SparseTransformer, n: int) -> torch.Tensor:

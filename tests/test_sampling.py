@@ -11,13 +11,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from pattern_cases import case_id, paper_patterns
 from sparse_transformer import acceleration
-from sparse_transformer.config import ModelConfig
 from sparse_transformer.data import mulaw
 from sparse_transformer.masks import MaskSpec
 from sparse_transformer.model import DecodingCache, SparseTransformer, decoding_keys
 from sparse_transformer.patterns import Pattern
 from sparse_transformer.sampling import (GRID_GUTTER, CUDAGraphDecoder, draw, generate, image_grid, matmul_weights_cast,
                                         write_samples)
+from tiny_model import tiny_model
 from training_setup import digits_h5, experiment, text_h5  # noqa: F401 (fixtures)
 
 PATTERNS = paper_patterns()
@@ -33,13 +33,8 @@ IMAGE_SHAPE = (3, 4, 2)  # 24 bytes
 
 
 def model_for(pattern: Pattern, image: bool, **overrides) -> SparseTransformer:
-    settings = dict(context=24, layers=3, d_model=32, heads=4, ff_mult=2, attention="reference", pattern=pattern,
-                    image_shape=IMAGE_SHAPE if image else None)
-    settings.update(overrides)
-    torch.manual_seed(0)
-    model = SparseTransformer(ModelConfig(**settings))
-    torch.nn.init.normal_(model.out.weight, std=0.3)  # W_out starts at 0: every distribution would be uniform
-    return model.eval()
+    return tiny_model(pattern, **{"context": 24, "layers": 3, "heads": 4, "ff_mult": 2,
+                                  "image_shape": IMAGE_SHAPE if image else None, **overrides})
 
 
 def keys_read(p, heads: int, n: int, i: int, layer: int) -> list[list[int]]:
