@@ -9,10 +9,9 @@ Bytes in, logits over the next byte out: `SparseTransformer(config)(tokens)` map
 (batch, n) byte values to (batch, n, 256) logits, logits[:, i] predicting the byte after
 position i. The attention backend (reference, flex, sdpa, triton) comes from
 `config.attention`, resolved to its function once, when the model is built. With a named
-mask (`config.mask`, masks.py) every layer
-attends through the layout of the pairs both its pattern and the mask allow
-(`MaskSpec.layout`: block lists, built once per length and device), through the same
-backends. This module knows nothing of training loops, files or tracking.
+mask (`config.mask`, masks.py) every layer attends through the layout of the pairs both
+its pattern and the mask allow (`MaskSpec.layout`: block lists, built once per length and
+device), through the same backends. This module knows nothing of training loops, files or tracking.
 
 Examples and targets (`inputs_and_targets`): an image is scored on every byte, so its
 input is a learned start symbol (token 256, an extra row of the token embedding)
