@@ -100,6 +100,8 @@ def test_integer_dropout_is_accepted_as_float():
          "cifar10.model.mask", "window must be a positive integer, got -1"),
         (dict(pattern={"kind": "dense", "stride": 8}, mask="sliding_window"), "cifar10.model.mask",
          "expected a mapping"),
+        (dict(pattern={"kind": "dense", "stride": 8, "mask": {"name": "sliding_window", "window": 4}}),
+         "cifar10.model.pattern", "move it up one level, beside pattern (model.mask)"),
         (dict(attention="sdpa", pattern={"kind": "dense", "stride": 8}, mask={"name": "sliding_window", "window": 4}),
          "cifar10.model.attention", "but mask is sliding_window, window=4: use triton, flex or reference"),
     ],

@@ -202,6 +202,11 @@ def _check_choices(section: Any, where: str) -> None:
             _choice(value, literal, f"{where}.{name}")
 
 
+#: fields that moved, with where they are now: a config of the old form is refused with the move to make
+MOVED_FIELDS = {(Pattern, "mask"): "mask is no longer part of the pattern since 2026-11-30: move it up one level, "
+                                   "beside pattern (model.mask)"}
+
+
 def from_dict(cls: type, data: Any, where: str, base: Any = None) -> Any:
     """Build dataclass `cls` from a mapping, refusing unknown keys and wrong types. Fields
     the mapping leaves out keep their defaults, or `base`'s values when given (the
@@ -214,6 +219,9 @@ def from_dict(cls: type, data: Any, where: str, base: Any = None) -> Any:
     fields = [f for f in dataclasses.fields(cls) if f.init]
     names = [f.name for f in fields]
     unknown = sorted(str(key) for key in set(data) - set(names))
+    moved = [MOVED_FIELDS[cls, key] for key in unknown if (cls, key) in MOVED_FIELDS]
+    if moved:
+        raise ConfigError(f"{where}: {moved[0]}")
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {cut(', '.join(unknown))}; the fields are {', '.join(names)}")
     kwargs = {} if base is None else {name: getattr(base, name) for name in names}
