@@ -23,9 +23,9 @@ Per row: forward and forward+backward ms (bf16, median of triton.testing.do_benc
 useful TFLOP/s over the allowed pairs (4 D FLOPs a pair forward, 2.5 times that
 backward), FlexAttention's time over ours, and the output's relative difference.
 
-`--build` times building the layout alone against FlexAttention's compiled
-`create_block_mask` for the same mask_mod (both after a first, compiling call) at each
-length of `--build-n`.
+`--build-n` times building the layout alone (`from_mask_mod`) against FlexAttention's
+compiled `create_block_mask` for the same mask_mod (both after a first, compiling call),
+for longformer, documents, prefix-lm and bigbird's blocks as a mask_mod, at each length.
 """
 
 from __future__ import annotations
@@ -245,13 +245,16 @@ def run_build(args, record, results: list[dict]) -> list[dict]:
     for n in args.build_n:
         cu, ids = document_ids(n, args.document, seed=0)
         mods = {"sliding window + global": sliding_window_global(args.window, args.globals, causal=False),
-                "documents": causal_documents(ids.to(device))}
+                "documents": causal_documents(ids.to(device)),
+                "prefix-lm": prefix_lm(n // 4),
+                "bigbird": blocks_mask_mod(bigbird_blocks(n, args.block, 3, seed=0).to(device), args.block)}
         for name, mod in mods.items():
             row = dict(device=torch.cuda.get_device_name(), build=name, n=n, block=args.block)
             results.append(row)
             for impl, fn in (("ours", lambda: SparseLayout.from_mask_mod(mod, n, block=args.block, device=device)),
                              ("flex", lambda: build_mask(mod, None, None, n, n, device=device, BLOCK_SIZE=args.block))):
                 try:
+                    torch._dynamo.reset()  # each mask_mod compiles create_block_mask anew: stay under the recompile limit
                     fn()  # compiles
                     torch.cuda.synchronize()
                     row[f"{impl}_ms"] = triton.testing.do_bench(fn, warmup=1, rep=5, return_mode="median")

@@ -280,3 +280,57 @@ def test_schedule_walks_every_entry_once_longest_first(lb, lh, nb, piece, seed):
     assert extra == 0 or extra & (extra - 1) == 0
     assert splits == 0 or splits & (splits - 1) == 0
     assert (count <= piece).all() == (splits == 0)
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_distinct_rows_are_uniques_rows(monkeypatch, collide):
+    """The hashed deduplication of partial masks gives unique's rows and inverse (in its
+    own order), without unique's row comparisons; when hashes collide (forced: every
+    multiplier 0) unique decides."""
+    from sparse_transformer import layouts
+
+    if collide:
+        monkeypatch.setattr(layouts, "_HASH_MULTIPLIERS", torch.zeros_like(layouts._HASH_MULTIPLIERS))
+    by_rows = []
+    unique = torch.unique
+    monkeypatch.setattr(torch, "unique", lambda *a, **k: (by_rows.append(k.get("dim")), unique(*a, **k))[1])
+    gen = torch.Generator().manual_seed(1)
+    rows = torch.randint(-2**62, 2**62, (7, 256), generator=gen)
+    rows[:2] = torch.tensor([-2, -(2**32)])[:, None]  # 32-bit halves 2^32 - 2 and 0: once a collision
+    words = rows[torch.randint(0, 7, (50,), generator=gen)]
+    words[3, 5] ^= 1 << 63  # a row differing from another only in a sign bit
+    distinct, inverse = layouts._distinct_rows(words)
+    assert torch.equal(distinct[inverse], words)
+    assert len(distinct) == len(unique(words, dim=0))
+    assert (0 in by_rows) == collide  # unique's row comparisons only after a collision
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["longformer", "documents", "window per head", "prefix per batch", "floats"])
+def test_lists_built_on_the_gpu_are_the_cpus(kind):
+    """The range pass and the hashed deduplication on CUDA tensors give the CPU's lists,
+    tensor for tensor (n = 5,000, block 64; a float mask_mod takes the element path)."""
+    n, heads, batch = 5000, None, None
+    gen = torch.Generator().manual_seed(0)
+    if kind == "longformer":
+        tables = {"is_global": torch.rand(n, generator=gen) < 0.01}
+        make = lambda t: lambda b, h, q, kv: ((q - kv).abs() < 200) | t["is_global"][q] | t["is_global"][kv]  # noqa: E731
+    elif kind == "documents":
+        tables = {"document": torch.cumsum(torch.rand(n, generator=gen) < 0.003, 0)}
+        make = lambda t: lambda b, h, q, kv: (t["document"][q] == t["document"][kv]) & (kv <= q)  # noqa: E731
+    elif kind == "window per head":
+        heads, tables = 3, {"window": torch.tensor([10, 300, 2000])}
+        make = lambda t: lambda b, h, q, kv: (kv <= q) & (q - kv < t["window"][h])  # noqa: E731
+    elif kind == "prefix per batch":
+        batch, tables = 2, {"prefix": torch.tensor([100, 3333])}
+        make = lambda t: lambda b, h, q, kv: (kv <= q) | (kv < t["prefix"][b])  # noqa: E731
+    else:
+        tables = {}
+        make = lambda t: lambda b, h, q, kv: (q.float() - kv.float()).abs() < 99.5  # noqa: E731
+    built = {}
+    for device in ("cpu", "cuda"):
+        on_device = {name: table.to(device) for name, table in tables.items()}
+        built[device] = SparseLayout.from_mask_mod(make(on_device), n, heads=heads, batch=batch, block=64,
+                                                   device=device).lists
+    for name, on_cpu, on_gpu in zip(BlockLists._fields, built["cpu"], built["cuda"]):
+        assert on_cpu == on_gpu if name == "block" else torch.equal(on_cpu, on_gpu.cpu()), name

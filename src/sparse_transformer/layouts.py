@@ -20,8 +20,10 @@ A layout is shared by the batch and the heads (`batch`, `heads` None) or has one
 per batch element or query head (LB = batch, LH = heads); grouped-query attention reads
 the layout of the query head.
 
-Built blockwise, never n x n: `from_mask_mod` evaluates the predicate over slabs of
-tiles, a bounded number of elements at a time, and keeps per tile only whether it is
+Built blockwise, never n x n: `from_mask_mod` first calls the predicate once per slab of
+tiles with each tile's range of positions (`mask_bounds`), which decides most tiles (all
+pairs allowed, or none) in O(tiles); it evaluates element by element only the tiles left
+open, a bounded number of elements at a time, and keeps per tile only whether it is
 listed, full or which distinct mask it has (packed into int64 words and deduplicated):
 memory O(listed blocks + distinct masks).
 """
@@ -36,6 +38,7 @@ import torch
 
 from sparse_kernels.blocks import BlockLists, schedule
 
+from .mask_bounds import tile_bounds
 from .patterns import Pattern
 
 if TYPE_CHECKING:
@@ -306,38 +309,48 @@ def _evaluate(mask_mod: MaskMod, lb: int, lh: int, rows: torch.Tensor, keys: tor
 
 def _lists_of_mask_mod(mask_mod: MaskMod, n: int, block: int, lh: int, lb: int, device: torch.device,
                        slab_elements: int) -> BlockLists:
-    """Evaluate mask_mod over slabs of (query blocks x key blocks) and list the tiles."""
+    """List the tiles of mask_mod. A slab of query-block rows at a time, each tile's range
+    first (`mask_bounds.tile_bounds`: all pairs, none, or some); then, element by element,
+    only the tiles whose range leaves them open, `slab_elements` elements at a time. A
+    mask_mod that ranges do not follow leaves every tile open."""
     nb = math.ceil(n / block)
-    tile = lb * lh * block * block  # elements of one tile over the batch and heads
-    q_step = max(1, min(nb, slab_elements // (tile * nb)))  # whole rows of tiles when they fit
-    k_step = nb if q_step > 1 else max(1, min(nb, slab_elements // tile))
     in_block = _positions_in_blocks(n, block, device)
+    rows_per_slab = max(1, slab_elements // (8 * lb * lh * nb))  # the range pass holds a few int64 temporaries a tile
+    tiles_per_chunk = max(1, slab_elements // (block * block))
+    tables: dict = {}  # the range pass's lookup tables, built once for all slabs
+    bounded = True
     listed, mask_ids, uniques = [], [], []
     unique_count = 0
-    for q0 in range(0, nb, q_step):
-        for k0 in range(0, nb, k_step):
-            qs, ks = min(q_step, nb - q0), min(k_step, nb - k0)
-            rows = torch.arange(q0 * block, (q0 + qs) * block, device=device)
-            keys = torch.arange(k0 * block, (k0 + ks) * block, device=device)
-            allowed = _evaluate(mask_mod, lb, lh, rows, keys, n).reshape(lb, lh, qs, block, ks, block)
-            tiles = allowed.transpose(3, 4)  # (lb, lh, qs, ks, block, block), a view
-            count = tiles.sum(dim=(-1, -2))
-            full = count == in_block[q0 : q0 + qs, None] * in_block[None, k0 : k0 + ks]
-            where = (count > 0).nonzero()  # (L, 4): b, h, query block - q0, key block - k0
-            is_full = full[where.unbind(1)]
-            mask_id = torch.full((len(where),), -1, dtype=torch.int64, device=device)
-            partial = where[~is_full]
-            if len(partial):
-                packed = _pack_bits(tiles[partial.unbind(1)])  # (P, block * block / 64) int64
-                unique, inverse = torch.unique(packed, dim=0, return_inverse=True)
-                mask_id[~is_full] = inverse + unique_count
+    for q0 in range(0, nb, rows_per_slab):
+        rows = range(q0, min(nb, q0 + rows_per_slab))
+        if bounded:
+            try:
+                always, ever = tile_bounds(mask_mod, n, block, lb, lh, rows, nb, device, tables)
+            except Exception:  # noqa: BLE001 (any failure of the range pass only means evaluating the elements; a real error in the mask_mod shows there)
+                bounded = False
+        if not bounded:
+            always = torch.zeros(lb, lh, len(rows), nb, dtype=torch.bool, device=device)
+            ever = ~always
+        offset = torch.tensor([0, 0, q0, 0], device=device)
+        full = always.nonzero() + offset  # (F, 4): b, h, query block, key block
+        listed.append(full)
+        mask_ids.append(torch.full((len(full),), -1, dtype=torch.int64, device=device))
+        for tiles in ((ever & ~always).nonzero() + offset).split(tiles_per_chunk):
+            allowed = _evaluate_tiles(mask_mod, tiles, block, n)  # (P, block, block)
+            count = allowed.sum(dim=(1, 2))
+            is_full = count == in_block[tiles[:, 2]] * in_block[tiles[:, 3]]
+            partial = (count > 0) & ~is_full
+            mask_id = torch.full((len(tiles),), -1, dtype=torch.int64, device=device)
+            if partial.any():
+                unique, inverse = _distinct_rows(_pack_bits(allowed[partial]))
+                mask_id[partial] = inverse + unique_count
                 unique_count += len(unique)
                 uniques.append(unique)
-            listed.append(where + torch.tensor([0, 0, q0, k0], device=device))
-            mask_ids.append(mask_id)
+            listed.append(tiles[count > 0])
+            mask_ids.append(mask_id[count > 0])
     listed, mask_id = torch.cat(listed), torch.cat(mask_ids)
-    if uniques:  # the slabs' distinct masks, made distinct across slabs too
-        unique, remap = torch.unique(torch.cat(uniques), dim=0, return_inverse=True)
+    if uniques:  # the chunks' distinct masks, made distinct across chunks too
+        unique, remap = _distinct_rows(torch.cat(uniques))
         mask_id = torch.where(mask_id >= 0, remap[mask_id.clamp(min=0)], -1)
         masks = _unpack_bits(unique, block)
     else:
@@ -345,11 +358,48 @@ def _lists_of_mask_mod(mask_mod: MaskMod, n: int, block: int, lh: int, lb: int, 
     return _assemble(block, lb, lh, nb, listed, mask_id, masks)
 
 
+def _evaluate_tiles(mask_mod: MaskMod, tiles: torch.Tensor, block: int, n: int) -> torch.Tensor:
+    """(P, block, block) bool: mask_mod over the tiles (P, 4) = (b, h, query block, key
+    block), False outside [0, n); positions are clamped below n before the call, as in
+    `_evaluate`."""
+    b, h, qb, kb = tiles.unbind(1)
+    offsets = torch.arange(block, device=tiles.device)
+    rows, keys = qb[:, None] * block + offsets, kb[:, None] * block + offsets  # (P, block) each
+    allowed = mask_mod(b.view(-1, 1, 1, 1), h.view(-1, 1, 1, 1), rows.clamp(max=n - 1).view(-1, 1, block, 1),
+                       keys.clamp(max=n - 1).view(-1, 1, 1, block))
+    allowed = torch.as_tensor(allowed, dtype=torch.bool, device=tiles.device)
+    inside = (rows < n).view(-1, 1, block, 1) & (keys < n).view(-1, 1, 1, block)
+    return (allowed & inside).reshape(len(tiles), block, block)
+
+
 def _pack_bits(tiles: torch.Tensor) -> torch.Tensor:
     """(P, block, block) bool -> (P, block * block // 64) int64, eight bits a byte."""
     bits = tiles.reshape(len(tiles), -1, 8).to(torch.uint8)
     weights = 1 << torch.arange(8, dtype=torch.uint8, device=tiles.device)
     return (bits * weights).sum(dim=-1, dtype=torch.uint8).view(torch.int64)
+
+
+def _distinct_rows(words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct rows of words (P, W) int64 and, per row, the index of its distinct row:
+    what torch.unique(words, dim=0, return_inverse=True) gives, in another order. Rows are
+    told apart by a 62-bit hash, a 1-D sort instead of unique's row-by-row comparisons
+    (thousands of small launches on a GPU); a hash collision is found by comparing every
+    row with its representative, and then unique decides."""
+    pieces = words.view(torch.int16).long() & 0xFFFF  # 16-bit pieces, each below the prime
+    key = torch.zeros(len(words), dtype=torch.int64, device=words.device)
+    for multipliers in _HASH_MULTIPLIERS:  # two independent hashes: sum of piece x random weight, mod a prime
+        weights = multipliers[: pieces.shape[1]].to(words.device)
+        key = key * _HASH_PRIME + (pieces * weights).sum(1).remainder(_HASH_PRIME)  # sums below 2^57
+    distinct, inverse = torch.unique(key, return_inverse=True)
+    first = torch.full((len(distinct),), len(words), dtype=torch.int64, device=words.device)
+    first.scatter_reduce_(0, inverse, torch.arange(len(words), device=words.device), reduce="amin")
+    if not torch.equal(words, words[first[inverse]]):  # a collision: two different rows, one hash
+        return torch.unique(words, dim=0, return_inverse=True)
+    return words[first], inverse
+
+
+_HASH_PRIME = 2**31 - 1
+_HASH_MULTIPLIERS = torch.randint(1, _HASH_PRIME, (2, 128 * 128 // 16), generator=torch.Generator().manual_seed(0))
 
 
 def _unpack_bits(words: torch.Tensor, block: int) -> torch.Tensor:
