@@ -324,9 +324,11 @@ def _lists_of_mask_mod(mask_mod: MaskMod, n: int, block: int, lh: int, lb: int, 
     for q0 in range(0, nb, rows_per_slab):
         rows = range(q0, min(nb, q0 + rows_per_slab))
         if bounded:
+            # Any failure of the range pass only means evaluating the elements: a real
+            # error in the mask_mod shows there.
             try:
                 always, ever = tile_bounds(mask_mod, n, block, lb, lh, rows, nb, device, tables)
-            except Exception:  # noqa: BLE001 (any failure of the range pass only means evaluating the elements; a real error in the mask_mod shows there)
+            except Exception:  # noqa: BLE001
                 bounded = False
         if not bounded:
             always = torch.zeros(lb, lh, len(rows), nb, dtype=torch.bool, device=device)
