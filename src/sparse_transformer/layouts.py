@@ -295,16 +295,19 @@ def _positions_in_blocks(n: int, block: int, device) -> torch.Tensor:
 
 def _evaluate(mask_mod: MaskMod, lb: int, lh: int, rows: torch.Tensor, keys: torch.Tensor, n: int) -> torch.Tensor:
     """(lb, lh, len(rows), len(keys)) bool: mask_mod over batch 0..lb-1, heads 0..lh-1, the
-    given rows and keys, False outside [0, n). Indices are clamped below n before the
-    call, so a mask_mod that looks positions up in a table of length n stays in range."""
-    device = rows.device
-    b = torch.arange(lb, device=device).view(-1, 1, 1, 1)
-    h = torch.arange(lh, device=device).view(1, -1, 1, 1)
-    q_idx = rows.clamp(max=n - 1).view(1, 1, -1, 1)
-    kv_idx = keys.clamp(max=n - 1).view(1, 1, 1, -1)
-    allowed = torch.as_tensor(mask_mod(b, h, q_idx, kv_idx), dtype=torch.bool, device=device)
-    inside = (rows < n).view(1, 1, -1, 1) & (keys < n).view(1, 1, 1, -1)
-    return (allowed & inside).expand(lb, lh, len(rows), len(keys))
+    given rows and keys, False outside [0, n)."""
+    b = torch.arange(lb, device=rows.device).view(-1, 1, 1, 1)
+    h = torch.arange(lh, device=rows.device).view(1, -1, 1, 1)
+    allowed = _inside_n(mask_mod, b, h, rows.view(1, 1, -1, 1), keys.view(1, 1, 1, -1), n)
+    return allowed.expand(lb, lh, len(rows), len(keys))
+
+
+def _inside_n(mask_mod: MaskMod, b, h, q_idx: torch.Tensor, kv_idx: torch.Tensor, n: int) -> torch.Tensor:
+    """mask_mod at broadcasting indices, False where a position is >= n. Positions are
+    clamped below n before the call, so a mask_mod that looks them up in a table of
+    length n stays in range."""
+    allowed = mask_mod(b, h, q_idx.clamp(max=n - 1), kv_idx.clamp(max=n - 1))
+    return torch.as_tensor(allowed, dtype=torch.bool, device=q_idx.device) & (q_idx < n) & (kv_idx < n)
 
 
 def _lists_of_mask_mod(mask_mod: MaskMod, n: int, block: int, lh: int, lb: int, device: torch.device,
@@ -362,16 +365,13 @@ def _lists_of_mask_mod(mask_mod: MaskMod, n: int, block: int, lh: int, lb: int, 
 
 def _evaluate_tiles(mask_mod: MaskMod, tiles: torch.Tensor, block: int, n: int) -> torch.Tensor:
     """(P, block, block) bool: mask_mod over the tiles (P, 4) = (b, h, query block, key
-    block), False outside [0, n); positions are clamped below n before the call, as in
-    `_evaluate`."""
+    block), False outside [0, n)."""
     b, h, qb, kb = tiles.unbind(1)
     offsets = torch.arange(block, device=tiles.device)
     rows, keys = qb[:, None] * block + offsets, kb[:, None] * block + offsets  # (P, block) each
-    allowed = mask_mod(b.view(-1, 1, 1, 1), h.view(-1, 1, 1, 1), rows.clamp(max=n - 1).view(-1, 1, block, 1),
-                       keys.clamp(max=n - 1).view(-1, 1, 1, block))
-    allowed = torch.as_tensor(allowed, dtype=torch.bool, device=tiles.device)
-    inside = (rows < n).view(-1, 1, block, 1) & (keys < n).view(-1, 1, 1, block)
-    return (allowed & inside).reshape(len(tiles), block, block)
+    allowed = _inside_n(mask_mod, b.view(-1, 1, 1, 1), h.view(-1, 1, 1, 1), rows.view(-1, 1, block, 1),
+                        keys.view(-1, 1, 1, block), n)
+    return allowed.reshape(len(tiles), block, block)
 
 
 def _pack_bits(tiles: torch.Tensor) -> torch.Tensor:
