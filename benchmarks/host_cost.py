@@ -7,7 +7,8 @@ while the GPU is kept busy ahead of it (common.enqueue_ms): one forward launch t
 Triton's own path (`kernel[grid](...)`) and as a planned `launch.Launch` (the compiled
 kernel launched directly), all the launches of the forward and of the backward (`ops.forward`,
 `ops.backward`), the custom ops that torch.compile sees, and the whole forward +
-backward through autograd; beside them dense causal SDPA. It also gives the GPU time
+backward through autograd, from C++ (kernels/native.py: the default once a key has run)
+and from Python (`native.python_only`); beside them dense causal SDPA. It also gives the GPU time
 of each forward + backward replayed as a CUDA graph (no host work at all), so the two
 can be compared: a call is host-bound when its host cost exceeds its GPU time.
 """
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 import triton
 
 from common import enqueue_ms, environment, graph_ms, write_json
-from sparse_kernels import ops
+from sparse_kernels import native, ops
 from sparse_transformer import Pattern
 from sparse_transformer.layouts import kernel_spec
 from sparse_transformer.attention import sparse_attention
@@ -36,6 +37,11 @@ def patterns(stride: int, summary: int) -> dict[str, Pattern]:
         "strided merged": Pattern("strided", stride, integration="merged"),
         "fixed merged": Pattern("fixed", stride, summary, integration="merged"),
     }
+
+
+def fwdbwd_native(q, k, v, pattern) -> bool:
+    """Whether a call of this key now runs from C++ (its autograd node is the C++ one)."""
+    return "PlannedAttention" in sparse_attention(q, k, v, pattern).grad_fn.name()
 
 
 def us(fn, calls: int) -> float:
@@ -73,6 +79,10 @@ def run(args) -> list[dict]:
             def fwdbwd():
                 torch.autograd.grad(sparse_attention(q, k, v, pattern), leaves, grad)
 
+            def fwdbwd_python():
+                with native.python_only():
+                    fwdbwd()
+
             def launches():
                 o, m = ops.forward(qd, kd, vd, spec, scale)
                 ops.backward(grad, qd, kd, vd, o, m, spec, scale)
@@ -89,9 +99,12 @@ def run(args) -> list[dict]:
                 forward_op_us=us(lambda: ops.attention_forward_op(qd, kd, vd, *params), args.calls),
                 backward_op_us=us(lambda: ops.attention_backward_op(grad, qd, kd, vd, out, lse, *params), args.calls),
                 launches_fwdbwd_us=us(launches, args.calls),
+                fwdbwd_python_host_us=us(fwdbwd_python, args.calls),
                 fwdbwd_host_us=us(fwdbwd, args.calls),
                 fwdbwd_gpu_us=graph_ms(launches) * 1e3,
+                fwdbwd_python_us=triton.testing.do_bench(fwdbwd_python, warmup=25, rep=100, return_mode="median") * 1e3,
                 fwdbwd_us=triton.testing.do_bench(fwdbwd, warmup=25, rep=100, return_mode="median") * 1e3,
+                native=fwdbwd_native(q, k, v, pattern),
             )
             rows.append(row)
             print({key: round(value, 1) if isinstance(value, float) else value for key, value in row.items()}, flush=True)

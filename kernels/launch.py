@@ -9,8 +9,9 @@ short attention call.
 But what a call launches (which kernels, their grids, every argument except its
 tensors) depends only on what Triton specializes on (each tensor's shape, strides,
 dtype, device and 16-byte alignment: `tensor_key`) and on the call's options. So ops.py
-describes a call once per such key as a tuple of `Launch`es (`plan`), and a later call
-with the same key only allocates its outputs and calls them. A `Launch`'s first call
+describes a call once per such key as `Launch`es with the buffers they write
+(`ops.Program`; decode.py as a tuple of them, `plan`), and a later call with the same key
+only allocates its outputs and calls them (or, from C++, native.py). A `Launch`'s first call
 goes through Triton (compiling and autotuning as needed) and keeps the compiled kernel
 with its grid and arguments resolved; later calls hand them straight to the kernel's
 compiled launcher (`CompiledKernel.run`). While a launch hook is installed (Triton's
@@ -65,8 +66,9 @@ def tensor_key(t: torch.Tensor) -> tuple:
     return t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0
 
 
-def plan(plans: dict, key: Hashable, build: Callable[[], tuple[Launch, ...]]) -> tuple[Launch, ...]:
-    """The launches of a call: `plans[key]`, built (by `build`) on the key's first call."""
+def plan(plans: dict, key: Hashable, build: Callable[[], Any]) -> Any:
+    """What a call runs (ops.Program, decode.py's launches): `plans[key]`, built (by
+    `build`) on the key's first call."""
     launches = plans.get(key)
     if launches is None:
         launches = plans[key] = build()
@@ -105,6 +107,7 @@ class Launch:
     def __init__(self, launcher: Launcher, grid: Grid, args: tuple, tiles: dict | None, kwargs: dict):
         self.launcher, self.grid, self.args, self.tiles, self.kwargs = launcher, grid, args, tiles, kwargs
         self._direct: tuple | None = None  # what the compiled launcher takes, after the first launch
+        self.compiled: CompiledKernel | None = None
 
     def __call__(self, *tensors: torch.Tensor) -> None:
         if self._direct is None or _hooked():
@@ -127,3 +130,9 @@ class Launch:
             driver = triton.runtime.driver.active
             self._direct = (compiled.run, (*self.grid(meta), 1, 1)[:3], driver.get_current_stream,
                             driver.get_current_device, compiled.function, compiled.packed_metadata, rest)
+            self.compiled = compiled
+
+    def resolved(self) -> tuple[CompiledKernel, tuple[int, int, int], tuple] | None:
+        """After the first launch: the compiled kernel, the grid, and the arguments after
+        the leading tensors, every constexpr included (what native.py packs); None before."""
+        return None if self._direct is None else (self.compiled, self._direct[1], self._direct[6])

@@ -34,6 +34,7 @@ from .block_sparse import block_combine_kernel, block_dkdv_kernel, block_dq_kern
 from .blocks import BlockLists
 from .forward import attention_forward_kernel
 from .geometry import MODES
+from . import native
 from .launch import DTYPES, LOG2E, Grid, Launch, Launcher, _interpreted, cdiv, next_power_of_2, plan, tensor_key
 
 HEAD_DIMS = tuple(range(16, 257, 16))
@@ -237,10 +238,78 @@ def check_block_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lists:
             raise ValueError(f"sparse attention: tile {name}={tile} must be at least 16 and divide the layout's block {lists.block}")
 
 
-# ---------------------------------------------------------------------- launches
-# What a call launches is planned once per call key (`launch.plan`): the arithmetic below
-# runs on a key's first call; later calls only allocate their outputs and launch.
+# ---------------------------------------------------------------------- programs
+# What a call runs is planned once per call key (the tensors' `tensor_key`s and the call's
+# options) as a `Program`: the arithmetic below runs on a key's first call; later calls
+# only allocate their buffers and launch, from Python (`run`) or, once a key's first call
+# has compiled its kernels, from C++ (native.py).
 _PLANS: dict = {}
+
+
+class Buffer(NamedTuple):
+    """A tensor a call allocates, uninitialized unless `zero`: its shape, strides (an
+    output is (batch, H, n, d) seen over (batch, n, H, d) memory) and dtype."""
+
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+    zero: bool = False
+
+
+class Program(NamedTuple):
+    """Everything one call runs: slots 0.. hold the call's tensors, the next ones its
+    `buffers`, allocated per call; each launch names its tensors by slot, in the kernel's
+    order, and `outputs` names the slots the call returns."""
+
+    buffers: tuple[Buffer, ...]
+    launches: tuple[tuple[Launch, tuple[int, ...]], ...]
+    outputs: tuple[int, ...]
+
+
+def _allocate(buffer: Buffer, device: torch.device) -> torch.Tensor:
+    """Every buffer a call allocates comes from here (tests poison them to catch elements a
+    kernel never writes)."""
+    tensor = torch.empty_strided(buffer.size, buffer.stride, dtype=buffer.dtype, device=device)
+    return tensor.zero_() if buffer.zero else tensor
+
+
+def run(program: Program, tensors: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """Run a program on the current stream: allocate its buffers, launch, return its outputs."""
+    device = tensors[0].device
+    slots = [*tensors, *(_allocate(buffer, device) for buffer in program.buffers)]
+    for launch, args in program.launches:
+        launch(*[slots[i] for i in args])
+    return [slots[i] for i in program.outputs]
+
+
+def _slots(*names: str) -> dict[str, int]:
+    """Slot numbers by name, in order (the call's tensors; buffers are added after them)."""
+    return {name: index for index, name in enumerate(names)}
+
+
+def _at(slot: dict[str, int], *names: str) -> tuple[int, ...]:
+    """The slots of a launch's tensors, in the kernel's order."""
+    return tuple(slot[name] for name in names)
+
+
+def _output(t: torch.Tensor, heads: int | None = None, zero: bool = False) -> Buffer:
+    """A (batch, heads, n, head_dim) buffer shaped as `t` (with `heads` heads if given),
+    stored as (batch, n, heads, head_dim): the layout the model's projections use, so its
+    output needs no copy to merge the heads."""
+    batch, own_heads, n, head_dim = t.shape
+    heads = heads or own_heads
+    return Buffer((batch, heads, n, head_dim), (n * heads * head_dim, head_dim, heads * head_dim, 1), t.dtype, zero)
+
+
+def _row_stats(q: torch.Tensor) -> Buffer:
+    """A (batch, heads, n) fp32 buffer: logsumexp or delta per row."""
+    batch, heads, n, _ = q.shape
+    return Buffer((batch, heads, n), (heads * n, n, 1), torch.float32)
+
+
+def _d_out(do: torch.Tensor) -> torch.Tensor:
+    """dO with a contiguous last dimension, as the kernels take it."""
+    return do if do.stride(-1) == 1 else do.contiguous()
 
 
 def _rows(modes: tuple[int, int], n: int, stride: int) -> int:
@@ -265,51 +334,36 @@ def _dims(q: torch.Tensor, v: torch.Tensor) -> dict:
     return dict(QK_DIM=q.shape[-1], V_DIM=v.shape[-1], QK_PAD=_padded(q.shape[-1]), V_PAD=_padded(v.shape[-1]))
 
 
-def _like(t: torch.Tensor, heads: int | None = None) -> torch.Tensor:
-    """An uninitialized (batch, heads, n, head_dim) buffer shaped as `t` (with `heads`
-    heads if given), stored as (batch, n, heads, head_dim): the layout the model's
-    projections use, so its output needs no copy to merge the heads. Every output buffer
-    comes from here or `_row_stats`, so tests can poison them and catch elements a kernel
-    never writes."""
-    batch, own_heads, n, head_dim = t.shape
-    return torch.empty(batch, n, heads or own_heads, head_dim, device=t.device, dtype=t.dtype).transpose(1, 2)
+def _forward_key(q, k, v, spec: KernelSpec, sm_scale: float, blocks: Blocks) -> tuple:
+    return ("forward", tensor_key(q), tensor_key(k), tensor_key(v), spec, sm_scale, blocks)
 
 
-def _row_stats(q: torch.Tensor) -> torch.Tensor:
-    """An uninitialized (batch, heads, n) fp32 buffer: logsumexp or delta per row."""
-    return torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
-
-
-def _gradient_buffers(do, q, k, v):
-    """dO with a contiguous last dimension, and the uninitialized delta, dq, dk, dv."""
-    if do.stride(-1) != 1:
-        do = do.contiguous()
-    return do, _row_stats(q), _like(q), _like(k), _like(v)
+def forward_program(q, k, v, spec: KernelSpec, sm_scale: float, blocks: Blocks = Blocks()) -> Program:
+    """The program of `forward` for these tensors, planned (and the inputs checked: every
+    check reads only what the key holds) on its key's first call."""
+    return plan(_PLANS, _forward_key(q, k, v, spec, sm_scale, blocks), lambda: _forward_program(q, k, v, spec, sm_scale, blocks))
 
 
 def forward(q, k, v, spec: KernelSpec, sm_scale: float, blocks: Blocks = Blocks()):
-    """Output (layout of q) and logsumexp (batch, heads, n) fp32. The inputs are checked
-    on a call key's first call only: every check reads only what the key holds."""
-    key = ("forward", tensor_key(q), tensor_key(k), tensor_key(v), spec, sm_scale, blocks)
-    if key not in _PLANS:
-        check_inputs(q, k, v, spec)
-    out, lse = _like(v, q.shape[1]), _row_stats(q)
-    for launch in plan(_PLANS, key, lambda: _forward_plan(q, k, v, out, spec, sm_scale, blocks)):
-        launch(q, k, v, out, lse)
-    return out, lse
+    """Output (layout of q) and logsumexp (batch, heads, n) fp32."""
+    return run(forward_program(q, k, v, spec, sm_scale, blocks), (q, k, v))
 
 
-def _forward_plan(q, k, v, out, spec: KernelSpec, sm_scale: float, blocks: Blocks) -> tuple[Launch, ...]:
-    """One launch per pass; a pass after the first continues the first's softmax."""
+def _forward_program(q, k, v, spec: KernelSpec, sm_scale: float, blocks: Blocks) -> Program:
+    """Slots q, k, v | out, lse. One launch per pass; a pass after the first continues the
+    first's softmax."""
+    check_inputs(q, k, v, spec)
     batch, heads, n, _ = q.shape
+    out = _output(v, heads)
     tiles, common, dims = _tiles(blocks, q, v), _common_args(spec, n, heads, k.shape[1]), _dims(q, v)
-    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3])
-    return tuple(
-        _FORWARD.bind(_grid(_rows((even, odd), n, spec.stride), "BLOCK_M", batch * heads), *strides, tiles=tiles,
-                      qk_scale=sm_scale * LOG2E, MODE_EVEN=even, MODE_ODD=odd, CONTINUE=index > 0,
-                      **dims, **common)
+    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride[:3])
+    launches = tuple(
+        (_FORWARD.bind(_grid(_rows((even, odd), n, spec.stride), "BLOCK_M", batch * heads), *strides, tiles=tiles,
+                       qk_scale=sm_scale * LOG2E, MODE_EVEN=even, MODE_ODD=odd, CONTINUE=index > 0,
+                       **dims, **common), (0, 1, 2, 3, 4))
         for index, (even, odd) in enumerate(spec.passes)
     )
+    return Program((out, _row_stats(q)), launches, (3, 4))
 
 
 def _dkdv_launches(even: int, odd: int, spec: KernelSpec, group: int) -> list[tuple[int, int]]:
@@ -321,63 +375,47 @@ def _dkdv_launches(even: int, odd: int, spec: KernelSpec, group: int) -> list[tu
     return [(0, group)] if shared_order else [(member, 1) for member in range(group)]
 
 
-def backward(do, q, k, v, out, lse, spec: KernelSpec, sm_scale: float, blocks: Blocks = Blocks()):
-    """dq, dk, dv (layouts of q, k, v). Per pass, the dQ launch first (the first one also
-    writes delta = rowsum(dO * O)), then the dK/dV launches that read it."""
+def backward_program(do, q, k, v, out, lse, spec: KernelSpec, sm_scale: float, blocks: Blocks = Blocks()) -> Program:
+    """The program of `backward` for these tensors (dO with a contiguous last dimension),
+    planned on its key's first call."""
     key = ("backward", *map(tensor_key, (do, q, k, v, out, lse)), spec, sm_scale, blocks)
-    do, delta, dq, dk, dv = _gradient_buffers(do, q, k, v)
-    # Keys no program owns stay zero: a first pass over summaries owns only summary columns.
-    if MODES["summary"] in spec.passes[0]:
-        dk.zero_()
-        dv.zero_()
-    for dq_launch, dkdv_launches in plan(_PLANS, key, lambda: _backward_plan(do, q, k, v, out, dq, dk, dv, spec, sm_scale, blocks)):
-        dq_launch(q, k, v, out, do, lse, delta, dq)
-        for launch in dkdv_launches:
-            launch(q, k, v, do, lse, delta, dk, dv)
-    return dq, dk, dv
+    return plan(_PLANS, key, lambda: _backward_program(do, q, k, v, out, spec, sm_scale, blocks))
 
 
-def _backward_plan(do, q, k, v, out, dq, dk, dv, spec: KernelSpec, sm_scale: float, blocks: Blocks):
-    """Per pass: its dQ launch and its dK/dV launches."""
+def backward(do, q, k, v, out, lse, spec: KernelSpec, sm_scale: float, blocks: Blocks = Blocks()):
+    """dq, dk, dv (layouts of q, k, v)."""
+    do = _d_out(do)
+    return run(backward_program(do, q, k, v, out, lse, spec, sm_scale, blocks), (do, q, k, v, out, lse))
+
+
+def _backward_program(do, q, k, v, out, spec: KernelSpec, sm_scale: float, blocks: Blocks) -> Program:
+    """Slots do, q, k, v, out, lse | delta, dq, dk, dv. Per pass, the dQ launch first (the
+    first one also writes delta = rowsum(dO * O)), then the dK/dV launches that read it."""
     batch, heads, n, _ = q.shape
     kv_heads = k.shape[1]
+    # Keys no program owns stay zero: a first pass over summaries owns only summary columns.
+    unowned = MODES["summary"] in spec.passes[0]
+    dq, dk, dv = _output(q), _output(k, zero=unowned), _output(v, zero=unowned)
+    slot = _slots("do", "q", "k", "v", "out", "lse", "delta", "dq", "dk", "dv")
+    dq_args = _at(slot, "q", "k", "v", "out", "do", "lse", "delta", "dq")
+    dkdv_args = _at(slot, "q", "k", "v", "do", "lse", "delta", "dk", "dv")
     tiles, common, dims = _tiles(blocks, q, v), _common_args(spec, n, heads, kv_heads), _dims(q, v)
     scales = dict(qk_scale=sm_scale * LOG2E, sm_scale=sm_scale)
     inputs = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
-    passes = []
+    launches = []
     for index, (even, odd) in enumerate(spec.passes):
         rows = _rows((even, odd), n, spec.stride)
         flags = dict(MODE_EVEN=even, MODE_ODD=odd, CONTINUE=index > 0)
-        dq_launch = _DQ.bind(
-            _grid(rows, "BLOCK_M", batch * heads), *inputs, *out.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
+        launches.append((_DQ.bind(
+            _grid(rows, "BLOCK_M", batch * heads), *inputs, *out.stride()[:3], *do.stride()[:3], *dq.stride[:3],
             tiles=tiles, **scales, **common, **flags, WRITE_DELTA=index == 0, **dims,
-        )
-        dkdv_launches = tuple(
-            _DKDV.bind(
-                _grid(rows, "BLOCK_N", batch * kv_heads), *inputs, *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],
-                tiles=tiles, **scales, **common, **flags, HEAD_FIRST=first, HEADS=count,
-                ACCUMULATE=index > 0 or number > 0, **dims,
-            )
-            for number, (first, count) in enumerate(_dkdv_launches(even, odd, spec, common["GROUP"]))
-        )
-        passes.append((dq_launch, dkdv_launches))
-    return tuple(passes)
-
-
-class _BlockPass(NamedTuple):
-    """A block-sparse pass: its launch over the work rows, the launches that add up the
-    pieces of split lists (none when the layout splits nothing), and the shapes of the
-    fp32 rows that hold the pieces' partial results (None: nothing split, any fp32
-    tensor stands in)."""
-
-    main: Launch
-    sums: tuple[Launch, ...]
-    scratch: tuple[tuple[int, int] | None, ...]
-
-
-def _parts(block_pass: _BlockPass, like: torch.Tensor) -> list[torch.Tensor]:
-    return [like if shape is None else torch.empty(shape, device=like.device, dtype=torch.float32)
-            for shape in block_pass.scratch]
+        ), dq_args))
+        launches.extend((_DKDV.bind(
+            _grid(rows, "BLOCK_N", batch * kv_heads), *inputs, *do.stride()[:3], *dk.stride[:3], *dv.stride[:3],
+            tiles=tiles, **scales, **common, **flags, HEAD_FIRST=first, HEADS=count,
+            ACCUMULATE=index > 0 or number > 0, **dims,
+        ), dkdv_args) for number, (first, count) in enumerate(_dkdv_launches(even, odd, spec, common["GROUP"])))
+    return Program((_row_stats(q), dq, dk, dv), tuple(launches), (7, 8, 9))
 
 
 def _list_args(lists: BlockLists, n: int, heads: int, kv_heads: int) -> dict:
@@ -393,10 +431,18 @@ def _split_args(work: torch.Tensor, split: torch.Tensor, nb: int) -> dict:
     return dict(NW=work.shape[2], NS=split.shape[2], NSLOTS=block_lists.slots(work, split, nb))
 
 
-def _scratch_rows(pairs: int, sizes: dict, block: int, *widths: int) -> tuple:
-    """The shapes of a pass's fp32 rows for split lists' partial results: pairs * NSLOTS *
-    block rows of each width (None each when the pass splits nothing)."""
-    return tuple((pairs * sizes["NSLOTS"] * block, width) if sizes["NS"] else None for width in widths)
+def _scratch(slot: dict[str, int], buffers: list[Buffer], sizes: dict, pairs: int, block: int,
+             stand_in: str, **widths: int) -> None:
+    """The fp32 rows that hold split lists' partial results in one pass: pairs * NSLOTS *
+    block rows of each width, added to `buffers` and `slot` under their names; when the
+    pass splits nothing, the slot `stand_in` (any fp32 tensor) takes their place."""
+    for name, width in widths.items():
+        if sizes["NS"]:
+            slot[name] = max(slot.values()) + 1  # the next slot (names that stand in for another take none)
+            rows = pairs * sizes["NSLOTS"] * block
+            buffers.append(Buffer((rows, width), (width, 1), torch.float32))
+        else:
+            slot[name] = slot[stand_in]
 
 
 def _scheduled(sizes: dict, block: int, pairs: int, tile: str) -> Grid:
@@ -405,83 +451,91 @@ def _scheduled(sizes: dict, block: int, pairs: int, tile: str) -> Grid:
     return lambda meta: (sizes["NW"] * (block // meta[tile]) * pairs,)
 
 
-def _sum_launches(launcher: Launcher, sizes: dict, pairs: int, common: dict, outputs: tuple, **kwargs) -> tuple[Launch, ...]:
-    """The launches that add up split lists' pieces into `outputs` ((tensor, its own
-    arguments) each, one launch per output); none when the pass splits nothing."""
+def _sum_launches(launcher: Launcher, sizes: dict, pairs: int, common: dict, outputs: tuple, **kwargs) -> list:
+    """The launches that add up split lists' pieces into `outputs` ((slots of the part,
+    of the output and of the split table), the output's buffer, its own arguments) each,
+    one launch per output); none when the pass splits nothing."""
     if not sizes["NS"]:
-        return ()
+        return []
     block = common["BLOCK"]
     split = dict(n=common["n"], NS=sizes["NS"], NSLOTS=sizes["NSLOTS"], LIST_SB=common["LIST_SB"],
                  LIST_SH=common["LIST_SH"], BLOCK=block)
-    return tuple(launcher.bind(lambda meta: (sizes["NS"] * (block // meta["BLOCK_M"]), pairs), *dst.stride()[:3],
-                               tiles={"BLOCK_M": min(block, 64)}, **split, **kwargs, **own)  # short passes: fixed tiles
-                 for dst, own in outputs)
+    return [(launcher.bind(lambda meta: (sizes["NS"] * (block // meta["BLOCK_M"]), pairs), *dst.stride[:3],
+                           tiles={"BLOCK_M": min(block, 64)}, **split, **kwargs, **own), args)  # short passes: fixed tiles
+            for args, dst, own in outputs]
 
 
-def _kv_lists(lists: BlockLists) -> tuple:
-    return (lists.kv_count.contiguous(), lists.kv_partial.contiguous(), lists.kv_work.contiguous(),
-            lists.kv_index.contiguous(), lists.kv_mask.contiguous(), lists.masks.contiguous().view(torch.uint8))
+def list_inputs(lists: BlockLists) -> tuple[torch.Tensor, ...]:
+    """A layout's tensors as the block kernels take them: contiguous, in BlockLists order,
+    the masks as bytes."""
+    *tables, masks = (t.contiguous() for t in lists[1:])
+    return (*tables, masks.view(torch.uint8))
 
 
-def _q_lists(lists: BlockLists) -> tuple:
-    return (lists.q_count.contiguous(), lists.q_partial.contiguous(), lists.q_work.contiguous(),
-            lists.q_index.contiguous(), lists.q_mask.contiguous(), lists.masks.contiguous().view(torch.uint8))
+_LIST_FIELDS = BlockLists._fields[1:]  # the tensors, in BlockLists order
+_KV_LISTS = ("kv_count", "kv_partial", "kv_work", "kv_index", "kv_mask", "masks")
+_Q_LISTS = ("q_count", "q_partial", "q_work", "q_index", "q_mask", "masks")
 
 
 def _block_key(kind: str, tensors: tuple, lists: BlockLists, sm_scale: float, blocks: Blocks) -> tuple:
     return (kind, *map(tensor_key, tensors), *map(tensor_key, lists[1:]), lists.block, sm_scale, blocks)
 
 
+def block_forward_program(q, k, v, lists: BlockLists, sm_scale: float, blocks: Blocks = Blocks()) -> Program:
+    """The program of `block_forward`, planned (and the inputs checked) on its key's first call."""
+    key = _block_key("block forward", (q, k, v), lists, sm_scale, blocks)
+    return plan(_PLANS, key, lambda: _block_forward_program(q, k, v, lists, sm_scale, blocks))
+
+
 def block_forward(q, k, v, lists: BlockLists, sm_scale: float, blocks: Blocks = Blocks()):
     """Output (layout of q) and logsumexp (batch, heads, n) fp32 of a block-sparse layout:
     the forward launch, then (when the layout splits a list) the launch that combines
-    the pieces' partial results. The inputs are checked on a call key's first call only,
-    as in `forward`."""
-    key = _block_key("block forward", (q, k, v), lists, sm_scale, blocks)
-    if key not in _PLANS:
-        check_block_inputs(q, k, v, lists, blocks)
-    out, lse = _like(v, q.shape[1]), _row_stats(q)
-    forward_pass = plan(_PLANS, key, lambda: _block_forward_plan(q, k, v, out, lists, sm_scale, blocks))
-    o_part, lse_part = _parts(forward_pass, lse)
-    forward_pass.main(q, k, v, out, lse, o_part, lse_part, *_kv_lists(lists))
-    for combine in forward_pass.sums:
-        combine(o_part, lse_part, out, lse, lists.kv_split.contiguous())
-    return out, lse
+    the pieces' partial results."""
+    return run(block_forward_program(q, k, v, lists, sm_scale, blocks), (q, k, v, *list_inputs(lists)))
 
 
-def _block_forward_plan(q, k, v, out, lists: BlockLists, sm_scale: float, blocks: Blocks) -> _BlockPass:
+def _block_forward_program(q, k, v, lists: BlockLists, sm_scale: float, blocks: Blocks) -> Program:
+    """Slots q, k, v, the layout's tensors (`list_inputs`) | out, lse, the pieces' parts."""
+    check_block_inputs(q, k, v, lists, blocks)
     batch, heads, n, _ = q.shape
     dims, common = _dims(q, v), _list_args(lists, n, heads, k.shape[1])
     sizes, pairs = _split_args(lists.kv_work, lists.kv_split, common["NB"]), batch * heads
+    out = _output(v, heads)
+    buffers = [out, _row_stats(q)]
+    slot = _slots("q", "k", "v", *_LIST_FIELDS, "out", "lse")
+    _scratch(slot, buffers, sizes, pairs, lists.block, "lse", o_part=dims["V_PAD"], lse_part=1)
     main = _BLOCK_FORWARD.bind(
         _scheduled(sizes, lists.block, pairs, "BLOCK_M"),
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], tiles=_tiles(blocks, q, v, lists.block),
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride[:3], tiles=_tiles(blocks, q, v, lists.block),
         KV_WIDTH=lists.kv_index.shape[-1], qk_scale=sm_scale * LOG2E, NW=sizes["NW"], NSLOTS=sizes["NSLOTS"],
         **common, **dims,
     )
-    combine = _sum_launches(_BLOCK_COMBINE, sizes, pairs, common, ((out, {}),), H=heads, V_DIM=dims["V_DIM"], V_PAD=dims["V_PAD"])
-    return _BlockPass(main, combine, _scratch_rows(pairs, sizes, lists.block, dims["V_PAD"], 1))
+    combine = _sum_launches(_BLOCK_COMBINE, sizes, pairs, common,
+                            ((_at(slot, "o_part", "lse_part", "out", "lse", "kv_split"), out, {}),),
+                            H=heads, V_DIM=dims["V_DIM"], V_PAD=dims["V_PAD"])
+    main_args = _at(slot, "q", "k", "v", "out", "lse", "o_part", "lse_part", *_KV_LISTS)
+    return Program(tuple(buffers), ((main, main_args), *combine), _at(slot, "out", "lse"))
+
+
+def block_backward_program(do, q, k, v, out, lse, lists: BlockLists, sm_scale: float, blocks: Blocks = Blocks()) -> Program:
+    """The program of `block_backward` (dO with a contiguous last dimension), planned on its key's first call."""
+    key = _block_key("block backward", (do, q, k, v, out, lse), lists, sm_scale, blocks)
+    return plan(_PLANS, key, lambda: _block_backward_program(do, q, k, v, out, lists, sm_scale, blocks))
 
 
 def block_backward(do, q, k, v, out, lse, lists: BlockLists, sm_scale: float, blocks: Blocks = Blocks()):
     """dq, dk, dv (layouts of q, k, v) of a block-sparse layout: the dQ launch (which also
     writes delta = rowsum(dO * O)), then the dK/dV launch that reads it, then (for the
     lists the layout splits) the launches that add up their pieces' parts."""
-    key = _block_key("block backward", (do, q, k, v, out, lse), lists, sm_scale, blocks)
-    do, delta, dq, dk, dv = _gradient_buffers(do, q, k, v)
-    dq_pass, dkdv_pass = plan(_PLANS, key, lambda: _block_backward_plan(do, q, k, v, out, dq, dk, dv, lists, sm_scale, blocks))
-    (dq_part,), (dk_part, dv_part) = _parts(dq_pass, delta), _parts(dkdv_pass, delta)
-    dq_pass.main(q, k, v, out, do, lse, delta, dq, dq_part, *_kv_lists(lists))
-    dkdv_pass.main(q, k, v, do, lse, delta, dk, dv, dk_part, dv_part, *_q_lists(lists))
-    for launch in dq_pass.sums:
-        launch(dq_part, dq, lists.kv_split.contiguous())
-    for launch, part, dst in zip(dkdv_pass.sums, (dk_part, dv_part), (dk, dv)):
-        launch(part, dst, lists.q_split.contiguous())
-    return dq, dk, dv
+    do = _d_out(do)
+    program = block_backward_program(do, q, k, v, out, lse, lists, sm_scale, blocks)
+    return run(program, (do, q, k, v, out, lse, *list_inputs(lists)))
 
 
-def _block_backward_plan(do, q, k, v, out, dq, dk, dv, lists: BlockLists, sm_scale: float, blocks: Blocks):
-    """The dQ pass over the key lists and the dK/dV pass over the query lists."""
+def _block_backward_program(do, q, k, v, out, lists: BlockLists, sm_scale: float, blocks: Blocks) -> Program:
+    """Slots do, q, k, v, out, lse, the layout's tensors | delta, dq, dk, dv, the pieces'
+    parts. The dQ pass over the key lists, the dK/dV pass over the query lists, then the
+    sums of split lists."""
     batch, heads, n, _ = q.shape
     kv_heads = k.shape[1]
     tiles, common, dims = _tiles(blocks, q, v, lists.block), _list_args(lists, n, heads, kv_heads), _dims(q, v)
@@ -489,22 +543,31 @@ def _block_backward_plan(do, q, k, v, out, dq, dk, dv, lists: BlockLists, sm_sca
     inputs = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
     kv_sizes = _split_args(lists.kv_work, lists.kv_split, common["NB"])
     q_sizes = _split_args(lists.q_work, lists.q_split, common["NB"])
-    qk, vd = dict(DIM=dims["QK_DIM"], PAD=dims["QK_PAD"]), dict(DIM=dims["V_DIM"], PAD=dims["V_PAD"])
+    dq, dk, dv = _output(q), _output(k), _output(v)
+    buffers = [_row_stats(q), dq, dk, dv]
+    slot = _slots("do", "q", "k", "v", "out", "lse", *_LIST_FIELDS, "delta", "dq", "dk", "dv")
+    _scratch(slot, buffers, kv_sizes, batch * heads, lists.block, "delta", dq_part=dims["QK_PAD"])
+    _scratch(slot, buffers, q_sizes, batch * kv_heads, lists.block, "delta", dk_part=dims["QK_PAD"], dv_part=dims["V_PAD"])
     dq_main = _BLOCK_DQ.bind(
         _scheduled(kv_sizes, lists.block, batch * heads, "BLOCK_M"),
-        *inputs, *out.stride()[:3], *do.stride()[:3], *dq.stride()[:3], tiles=tiles,
+        *inputs, *out.stride()[:3], *do.stride()[:3], *dq.stride[:3], tiles=tiles,
         KV_WIDTH=lists.kv_index.shape[-1], NW=kv_sizes["NW"], NSLOTS=kv_sizes["NSLOTS"], **scales, **common, **dims,
     )
     dkdv_main = _BLOCK_DKDV.bind(
         _scheduled(q_sizes, lists.block, batch * kv_heads, "BLOCK_N"),
-        *inputs, *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], tiles=tiles,
+        *inputs, *do.stride()[:3], *dk.stride[:3], *dv.stride[:3], tiles=tiles,
         Q_WIDTH=lists.q_index.shape[-1], NW=q_sizes["NW"], NSLOTS=q_sizes["NSLOTS"], **scales, **common, **dims,
     )
-    dq_sums = _sum_launches(_BLOCK_SUM, kv_sizes, batch * heads, common, ((dq, qk),), H=heads, GROUP=1)
-    dkdv_sums = _sum_launches(_BLOCK_SUM, q_sizes, batch * kv_heads, common, ((dk, qk), (dv, vd)),
+    qk, vd = dict(DIM=dims["QK_DIM"], PAD=dims["QK_PAD"]), dict(DIM=dims["V_DIM"], PAD=dims["V_PAD"])
+    dq_sums = _sum_launches(_BLOCK_SUM, kv_sizes, batch * heads, common, ((_at(slot, "dq_part", "dq", "kv_split"), dq, qk),),
+                            H=heads, GROUP=1)
+    dkdv_sums = _sum_launches(_BLOCK_SUM, q_sizes, batch * kv_heads, common,
+                              ((_at(slot, "dk_part", "dk", "q_split"), dk, qk), (_at(slot, "dv_part", "dv", "q_split"), dv, vd)),
                               H=kv_heads, GROUP=heads // kv_heads)
-    return (_BlockPass(dq_main, dq_sums, _scratch_rows(batch * heads, kv_sizes, lists.block, dims["QK_PAD"])),
-            _BlockPass(dkdv_main, dkdv_sums, _scratch_rows(batch * kv_heads, q_sizes, lists.block, dims["QK_PAD"], dims["V_PAD"])))
+    launches = ((dq_main, _at(slot, "q", "k", "v", "out", "do", "lse", "delta", "dq", "dq_part", *_KV_LISTS)),
+                (dkdv_main, _at(slot, "q", "k", "v", "do", "lse", "delta", "dk", "dv", "dk_part", "dv_part", *_Q_LISTS)),
+                *dq_sums, *dkdv_sums)
+    return Program(tuple(buffers), launches, _at(slot, "dq", "dk", "dv"))
 
 
 # ---------------------------------------------------------------------- custom ops
@@ -532,7 +595,7 @@ def attention_forward_op(
 
 @attention_forward_op.register_fake
 def _(q, k, v, passes, stride, summary, summary_groups, summary_head_div, sm_scale, block_m, block_n):
-    return _like(v, q.shape[1]), _row_stats(q)
+    return _allocate(_output(v, q.shape[1]), q.device), _allocate(_row_stats(q), q.device)
 
 
 @torch.library.custom_op("sparse_kernels::attention_backward", mutates_args=())
@@ -547,7 +610,7 @@ def attention_backward_op(
 
 @attention_backward_op.register_fake
 def _(do, q, k, v, out, lse, passes, stride, summary, summary_groups, summary_head_div, sm_scale, block_m, block_n):
-    return _like(q), _like(k), _like(v)
+    return tuple(_allocate(_output(t), t.device) for t in (q, k, v))
 
 
 def _op_params(spec: KernelSpec, sm_scale: float, blocks: Blocks) -> tuple:
@@ -577,17 +640,19 @@ def softmax_scale(q: torch.Tensor, sm_scale: float | None) -> float:
 
 # Both Functions return the logsumexp only when asked (`with_lse`): an output more costs the
 # autograd engine about 35 µs of host time per forward+backward on an H200 host.
+# In eager mode they also hand their programs to native.py after running them, so that the
+# next call with the same key runs from C++ (`attention`, `block_attention`).
 class SparseAttentionFunction(torch.autograd.Function):
-    """Autograd of `attention`. Its forward checks the inputs (`forward` does, on a new
-    call key) and takes the default scale itself, so that
-    `sparse_transformer.attention.sparse_attention` can call `apply` directly: one
-    Python frame less between a model and its launches."""
+    """Autograd of `attention`. Its forward checks the inputs (`forward_program` does, on
+    a new call key) and takes the default scale itself."""
 
     @staticmethod
     def forward(ctx, q, k, v, spec: KernelSpec, sm_scale: float | None, blocks: Blocks, with_lse: bool):
         sm_scale = softmax_scale(q, sm_scale)
         if _eager(q):
-            out, lse = forward(q, k, v, spec, sm_scale, blocks)
+            ctx.program = forward_program(q, k, v, spec, sm_scale, blocks)
+            out, lse = run(ctx.program, (q, k, v))
+            native.register(ctx.program)
         else:  # traced: checked here, before the fake implementation shapes anything
             check_inputs(q, k, v, spec)
             out, lse = attention_forward_op(q, k, v, *_op_params(spec, sm_scale, blocks))
@@ -602,7 +667,10 @@ class SparseAttentionFunction(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         spec, sm_scale, blocks = ctx.args
         if _eager(do):
-            dq, dk, dv = backward(do, q, k, v, out, lse, spec, sm_scale, blocks)
+            do = _d_out(do)
+            program = backward_program(do, q, k, v, out, lse, spec, sm_scale, blocks)
+            dq, dk, dv = run(program, (do, q, k, v, out, lse))
+            native.register(ctx.program, program, do)
         else:
             dq, dk, dv = attention_backward_op(do, q, k, v, out, lse, *_op_params(spec, sm_scale, blocks))
         return dq, dk, dv, None, None, None, None
@@ -619,7 +687,12 @@ def _outputs(ctx, out: torch.Tensor, lse: torch.Tensor, with_lse: bool):
 def attention(q, k, v, spec: KernelSpec, sm_scale: float | None = None, blocks: Blocks = Blocks(), with_lse: bool = True):
     """Sparse causal attention of a paper pattern with autograd: (output, logsumexp), or
     the output alone without `with_lse`; k and v may have fewer heads than q
-    (grouped-query attention)."""
+    (grouped-query attention). An eager call whose key has run before runs from C++."""
+    if not with_lse and _eager(q) and q.is_cuda:
+        program = _PLANS.get(_forward_key(q, k, v, spec, softmax_scale(q, sm_scale), blocks))
+        out = None if program is None else native.attention(program, q, k, v)
+        if out is not None:
+            return out
     return SparseAttentionFunction.apply(q, k, v, spec, sm_scale, blocks, with_lse)
 
 
@@ -627,7 +700,6 @@ def attention(q, k, v, spec: KernelSpec, sm_scale: float | None = None, blocks: 
 # The same arrangement as `attention`'s: custom ops for tracing, direct launches when
 # eager. The ops take the layout's tensors as tensor arguments, so a compiled graph serves
 # every layout of the same shapes (a new packed batch does not recompile).
-_LIST_FIELDS = BlockLists._fields[1:]  # the tensors, in BlockLists order
 
 
 def _lists(block: int, tensors) -> BlockLists:
@@ -650,7 +722,7 @@ def block_attention_forward_op(
 @block_attention_forward_op.register_fake
 def _(q, k, v, kv_count, kv_partial, kv_work, kv_split, kv_index, kv_mask, q_count, q_partial, q_work, q_split, q_index,
       q_mask, masks, block, sm_scale, block_m, block_n):
-    return _like(v, q.shape[1]), _row_stats(q)
+    return _allocate(_output(v, q.shape[1]), q.device), _allocate(_row_stats(q), q.device)
 
 
 @torch.library.custom_op("sparse_kernels::block_attention_backward", mutates_args=())
@@ -669,7 +741,7 @@ def block_attention_backward_op(
 @block_attention_backward_op.register_fake
 def _(do, q, k, v, out, lse, kv_count, kv_partial, kv_work, kv_split, kv_index, kv_mask, q_count, q_partial, q_work,
       q_split, q_index, q_mask, masks, block, sm_scale, block_m, block_n):
-    return _like(q), _like(k), _like(v)
+    return tuple(_allocate(_output(t), t.device) for t in (q, k, v))
 
 
 class BlockAttentionFunction(torch.autograd.Function):
@@ -679,7 +751,10 @@ class BlockAttentionFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, sm_scale: float, blocks: Blocks, with_lse: bool, block: int, *tensors):
         params = (block, sm_scale, blocks.block_m or 0, blocks.block_n or 0)
         if _eager(q):
-            out, lse = block_forward(q, k, v, _lists(block, tensors), sm_scale, blocks)
+            lists = _lists(block, tensors)
+            ctx.program = block_forward_program(q, k, v, lists, sm_scale, blocks)
+            out, lse = run(ctx.program, (q, k, v, *list_inputs(lists)))
+            native.register(ctx.program)
         else:  # traced: checked here, before the fake implementation shapes anything
             check_block_inputs(q, k, v, _lists(block, tensors), blocks)
             out, lse = block_attention_forward_op(q, k, v, *tensors, *params)
@@ -695,7 +770,10 @@ class BlockAttentionFunction(torch.autograd.Function):
         q, k, v, out, lse, *tensors = ctx.saved_tensors
         sm_scale, blocks, block, params = ctx.args
         if _eager(do):
-            dq, dk, dv = block_backward(do, q, k, v, out, lse, _lists(block, tensors), sm_scale, blocks)
+            do, lists = _d_out(do), _lists(block, tensors)
+            program = block_backward_program(do, q, k, v, out, lse, lists, sm_scale, blocks)
+            dq, dk, dv = run(program, (do, q, k, v, out, lse, *list_inputs(lists)))
+            native.register(ctx.program, program, do)
         else:
             dq, dk, dv = block_attention_backward_op(do, q, k, v, out, lse, *tensors, *params)
         return dq, dk, dv, *nothing
@@ -708,5 +786,12 @@ def block_attention(q, k, v, lists: BlockLists, sm_scale: float | None = None, b
     without `with_lse`. Not causal by itself:
     the lists and masks say which pairs are allowed; a row with none gets output 0,
     logsumexp -inf and zero gradients. `blocks` fixes the tiles (each must divide
-    lists.block); by default they are autotuned."""
-    return BlockAttentionFunction.apply(q, k, v, softmax_scale(q, sm_scale), blocks, with_lse, lists.block, *lists[1:])
+    lists.block); by default they are autotuned. An eager call whose key has run before
+    runs from C++."""
+    sm_scale = softmax_scale(q, sm_scale)
+    if not with_lse and _eager(q) and q.is_cuda:
+        program = _PLANS.get(_block_key("block forward", (q, k, v), lists, sm_scale, blocks))
+        out = None if program is None else native.attention(program, q, k, v, list_inputs(lists))
+        if out is not None:
+            return out
+    return BlockAttentionFunction.apply(q, k, v, sm_scale, blocks, with_lse, lists.block, *lists[1:])

@@ -254,12 +254,12 @@ def sparse_attention(
     one layer (`layer` unused)."""
     if isinstance(pattern, Pattern):
         if pattern.causal:  # straight to the closed form: no layout lookup on the paper's patterns
-            return ops.SparseAttentionFunction.apply(q, k, v, kernel_spec(pattern, layer), sm_scale, blocks, with_lse)
+            return ops.attention(q, k, v, kernel_spec(pattern, layer), sm_scale, blocks, with_lse)
         pattern = pattern.layout(q.shape[2], q.shape[1], layer, q.device)
     else:
         pattern.check(q.shape[0], q.shape[1], q.shape[2])
     if pattern.spec is not None:
-        return ops.SparseAttentionFunction.apply(q, k, v, pattern.spec, sm_scale, blocks, with_lse)
+        return ops.attention(q, k, v, pattern.spec, sm_scale, blocks, with_lse)
     return ops.block_attention(q, k, v, pattern.lists, sm_scale, blocks, with_lse)
 
 

@@ -18,7 +18,7 @@ from sparse_kernels import ops
 from sparse_kernels.geometry import MODES
 from sparse_kernels.ops import Blocks, KernelSpec
 
-from .block_layouts import block_oracle, causal_lists, random_lists
+from .block_layouts import PARTIAL, WHOLE, block_oracle, causal_lists, lists_from_kinds, random_lists
 from .oracle import assert_matches, rel_err
 
 pytestmark = pytest.mark.interpreter
@@ -107,12 +107,29 @@ def test_dense_causal_layout_is_the_dense_mode(kv_heads):
 
 
 def test_every_output_element_is_written(monkeypatch):
-    like, stats = ops._like, ops._row_stats
-    monkeypatch.setattr(ops, "_like", lambda *args: like(*args).fill_(float("nan")))
-    monkeypatch.setattr(ops, "_row_stats", lambda q: stats(q).fill_(float("nan")))
+    allocate = ops._allocate
+    monkeypatch.setattr(ops, "_allocate",
+                        lambda buffer, device: allocate(buffer, device).fill_(0 if buffer.zero else float("nan")))
     for piece in (None, 1):  # the split lists' outputs and gradients are written by the combining launches
         lists = random_lists(1, 4, 33, 16, torch.Generator().manual_seed(4), per_head=True, piece=piece)
         check_block_attention(lists, 1, 4, 2, 33, seed=4)
+
+
+@pytest.mark.parametrize("long", ["row", "column"])
+def test_lists_split_in_one_direction_only(long):
+    """A global row splits only the key lists (the dQ pass has pieces, the dK/dV pass
+    none), a global column only the query lists: each pass's scratch has its own slots."""
+    nb = 5
+    kinds = torch.diag(torch.full((nb,), PARTIAL))
+    if long == "row":
+        kinds[2] = WHOLE
+    else:
+        kinds[:, 2] = WHOLE
+    masks = torch.ones(1, 16, 16, dtype=torch.bool).tril()
+    lists = lists_from_kinds(kinds[None, None], masks, torch.zeros(1, 1, nb, nb, dtype=torch.int32), 16, piece=2)
+    kv_split, q_split = lists.kv_split.shape[2] > 0, lists.q_split.shape[2] > 0
+    assert (kv_split, q_split) == ((True, False) if long == "row" else (False, True))
+    check_block_attention(lists, 1, 2, 2, 16 * nb)
 
 
 def test_backward_is_deterministic():
