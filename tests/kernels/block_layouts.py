@@ -63,6 +63,21 @@ def random_lists(batch: int, heads: int, n: int, block: int, gen: torch.Generato
     return lists_from_kinds(kinds.to(device), masks.to(device), ids.to(device), block, piece)
 
 
+def global_line_lists(line: str, nb: int, block: int, piece: int, device="cpu") -> BlockLists:
+    """Causal diagonal blocks and one global `line`, full blocks: a row (query block nb // 3
+    reads every key block) or a column (every query block reads key block nb // 3); lists
+    longer than `piece` blocks are split. A row splits only the key lists, a column only
+    the query lists."""
+    kinds = torch.diag(torch.full((nb,), PARTIAL))
+    if line == "row":
+        kinds[nb // 3] = WHOLE
+    else:
+        kinds[:, nb // 3] = WHOLE
+    masks = torch.ones(1, block, block, dtype=torch.bool).tril()
+    ids = torch.zeros(1, 1, nb, nb, dtype=torch.int32)
+    return lists_from_kinds(kinds[None, None].to(device), masks.to(device), ids.to(device), block, piece)
+
+
 def causal_lists(n: int, block: int, device="cpu") -> BlockLists:
     """Dense causal attention as lists: full blocks below the diagonal, causal diagonal blocks."""
     nb = -(-n // block)

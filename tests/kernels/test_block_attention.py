@@ -18,7 +18,7 @@ from sparse_kernels import ops
 from sparse_kernels.geometry import MODES
 from sparse_kernels.ops import Blocks, KernelSpec
 
-from .block_layouts import PARTIAL, WHOLE, block_oracle, causal_lists, lists_from_kinds, random_lists
+from .block_layouts import block_oracle, causal_lists, global_line_lists, random_lists
 from .oracle import assert_matches, rel_err
 
 pytestmark = pytest.mark.interpreter
@@ -115,21 +115,14 @@ def test_every_output_element_is_written(monkeypatch):
         check_block_attention(lists, 1, 4, 2, 33, seed=4)
 
 
-@pytest.mark.parametrize("long", ["row", "column"])
-def test_lists_split_in_one_direction_only(long):
+@pytest.mark.parametrize("line", ["row", "column"])
+def test_lists_split_in_one_direction_only(line):
     """A global row splits only the key lists (the dQ pass has pieces, the dK/dV pass
     none), a global column only the query lists: each pass's scratch has its own slots."""
-    nb = 5
-    kinds = torch.diag(torch.full((nb,), PARTIAL))
-    if long == "row":
-        kinds[2] = WHOLE
-    else:
-        kinds[:, 2] = WHOLE
-    masks = torch.ones(1, 16, 16, dtype=torch.bool).tril()
-    lists = lists_from_kinds(kinds[None, None], masks, torch.zeros(1, 1, nb, nb, dtype=torch.int32), 16, piece=2)
-    kv_split, q_split = lists.kv_split.shape[2] > 0, lists.q_split.shape[2] > 0
-    assert (kv_split, q_split) == ((True, False) if long == "row" else (False, True))
-    check_block_attention(lists, 1, 2, 2, 16 * nb)
+    lists = global_line_lists(line, 5, 16, piece=2)
+    split = (lists.kv_split.shape[2] > 0, lists.q_split.shape[2] > 0)
+    assert split == ((True, False) if line == "row" else (False, True))
+    check_block_attention(lists, 1, 2, 2, 16 * 5)
 
 
 def test_backward_is_deterministic():

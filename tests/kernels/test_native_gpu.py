@@ -11,7 +11,7 @@ from sparse_kernels import native, ops
 from sparse_transformer import ModelConfig, Pattern, SparseTransformer
 from sparse_transformer.attention import sparse_attention
 
-from .block_layouts import PARTIAL, WHOLE, causal_lists, lists_from_kinds, random_lists
+from .block_layouts import causal_lists, global_line_lists, random_lists
 
 pytestmark = pytest.mark.gpu
 
@@ -67,20 +67,12 @@ def test_block_layouts_from_cpp_equal_python(piece):
     _check(lambda q, k, v: ops.block_attention(q, k, v, lists, with_lse=False), *_inputs())
 
 
-@pytest.mark.parametrize("long", ["row", "column"])
-def test_layouts_split_in_one_direction_from_cpp_equal_python(long):
+@pytest.mark.parametrize("line", ["row", "column"])
+def test_layouts_split_in_one_direction_from_cpp_equal_python(line):
     """A global row splits only the key lists, a global column only the query lists: the
     backward's scratch slots of one pass stand in for nothing of the other's."""
-    nb = 16
-    kinds = torch.diag(torch.full((nb,), PARTIAL))
-    if long == "row":
-        kinds[5] = WHOLE
-    else:
-        kinds[:, 5] = WHOLE
-    masks = torch.ones(1, 64, 64, dtype=torch.bool).tril()
-    lists = lists_from_kinds(kinds[None, None].cuda(), masks.cuda(), torch.zeros(1, 1, nb, nb, dtype=torch.int32).cuda(),
-                             64, piece=4)
-    _check(lambda q, k, v: ops.block_attention(q, k, v, lists, with_lse=False), *_inputs(n=64 * nb))
+    lists = global_line_lists(line, 16, 64, piece=4, device="cuda")
+    _check(lambda q, k, v: ops.block_attention(q, k, v, lists, with_lse=False), *_inputs(n=64 * 16))
 
 
 def test_a_new_layout_of_the_same_shapes_runs_from_cpp_at_once():
