@@ -670,7 +670,8 @@ class SparseAttentionFunction(torch.autograd.Function):
             do = _d_out(do)
             program = backward_program(do, q, k, v, out, lse, spec, sm_scale, blocks)
             dq, dk, dv = run(program, (do, q, k, v, out, lse))
-            native.register(ctx.program, program, do)
+            if hasattr(ctx, "program"):  # the forward ran eagerly too
+                native.register(ctx.program, program, do)
         else:
             dq, dk, dv = attention_backward_op(do, q, k, v, out, lse, *_op_params(spec, sm_scale, blocks))
         return dq, dk, dv, None, None, None, None
@@ -773,7 +774,8 @@ class BlockAttentionFunction(torch.autograd.Function):
             do, lists = _d_out(do), _lists(block, tensors)
             program = block_backward_program(do, q, k, v, out, lse, lists, sm_scale, blocks)
             dq, dk, dv = run(program, (do, q, k, v, out, lse, *list_inputs(lists)))
-            native.register(ctx.program, program, do)
+            if hasattr(ctx, "program"):  # the forward ran eagerly too
+                native.register(ctx.program, program, do)
         else:
             dq, dk, dv = block_attention_backward_op(do, q, k, v, out, lse, *tensors, *params)
         return dq, dk, dv, *nothing
