@@ -49,7 +49,10 @@ def extension():
         try:
             from torch.utils.cpp_extension import load
 
-            _extension = load(name="sparse_kernels_native", sources=[str(_SOURCE)], extra_cflags=["-O2"])
+            # The torch version among the flags: torch rebuilds when the flags change, not when
+            # torch does, and a module built against other headers would not load.
+            version = f"-DSPARSE_KERNELS_TORCH_VERSION={torch.__version__}"
+            _extension = load(name="sparse_kernels_native", sources=[str(_SOURCE)], extra_cflags=["-O2", version])
         except Exception as error:  # a missing compiler or ninja: slower, never wrong
             warnings.warn(f"sparse attention: the C++ launcher could not be built ({error}); eager calls stay in "
                           "Python (same results, more host time). Set SPARSE_KERNELS_NATIVE=0 to skip the build.",
