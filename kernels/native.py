@@ -29,6 +29,7 @@ from .launch import Launch, _hooked, _interpreted
 
 _SOURCE = Path(__file__).with_name("csrc") / "planned_call.cpp"
 _CALLS: dict[int, object] = {}  # id(forward ops.Program) -> its native Call (the programs live in ops._PLANS)
+_PACKED: dict[int, object] = {}  # id(ops.Program) -> the extension's Program, or None if a launch cannot be packed
 _extension = None  # the built module; False once it failed
 _python_only = False  # inside `python_only()`
 # How each scalar parameter type of a Triton signature is laid out in the kernel's parameters.
@@ -54,9 +55,10 @@ def extension():
             version = f"-DSPARSE_KERNELS_TORCH_VERSION={torch.__version__}"
             _extension = load(name="sparse_kernels_native", sources=[str(_SOURCE)], extra_cflags=["-O2", version])
         except Exception as error:  # a missing compiler or ninja: slower, never wrong
-            warnings.warn(f"sparse attention: the C++ launcher could not be built ({error}); eager calls stay in "
-                          "Python (same results, more host time). Set SPARSE_KERNELS_NATIVE=0 to skip the build.",
-                          stacklevel=2)
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            warnings.warn(f"sparse attention: the C++ launcher could not be built ({first_line}); eager calls stay "
+                          "in Python (same results, more host time). Install a C++ compiler and ninja to build it, "
+                          "or set SPARSE_KERNELS_NATIVE=0 to skip the build.", stacklevel=2)
             _extension = False
     return _extension or None
 
@@ -69,10 +71,10 @@ def register(forward, backward=None, d_out: torch.Tensor | None = None) -> None:
     if (known is not None and (backward is None or known.has_backward)) or not enabled():
         return
     module = extension()
-    forward_native = module and _program(module, forward)
+    forward_native = module and _packed(module, forward)
     if not forward_native:
         return
-    backward_native = backward is not None and _program(module, backward)
+    backward_native = backward is not None and _packed(module, backward)
     if backward_native:
         _CALLS[id(forward)] = module.Call(forward_native, backward_native, list(d_out.stride()))
     else:
@@ -101,13 +103,15 @@ def python_only():
         _python_only = before
 
 
-def _program(module, program):
-    """An ops.Program as the extension's Program, or None if a launch cannot be packed."""
-    kernels = [_kernel(launch, slots) for launch, slots in program.launches]
-    if any(kernel is None for kernel in kernels):
-        return None
-    buffers = [(list(b.size), list(b.stride), str(b.dtype).removeprefix("torch."), b.zero) for b in program.buffers]
-    return module.Program(buffers, kernels, list(program.outputs))
+def _packed(module, program):
+    """An ops.Program as the extension's Program, or None if a launch cannot be packed;
+    worked out once per program, so that a refused one costs later calls a lookup."""
+    if id(program) not in _PACKED:
+        kernels = [_kernel(launch, slots) for launch, slots in program.launches]
+        buffers = [(list(b.size), list(b.stride), str(b.dtype).removeprefix("torch."), b.zero) for b in program.buffers]
+        _PACKED[id(program)] = (None if any(kernel is None for kernel in kernels)
+                                else module.Program(buffers, kernels, list(program.outputs)))
+    return _PACKED[id(program)]
 
 
 def _kernel(launch: Launch, slots: tuple[int, ...]):

@@ -5,6 +5,7 @@ torch. Its launches need a GPU: tests/kernels/test_native_gpu.py."""
 from __future__ import annotations
 
 import struct
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -72,3 +73,34 @@ def test_the_extension_builds_and_allocates_a_programs_buffers():
     got_out, got_stats = program.run([q])
     assert got_out.shape == q.shape and got_out.stride() == out.stride and got_out.dtype == q.dtype
     assert got_stats.dtype == torch.float32 and torch.equal(got_stats, torch.zeros(2, 3, 5))
+
+
+def test_a_launcher_that_cannot_be_built_leaves_the_calls_in_python(monkeypatch):
+    """No compiler: one warning line naming the fix, and nothing registered."""
+    import torch.utils.cpp_extension
+
+    def no_compiler(**_):
+        raise RuntimeError("Ninja is required to load C++ extensions\n(more lines)")
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    monkeypatch.setattr(native, "_extension", None)
+    monkeypatch.setattr(native, "enabled", lambda: True)
+    with pytest.warns(UserWarning, match=r"could not be built \(Ninja is required to load C\+\+ extensions\).*"
+                                         r"Install a C\+\+ compiler and ninja"):
+        assert native.extension() is None
+    program = ops.Program((), (), ())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # tried once: no second build, no second warning
+        native.register(program)
+        assert native.extension() is None
+    assert id(program) not in native._CALLS
+
+
+def test_a_program_is_packed_once_and_a_refused_one_stays_refused():
+    module = native.extension()
+    q = torch.empty(1, 2, 8, 16)
+    good = ops.Program((ops._output(q),), ((_Resolved(SIGNATURE, (8, 0.5, 2**40, 1, 64)), (0, 1)),), (1,))
+    refused = ops.Program((), ((_Resolved(SIGNATURE, (8, 0.5, 2**40, 1, 64), num_ctas=2), (0, 1)),), (0,))
+    packed = native._packed(module, good)
+    assert isinstance(packed, module.Program) and native._packed(module, good) is packed
+    assert native._packed(module, refused) is None and id(refused) in native._PACKED
