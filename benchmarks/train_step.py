@@ -8,8 +8,9 @@ A step is forward, backward, gradient clipping and a fused AdamW update, with bf
 autocast on CUDA and the experiment's recomputation setting (on for the paper's
 models); `--compile` also runs each residual block through torch.compile
 (acceleration.for_training; `--compile-mode reduce-overhead` adds CUDA graphs),
-timed after the compiling warmup steps; `--profile DIR` writes one step's operator table
-per pattern and the share of the step the GPU was busy. The model and hyperparameters
+timed after the compiling warmup steps; `--profile DIR` writes one step's operator tables
+per pattern (by device and by host time) and records its kernel count, host events and
+the share of the step the GPU was busy. The model and hyperparameters
 come from params.yaml (`--set` overrides, as on the command line); only the pattern
 changes between rows: dense uses PyTorch's SDPA, strided and fixed the Triton kernels
 with the experiment's stride (fixed: its summary width, 32 where the experiment has none).
@@ -87,22 +88,31 @@ def time_steps(model: SparseTransformer, batch: torch.Tensor, steps: int, warmup
     return sorted(times)[len(times) // 2]
 
 
-def profile_step(step: Callable[[], None], device: torch.device, path: Path) -> float | None:
-    """Run one (warm) step under torch.profiler, write its operator table to `path`, and
-    return the share of the step's wall time the GPU spent running kernels. A share well
-    under 1 means the step waits on the host (launches, Python), not on arithmetic; the
-    profiler's own cost lowers it a little."""
+def profile_step(step: Callable[[], None], device: torch.device, path: Path) -> dict:
+    """Run one (warm) step under torch.profiler and write its operator tables to `path`: by
+    device time (what the GPU spends the step on) and by host time (what the host does
+    meanwhile). Returns the step's wall time, its kernels' time and count, the operator
+    events the host recorded, and the share of the wall time the GPU spent running
+    kernels: well under 1, the step waits on the host (launches, Python), not on
+    arithmetic. The profiler's own cost lowers the share a little."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
         began = time.perf_counter()
         step()
         synchronize(device)
         wall_s = time.perf_counter() - began
-    kernel_s = sum(e.device_time for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA) / 1e6
+    events = prof.events()
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernel_s = sum(e.device_time for e in kernels) / 1e6
+    table = prof.key_averages()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(prof.key_averages().table(sort_by="self_device_time_total", row_limit=40))
-    return kernel_s / wall_s if device.type == "cuda" else None
+    path.write_text("by device time\n" + table.table(sort_by="self_device_time_total", row_limit=40)
+                    + "\n\nby host time\n" + table.table(sort_by="self_cpu_time_total", row_limit=40))
+    return dict(profiled_step_s=wall_s, kernel_s=kernel_s, kernels=len(kernels),
+                host_events=len(events) - len(kernels),
+                gpu_busy_share=kernel_s / wall_s if device.type == "cuda" else None)
 
 
 def main(argv=None) -> int:
@@ -143,11 +153,13 @@ def main(argv=None) -> int:
         if args.profile:
             step = training_step(model, batch.to(device), device)
             step()  # a fresh optimizer: its first step allocates the AdamW state
-            row["gpu_busy_share"] = profile_step(step, device, args.profile / f"{kind}.txt")
+            row.update(profile_step(step, device, args.profile / f"{kind}.txt"))
         rows.append(row)
         print(f"{kind:<8} {row['describe']:<28} {seconds * 1000:9.1f} ms/step {row['tokens_per_s']:10.0f} tokens/s"
               + (f"  peak {row['peak_memory_gb']:.1f} GiB" if row["peak_memory_gb"] is not None else "")
-              + (f"  GPU busy {100 * row['gpu_busy_share']:.0f}%" if row.get("gpu_busy_share") is not None else ""), flush=True)
+              + (f"  GPU busy {100 * row['gpu_busy_share']:.0f}%" if row.get("gpu_busy_share") is not None else "")
+              + (f"  profiled: {row['kernels']} kernels, {row['host_events']} host events" if "kernels" in row else ""),
+              flush=True)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
