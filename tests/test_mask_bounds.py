@@ -97,16 +97,20 @@ def test_exact_arguments_give_exact_results():
 @settings(max_examples=30, deadline=None)
 @given(size=st.integers(65, 700), seed=st.integers(0, 2**16), ranges=st.integers(1, 20))
 def test_wide_lookups_read_the_exact_minimum_and_maximum(size, seed, ranges):
-    """Past ENUMERATED_VALUES a lookup reads a range-minimum table: exact, not just sound."""
+    """Past ENUMERATED_VALUES a lookup reads a range-minimum table: exact, not just sound.
+    The table's levels are built as far as the widest range needs: a narrow lookup first,
+    then a wide one through the same cache of tables, which must build the levels it lacks."""
     gen = torch.Generator().manual_seed(seed)
     table = torch.randint(-1000, 1000, (3, size), generator=gen)
     lo = torch.randint(0, size, (ranges,), generator=gen)
-    hi = torch.minimum(lo + torch.randint(64, size, (ranges,), generator=gen), torch.tensor(size - 1))
     row = torch.randint(0, 3, (ranges,), generator=gen)
-    result = table[row, Bounds(lo, hi, {})]
-    for r in range(ranges):
-        span = table[row[r], lo[r] : hi[r] + 1]
-        assert int(result.lo[r]) == int(span.min()) and int(result.hi[r]) == int(span.max())
+    tables: dict = {}
+    for widths in ((64, 65), (64, size)):
+        hi = torch.minimum(lo + torch.randint(*widths, (ranges,), generator=gen), torch.tensor(size - 1))
+        result = table[row, Bounds(lo, hi, tables)]
+        for r in range(ranges):
+            span = table[row[r], lo[r] : hi[r] + 1]
+            assert int(result.lo[r]) == int(span.min()) and int(result.hi[r]) == int(span.max())
 
 
 @pytest.mark.parametrize("op", [

@@ -354,10 +354,12 @@ def _lists_of_mask_mod(mask_mod: MaskMod, n: int, block: int, lh: int, lb: int, 
             listed.append(tiles[count > 0])
             mask_ids.append(mask_id[count > 0])
     listed, mask_id = torch.cat(listed), torch.cat(mask_ids)
-    if uniques:  # the chunks' distinct masks, made distinct across chunks too
+    if len(uniques) > 1:  # the chunks' distinct masks, made distinct across chunks too
         unique, remap = _distinct_rows(torch.cat(uniques))
         mask_id = torch.where(mask_id >= 0, remap[mask_id.clamp(min=0)], -1)
         masks = _unpack_bits(unique, block)
+    elif uniques:  # one chunk: its masks are distinct already
+        masks = _unpack_bits(uniques[0], block)
     else:
         masks = _no_masks(block, device)
     return _assemble(block, lb, lh, nb, listed, mask_id, masks)

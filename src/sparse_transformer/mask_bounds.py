@@ -324,33 +324,33 @@ def _enumerated(values: torch.Tensor, index: list[Bounds], varying: list[int], w
 def _range_lookup(table: torch.Tensor, index: list[Bounds], d: int, tables: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
     """min and max of table over [lo, hi] along dimension d (the others exact), from a
     sparse table: level k holds the min / max of 2^k consecutive entries, so any range is
-    two overlapping power-of-two ranges."""
+    two overlapping power-of-two ranges. Only the levels the widest range needs are built
+    (a tile's range of a position spans a block, not the sequence)."""
     # The cache holds the table itself, so no other tensor takes its address during the
     # build; the version counter tells an in-place change.
     key = (table.data_ptr(), tuple(table.shape), tuple(table.stride()), table.dtype, table._version, d)
     cache = tables if tables is not None else {}
-    if key not in cache:
-        cache[key] = (table, *_sparse_tables(table.long().movedim(d, -1)))
-    _, low_table, high_table = cache[key]  # (levels, ..., size along d)
     lo, hi = index[d].lo, index[d].hi
     level = torch.floor(torch.log2((hi - lo + 1).double())).long()
+    levels = int(level.max()) + 1
+    if key not in cache or len(cache[key][1]) < levels:
+        cache[key] = (table, *_sparse_tables(table.long().movedim(d, -1), levels))
+    _, low_table, high_table = cache[key]  # (levels, ..., size along d)
     span = torch.pow(2, level)
     others = [i.lo for k, i in enumerate(index) if k != d]
     first, last = (level, *others, lo), (level, *others, hi - span + 1)
     return (torch.minimum(low_table[first], low_table[last]), torch.maximum(high_table[first], high_table[last]))
 
 
-def _sparse_tables(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    size = values.shape[-1]
+def _sparse_tables(values: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(levels, ..., size) each: level k holds at i the min (max) of values[..., i : i + 2^k]
+    wherever that fits; the entries nearer the end keep level k - 1's, and no range reads them."""
     lows, highs = [values], [values]
-    step = 1
-    while 2 * step <= size:
-        low, high = lows[-1].clone(), highs[-1].clone()
-        low[..., : size - step] = torch.minimum(lows[-1][..., : size - step], lows[-1][..., step:])
-        high[..., : size - step] = torch.maximum(highs[-1][..., : size - step], highs[-1][..., step:])
-        lows.append(low)
-        highs.append(high)
-        step *= 2
+    for k in range(1, levels):
+        step = 1 << (k - 1)
+        low, high = lows[-1], highs[-1]
+        lows.append(torch.cat([torch.minimum(low[..., :-step], low[..., step:]), low[..., -step:]], -1))
+        highs.append(torch.cat([torch.maximum(high[..., :-step], high[..., step:]), high[..., -step:]], -1))
     return torch.stack(lows), torch.stack(highs)
 
 
