@@ -244,6 +244,16 @@ def test_small_model_overfits_a_text_window(integration):
     assert loss.item() < 3.0
 
 
+@pytest.mark.parametrize("half_qk", [False, True])
+def test_the_projections_are_one_product_equal_to_the_three(half_qk):
+    """q, k and v come from one matrix product with W_q, W_k and W_v side by side: the
+    three projections applied one by one, the parameters and their names unchanged."""
+    attn = small_model(Pattern("strided", 4), half_qk=half_qk).blocks[0].attn
+    x = torch.randn(2, 26, attn.value.in_features, generator=torch.Generator().manual_seed(0))
+    for got, projection in zip(attn.project(x), (attn.query, attn.key, attn.value)):
+        assert torch.allclose(got, attn._split(projection(x)), rtol=1e-6, atol=1e-6)
+
+
 def test_bf16_autocast_forward_runs():
     model = small_model(Pattern("fixed", 8, 2, integration="merged"), half_qk=True)
     tokens = torch.randint(0, 256, (2, 26))

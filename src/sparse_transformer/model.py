@@ -123,8 +123,14 @@ class SparseAttention(nn.Module):
         return self.merge(self.attend(*self.project(x), cache))
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, n, d) -> q, k (B, H, n, dqk) and v (B, H, n, dh)."""
-        return self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
+        """x (B, n, d) -> q, k (B, H, n, dqk) and v (B, H, n, dh), views of one matrix product
+        with the three projections side by side: one launch (and under autocast one cast of
+        x, W and b) where three would do, in the forward, its recomputation and the backward."""
+        projections = (self.query, self.key, self.value)
+        weight = torch.cat([p.weight for p in projections])  # (2 dqk + d, d)
+        bias = torch.cat([p.bias for p in projections])
+        q, k, v = F.linear(x, weight, bias).split([p.out_features for p in projections], dim=-1)
+        return self._split(q), self._split(k), self._split(v)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                cache: DecodingCache | None = None) -> torch.Tensor:
