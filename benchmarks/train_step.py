@@ -6,9 +6,12 @@ strided and fixed attention, same batch, on one device.
 
 A step is forward, backward, gradient clipping and a fused AdamW update, with bf16
 autocast on CUDA and the experiment's recomputation setting (on for the paper's
-models); `--compile` also runs each residual block through torch.compile
-(acceleration.for_training; `--compile-mode reduce-overhead` adds CUDA graphs),
-timed after the compiling warmup steps; `--profile DIR` writes one step's operator tables
+models). Every pattern's model is built and warmed up first; then the timed steps run
+in rounds with the patterns taking turns (`--rounds` of `--steps` each, the median over
+all), so that a drift in the host's speed falls on every pattern alike. `--compile`
+also runs each residual block through torch.compile (acceleration.for_training;
+`--compile-mode reduce-overhead` adds CUDA graphs), timed after the compiling warmup
+steps; `--profile DIR` writes one step's operator tables
 per pattern (by device and by host time) and records its kernel count, host events and
 the share of the step the GPU was busy. The model and hyperparameters
 come from params.yaml (`--set` overrides, as on the command line); only the pattern
@@ -66,15 +69,11 @@ def training_step(model: SparseTransformer, batch: torch.Tensor, device: torch.d
     return step
 
 
-def time_steps(model: SparseTransformer, batch: torch.Tensor, steps: int, warmup: int, device: torch.device) -> float:
-    """Seconds per training step (median of `steps` after `warmup`)."""
-    cuda = device.type == "cuda"
-    step = training_step(model, batch, device)
-    for _ in range(warmup):
-        step()
+def step_seconds(step: Callable[[], None], steps: int, device: torch.device) -> list[float]:
+    """Seconds of each of `steps` calls of `step`, timed on the device (CUDA events) or the host."""
     times = []
     for _ in range(steps):
-        if cuda:
+        if device.type == "cuda":
             start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             step()
@@ -85,7 +84,7 @@ def time_steps(model: SparseTransformer, batch: torch.Tensor, steps: int, warmup
             began = time.perf_counter()
             step()
             times.append(time.perf_counter() - began)
-    return sorted(times)[len(times) // 2]
+    return times
 
 
 def profile_step(step: Callable[[], None], device: torch.device, path: Path) -> dict:
@@ -122,7 +121,9 @@ def main(argv=None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     parser.add_argument("--patterns", nargs="+", default=["dense", "fixed", "strided"], choices=["dense", "fixed", "strided"])
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per pattern and round")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of timed steps, the patterns taking turns (the median is over all)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add_compile_arguments(parser)
@@ -136,33 +137,40 @@ def main(argv=None) -> int:
     generator = torch.Generator().manual_seed(0)
     batch = torch.randint(0, 256, (args.batch, context + (experiment.model.image_shape is None)), generator=generator)
 
-    rows = []
+    # Every pattern's model is built and warmed up first; the timed steps then run in
+    # rounds, each round `steps` steps of every pattern in turn. The host's speed drifts by
+    # up to 30% over tens of seconds on a shared machine (docs/benchmarks.md), and an eager
+    # step is bound by the host: rounds put that drift on every pattern alike.
+    rows, steps = [], {}
     for kind in args.patterns:
         config = model_config(experiment.model, kind)
         torch.manual_seed(0)
-        model = SparseTransformer(config).to(device)
-        for_training(model, args)
+        baseline = torch.cuda.memory_allocated() if device.type == "cuda" else 0  # the other patterns' models
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        seconds = time_steps(model, batch.to(device), args.steps, args.warmup, device)
-        row = dict(pattern=kind, describe=config.pattern.describe(), attention=config.attention,
-                   compiled=args.compile, compile_mode=args.compile_mode if args.compile else None,
-                   params=model.num_params(), batch=args.batch, context=context, step_s=seconds,
-                   tokens_per_s=args.batch * context / seconds,
-                   peak_memory_gb=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None)
+        model = for_training(SparseTransformer(config).to(device), args)
+        steps[kind] = training_step(model, batch.to(device), device)
+        for _ in range(args.warmup):
+            steps[kind]()
+        synchronize(device)
+        rows.append(dict(pattern=kind, describe=config.pattern.describe(), attention=config.attention,
+                         compiled=args.compile, compile_mode=args.compile_mode if args.compile else None,
+                         params=model.num_params(), batch=args.batch, context=context, steps_s=[],
+                         peak_memory_gb=(torch.cuda.max_memory_allocated() - baseline) / 2**30
+                         if device.type == "cuda" else None))
+    for _ in range(args.rounds):
+        for row in rows:
+            row["steps_s"] += step_seconds(steps[row["pattern"]], args.steps, device)
+    for row in rows:
+        kind, seconds = row["pattern"], sorted(row["steps_s"])[len(row["steps_s"]) // 2]
+        row.update(step_s=seconds, tokens_per_s=args.batch * context / seconds)
         if args.profile:
-            step = training_step(model, batch.to(device), device)
-            step()  # a fresh optimizer: its first step allocates the AdamW state
-            row.update(profile_step(step, device, args.profile / f"{kind}.txt"))
-        rows.append(row)
+            row.update(profile_step(steps[kind], device, args.profile / f"{kind}.txt"))
         print(f"{kind:<8} {row['describe']:<28} {seconds * 1000:9.1f} ms/step {row['tokens_per_s']:10.0f} tokens/s"
               + (f"  peak {row['peak_memory_gb']:.1f} GiB" if row["peak_memory_gb"] is not None else "")
               + (f"  GPU busy {100 * row['gpu_busy_share']:.0f}%" if row.get("gpu_busy_share") is not None else "")
               + (f"  profiled: {row['kernels']} kernels, {row['host_events']} host events" if "kernels" in row else ""),
               flush=True)
-        del model
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
 
     times = {row["pattern"]: row["step_s"] for row in rows}
     paper = PAPER_TIMES.get(args.experiment, {})

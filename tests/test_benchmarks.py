@@ -110,16 +110,18 @@ def test_the_sampling_benchmark_completes_the_test_images_of_a_prepared_file(tmp
 
 def test_a_profiled_training_step_records_where_its_host_time_goes(tmp_path):
     """benchmarks/train_step.py --profile: one step's operator tables by device and by host
-    time, and its host events in the record (kernels and the GPU's busy share need a GPU)."""
+    time, and its host events in the record (kernels and the GPU's busy share need a GPU);
+    the timed steps of every round in the record."""
     record = tmp_path / "table2.json"
     done = subprocess.run([sys.executable, "benchmarks/train_step.py", "--device", "cpu", "--experiment", "enwik8",
-                           "--patterns", "dense", "--steps", "1", "--warmup", "1", "--set", "model.layers=1",
+                           "--patterns", "dense", "--steps", "1", "--rounds", "2", "--warmup", "1", "--set", "model.layers=1",
                            "--set", "model.context=64", "--set", "evaluate.min_context=32", "--profile",
                            str(tmp_path / "profile"), "--json", str(record)], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     row = json.loads(record.read_text())["rows"][0]
     assert row["host_events"] > 50 and row["kernels"] == 0 and row["gpu_busy_share"] is None
+    assert len(row["steps_s"]) == 2 and row["step_s"] in row["steps_s"]
     table = (tmp_path / "profile" / "dense.txt").read_text()
     assert "by device time" in table and "by host time" in table and "aten::addmm" in table
 
