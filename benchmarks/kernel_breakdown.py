@@ -1,7 +1,7 @@
 """Where the time of one fused attention call goes: each kernel launch, forward and
 backward, for a few patterns and tile choices, on one GPU (torch.profiler).
 
-    python benchmarks/kernel_breakdown.py --n 65536 --heads 8 --head-dim 64
+    python benchmarks/kernel_breakdown.py --n 65536 --heads 8 --head-dim 64 --stride 256
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=65536)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--stride", type=int, default=256, help="l of both patterns")
     parser.add_argument("--tiles", nargs="*", default=["auto", "64x64", "128x64", "64x128", "128x32"],
                         help="BLOCK_MxBLOCK_N for every kernel, or auto")
     args = parser.parse_args(argv)
@@ -41,7 +42,8 @@ def main(argv=None) -> int:
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k, v, grad = (torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
     leaves = [t.requires_grad_() for t in (q, k, v)]
-    for pattern in (Pattern("strided", 256, integration="multihead"), Pattern("fixed", 256, 32, integration="merged")):
+    for pattern in (Pattern("strided", args.stride, integration="multihead"),
+                    Pattern("fixed", args.stride, 32, integration="merged")):
         for tiles in args.tiles:
             blocks = Blocks() if tiles == "auto" else Blocks(*map(int, tiles.split("x")))
 

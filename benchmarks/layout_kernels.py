@@ -3,9 +3,10 @@
     python benchmarks/layout_kernels.py --n 65536 --d 64 --flex --json out/layout_kernels.json
 
 Where `benchmarks/layouts.py` gives one time per row, this splits it by kernel
-(torch.profiler, mean of 10 steps after 3 warm-up steps) and adds three variants of
-BigBird without its global row, its global column or both: the cost of one long list
-in a pass is the difference. The wall column is host-timed (20 steps, synchronized).
+(torch.profiler, mean of 10 steps after 3 warm-up steps), runs the local and fixed
+rows' closed forms beside their mask_mods, and adds three variants of BigBird without
+its global row, its global column or both: the cost of one long list in a pass is the
+difference. The wall column is host-timed (20 steps, synchronized).
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ def main(argv=None) -> int:
         q, k, v, grad = rows.inputs(batch, 8, 8, args.n, args.d, device)
         layout = case["ours"]()
         report(case["name"], lambda q, k, v, layout=layout: sparse_attention(q, k, v, layout), q, k, v, grad)
+        if "closed" in case:  # the built-in pattern's closed form, what its mask_mod is measured against
+            closed = case["closed"]()
+            report(case["name"].replace("as mask_mod", "closed form"),
+                   lambda q, k, v, layout=closed: sparse_attention(q, k, v, layout), q, k, v, grad)
         if args.flex:
             report(case["name"] + " FLEX", rows.flex(case["mask_mod"], args.n, device), q, k, v, grad)
     if "bigbird" in args.layouts:
