@@ -11,12 +11,12 @@ in rounds with the patterns taking turns (`--rounds` of `--steps` each, the medi
 all), so that a drift in the host's speed falls on every pattern alike. `--compile`
 also runs each residual block through torch.compile (acceleration.for_training;
 `--compile-mode reduce-overhead` adds CUDA graphs), timed after the compiling warmup
-steps; `--profile DIR` writes one step's operator tables
-per pattern (by device and by host time) and records its kernel count, host events and
-the share of the step the GPU was busy. The model and hyperparameters
-come from params.yaml (`--set` overrides, as on the command line); only the pattern
-changes between rows: dense uses PyTorch's SDPA, strided and fixed the Triton kernels
-with the experiment's stride (fixed: its summary width, 32 where the experiment has none).
+steps; `--profile DIR` writes one step's operator tables per pattern (by device and by
+host time) and records its kernel count, host events and the share of the step the GPU
+was busy. The model and hyperparameters come from params.yaml (`--set` overrides, as on
+the command line); only the pattern changes between rows: dense uses PyTorch's SDPA,
+strided and fixed the Triton kernels with the experiment's stride (fixed: its summary
+width, 32 where the experiment has none).
 Prints tokens per second, peak memory and the dense/sparse time ratios beside the
 paper's; `--json` keeps everything.
 """
@@ -131,6 +131,8 @@ def main(argv=None) -> int:
                         help="also profile one step per pattern: DIR/<pattern>.txt, and the GPU-busy share in the rows")
     parser.add_argument("--json", help="write the measurements here")
     args = parser.parse_args(argv)
+    if args.steps < 1 or args.rounds < 1:
+        parser.error(f"--steps {args.steps} --rounds {args.rounds}: each must be at least 1 (a median needs a timed step)")
     device = torch.device(args.device)
     experiment = load_experiment(args.config, args.experiment, tuple(args.overrides))
     context = experiment.model.context

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +125,15 @@ def test_a_profiled_training_step_records_where_its_host_time_goes(tmp_path):
     assert len(row["steps_s"]) == 2 and row["step_s"] in row["steps_s"]
     table = (tmp_path / "profile" / "dense.txt").read_text()
     assert "by device time" in table and "by host time" in table and "aten::addmm" in table
+
+
+@pytest.mark.parametrize("flag", ["--steps", "--rounds"])
+def test_the_training_step_benchmark_refuses_no_timed_steps_in_one_line(flag):
+    """train_step.py with no timed step (--steps 0 or --rounds 0): exit 2 naming the flag, no traceback."""
+    done = subprocess.run([sys.executable, "benchmarks/train_step.py", "--device", "cpu", flag, "0"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "must be at least 1" in done.stderr and flag in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_layout_benchmark_gives_ours_and_flexattention_the_same_mask():
