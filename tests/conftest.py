@@ -13,7 +13,16 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-elif int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 and "TRITON_CACHE_DIR" not in os.environ:
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    # Each xdist worker gets its share of the cores, for its own ops and the processes it
+    # starts (OMP_NUM_THREADS): PyTorch's default of a thread per core in every worker
+    # oversubscribes the CI machine, and small CPU ops then run many times slower (a
+    # 2-layer model's 150 steps took 80 s beside another worker instead of 6 s).
+    _THREADS = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    os.environ["OMP_NUM_THREADS"] = _THREADS
+    torch.set_num_threads(int(_THREADS))
+if torch.cuda.is_available() and _WORKERS > 1 and "TRITON_CACHE_DIR" not in os.environ:
     # The kernels' autotuner keeps its picks in Triton's cache (cache_results). Workers
     # sharing one GPU time each other's candidates, so their picks are not the card's
     # best; a private cache keeps them out of the one later training and benchmarks read
