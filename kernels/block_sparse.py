@@ -30,6 +30,13 @@ import triton.language as tl
 
 from .tiles import dkdv_step, dq_step, load_lse, load_rows, load_run, softmax_result, softmax_step, store_rows
 
+# Pairs whose programs interleave (`_scheduled_tile`). All pairs at once (the order before)
+# spread the programs running together over every head: on an H200 at n = 16,384, batch 4,
+# H = 8, D = 128, four at a time made prefix-LM 8% and packed documents 12% faster, one
+# at a time the same; at D = 64 one at a time made Longformer 13% slower (its long
+# global-row pieces start late), four 6% (docs/benchmarks.md, "Program order").
+PAIR_GROUP = tl.constexpr(4)
+
 
 @triton.jit
 def _table(b, h, LIST_SB, LIST_SH):
@@ -43,13 +50,19 @@ def _scheduled_tile(H, NW, BLOCK: tl.constexpr, TILE: tl.constexpr):
     """The (batch, head) pair a program serves, the pair's batch element and head, its
     rank in the pass's work table and its TILE-row tile's first row in the block.
 
-    The 1-D grid holds NW * (BLOCK // TILE) ranks for each pair, pairs varying fastest,
-    and rank r takes row r of the pair's work table (longest first): the longest work of
-    every head starts in the first wave instead of whenever its head's turn comes. H:
-    heads of the pairs (query heads for a query tile, key/value heads for a key tile)."""
-    pairs = tl.num_programs(0) // (NW * (BLOCK // TILE))
-    pair = tl.program_id(0) % pairs
-    rank = tl.program_id(0) // pairs
+    The 1-D grid holds NW * (BLOCK // TILE) ranks for each pair. The pairs go in groups of
+    PAIR_GROUP; inside a group the pairs vary fastest and rank r takes row r of the pair's
+    work table (longest first), so each group's longest work starts in its first wave.
+    Groups go one after another, so the programs running at once read the keys and values
+    (or queries and output gradients) of a few heads, which stay in L2. H: heads of the
+    pairs (query heads for a query tile, key/value heads for a key tile)."""
+    ranks = NW * (BLOCK // TILE)
+    pairs = tl.num_programs(0) // ranks
+    group = tl.program_id(0) // (PAIR_GROUP * ranks)
+    within = tl.program_id(0) - group * (PAIR_GROUP * ranks)
+    size = tl.minimum(PAIR_GROUP, pairs - group * PAIR_GROUP)  # the last group may be smaller
+    pair = group * PAIR_GROUP + within % size
+    rank = within // size
     return pair, (pair // H).to(tl.int64), pair % H, rank // (BLOCK // TILE), (rank % (BLOCK // TILE)) * TILE
 
 

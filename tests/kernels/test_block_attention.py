@@ -61,6 +61,8 @@ def check_block_attention(lists, batch, heads, kv_heads, n, d_qk=16, d_v=16, blo
          seed=4)
 # lists split into pieces of one block, GQA over per-head lists (the dK/dV pieces follow the group's first head)
 @example(block=16, n=75, batch=2, group=2, kv_heads=2, per_batch=True, per_head=True, sub_tiles=False, piece=1, seed=5)
+# six (batch, head) pairs: a group of PAIR_GROUP = 4 and a smaller last group (block_sparse._scheduled_tile)
+@example(block=16, n=40, batch=2, group=1, kv_heads=3, per_batch=True, per_head=True, sub_tiles=False, piece=1, seed=6)
 def test_random_layouts(block, n, batch, group, kv_heads, per_batch, per_head, sub_tiles, piece, seed):
     """Random full, partial and empty blocks, layouts shared or per batch and head, GQA,
     ragged n; tiles of the block or 16 x 16 sub-tiles of it; long lists whole or split
