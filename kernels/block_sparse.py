@@ -90,11 +90,34 @@ def _step_range(COUNT, PARTIAL, entry, first, end, live, SUB: tl.constexpr):
 
 
 @triton.jit
-def _listed_block(INDEX, MASK, entry, step, SUB: tl.constexpr):
-    """The block of a list's step-th visited sub-tile (SUB sub-tiles per block): its index,
-    its mask id (-1: full) and which sub-tile of it."""
-    e = step // SUB
-    return tl.load(INDEX + entry + e), tl.load(MASK + entry + e), step % SUB
+def _first_visit(INDEX, MASK, entry, step, last, BLOCK: tl.constexpr, TILE: tl.constexpr):
+    """Where a loop over a list's sub-tile steps [step, last) starts: the first row (int64)
+    of the step-th visited TILE-row sub-tile (BLOCK // TILE a block) and its block's mask
+    id (-1: full); nothing is read for an empty loop."""
+    SUB: tl.constexpr = BLOCK // TILE
+    live = step < last
+    j = tl.load(INDEX + entry + step // SUB, mask=live, other=0)
+    return j.to(tl.int64) * BLOCK + (step % SUB) * TILE, tl.load(MASK + entry + step // SUB, mask=live, other=-1)
+
+
+@triton.jit
+def _next_visit(INDEX, MASK, entry, step, last, row0, mask_id,
+                BLOCK: tl.constexpr, TILE: tl.constexpr, PARTIAL: tl.constexpr):
+    """The row and mask id of the step after `step`: the next sub-tile of the same block,
+    or the first of the next listed block. Carried from step to step, so a step's tile
+    loads do not wait on a list read of their own and Triton's pipeliner can issue them
+    two steps ahead (num_stages = 3), as FlexAttention's kernels do: with the list read
+    inside the step it kept one tile in flight (docs/benchmarks.md, "Carried addresses").
+    Full blocks need no mask id."""
+    SUB: tl.constexpr = BLOCK // TILE
+    nxt = step + 1
+    jump = nxt % SUB == 0
+    live = jump & (nxt < last)
+    j = tl.load(INDEX + entry + nxt // SUB, mask=live, other=0)
+    row0 = tl.where(jump, j.to(tl.int64) * BLOCK, row0 + TILE)
+    if PARTIAL:
+        mask_id = tl.where(jump, tl.load(MASK + entry + nxt // SUB, mask=live, other=-1), mask_id)
+    return row0, mask_id
 
 
 @triton.jit
@@ -108,18 +131,16 @@ def _mask_tile(MASKS, mask_id, r0, c0, BLOCK: tl.constexpr, BLOCK_M: tl.constexp
 
 @triton.jit
 def _listed_key_tile(
-    q, k_ptr, v_ptr, INDEX, MASK, MASKS, entry, step, r0, stride_kn, stride_vn, n,
+    q, k_ptr, v_ptr, MASKS, mask_id, row_k0, r0, stride_kn, stride_vn, n,
     BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     QK_DIM: tl.constexpr, V_DIM: tl.constexpr, QK_PAD: tl.constexpr, V_PAD: tl.constexpr,
     PARTIAL: tl.constexpr, EVEN_N: tl.constexpr,
 ):
-    """The step-th key sub-tile a query tile's list visits: its keys, values and the
-    (BLOCK_M, BLOCK_N) unscaled scores q . k, -inf where a pair is not allowed (the
-    caller scales them inside its exponent). PARTIAL: the step lies among the list's
-    partial blocks (apply their mask)."""
-    j, mask_id, sub = _listed_block(INDEX, MASK, entry, step, SUB=BLOCK // BLOCK_N)
-    c0 = sub * BLOCK_N
-    row_k0 = j.to(tl.int64) * BLOCK + c0
+    """The key sub-tile from row row_k0 that a query tile's list visits: its keys, values
+    and the (BLOCK_M, BLOCK_N) unscaled scores q . k, -inf where a pair is not allowed
+    (the caller scales them inside its exponent). PARTIAL: the block is partial (apply
+    mask `mask_id`)."""
+    c0 = tl.multiple_of((row_k0 % BLOCK).to(tl.int32), BLOCK_N)  # unhinted, the mask loads go bytewise and spill
     k = load_run(k_ptr, row_k0, stride_kn, n, BLOCK_N, tl.arange(0, QK_PAD), QK_DIM, QK_PAD, ALL_VALID=EVEN_N)
     v = load_run(v_ptr, row_k0, stride_vn, n, BLOCK_N, tl.arange(0, V_PAD), V_DIM, V_PAD, ALL_VALID=EVEN_N)
     s = tl.dot(q, tl.trans(k))
@@ -182,16 +203,22 @@ def block_forward_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, V_PAD], tl.float32)
+    row_k0, mask_id = _first_visit(KV_INDEX, KV_MASK, entry * KV_WIDTH, p0, p1, BLOCK=BLOCK, TILE=BLOCK_N)
     for step in range(p0, p1):
-        k, v, s = _listed_key_tile(q, k_ptr, v_ptr, KV_INDEX, KV_MASK, MASKS, entry * KV_WIDTH, step, r0,
-                                   stride_kn, stride_vn, n, BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-                                   QK_DIM=QK_DIM, V_DIM=V_DIM, QK_PAD=QK_PAD, V_PAD=V_PAD, PARTIAL=True, EVEN_N=EVEN_N)
+        k, v, s = _listed_key_tile(q, k_ptr, v_ptr, MASKS, mask_id, row_k0, r0, stride_kn, stride_vn, n,
+                                   BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, QK_DIM=QK_DIM, V_DIM=V_DIM,
+                                   QK_PAD=QK_PAD, V_PAD=V_PAD, PARTIAL=True, EVEN_N=EVEN_N)
         m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc, qk_scale)
+        row_k0, mask_id = _next_visit(KV_INDEX, KV_MASK, entry * KV_WIDTH, step, p1, row_k0, mask_id,
+                                      BLOCK=BLOCK, TILE=BLOCK_N, PARTIAL=True)
+    row_k0, mask_id = _first_visit(KV_INDEX, KV_MASK, entry * KV_WIDTH, f0, f1, BLOCK=BLOCK, TILE=BLOCK_N)
     for step in range(f0, f1):
-        k, v, s = _listed_key_tile(q, k_ptr, v_ptr, KV_INDEX, KV_MASK, MASKS, entry * KV_WIDTH, step, r0,
-                                   stride_kn, stride_vn, n, BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-                                   QK_DIM=QK_DIM, V_DIM=V_DIM, QK_PAD=QK_PAD, V_PAD=V_PAD, PARTIAL=False, EVEN_N=EVEN_N)
+        k, v, s = _listed_key_tile(q, k_ptr, v_ptr, MASKS, mask_id, row_k0, r0, stride_kn, stride_vn, n,
+                                   BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, QK_DIM=QK_DIM, V_DIM=V_DIM,
+                                   QK_PAD=QK_PAD, V_PAD=V_PAD, PARTIAL=False, EVEN_N=EVEN_N)
         m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc, qk_scale)
+        row_k0, mask_id = _next_visit(KV_INDEX, KV_MASK, entry * KV_WIDTH, step, f1, row_k0, mask_id,
+                                      BLOCK=BLOCK, TILE=BLOCK_N, PARTIAL=False)
 
     out, lse = softmax_result(m_i, l_i, acc)
     offs_v = tl.arange(0, V_PAD)
@@ -278,18 +305,24 @@ def block_dq_kernel(
     tl.store(DELTA + stat_base + row_q, delta, mask=valid_q & (row_q < tl.where(first == 0, n, 0)))
     lse = load_lse(LSE, stat_base, row_q, valid_q)
     dq = tl.zeros([BLOCK_M, QK_PAD], tl.float32)
+    row_k0, mask_id = _first_visit(KV_INDEX, KV_MASK, entry * KV_WIDTH, p0, p1, BLOCK=BLOCK, TILE=BLOCK_N)
     for step in range(p0, p1):
-        k, v, s = _listed_key_tile(q, k_ptr, v_ptr, KV_INDEX, KV_MASK, MASKS, entry * KV_WIDTH, step, r0,
-                                   stride_kn, stride_vn, n, BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-                                   QK_DIM=QK_DIM, V_DIM=V_DIM, QK_PAD=QK_PAD, V_PAD=V_PAD, PARTIAL=True, EVEN_N=EVEN_N)
+        k, v, s = _listed_key_tile(q, k_ptr, v_ptr, MASKS, mask_id, row_k0, r0, stride_kn, stride_vn, n,
+                                   BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, QK_DIM=QK_DIM, V_DIM=V_DIM,
+                                   QK_PAD=QK_PAD, V_PAD=V_PAD, PARTIAL=True, EVEN_N=EVEN_N)
         p = tl.math.exp2(s * qk_scale - lse[:, None])  # 0 where s is -inf (lse is finite or +inf)
         dq = dq_step(p, do, v, k, delta, dq)
+        row_k0, mask_id = _next_visit(KV_INDEX, KV_MASK, entry * KV_WIDTH, step, p1, row_k0, mask_id,
+                                      BLOCK=BLOCK, TILE=BLOCK_N, PARTIAL=True)
+    row_k0, mask_id = _first_visit(KV_INDEX, KV_MASK, entry * KV_WIDTH, f0, f1, BLOCK=BLOCK, TILE=BLOCK_N)
     for step in range(f0, f1):
-        k, v, s = _listed_key_tile(q, k_ptr, v_ptr, KV_INDEX, KV_MASK, MASKS, entry * KV_WIDTH, step, r0,
-                                   stride_kn, stride_vn, n, BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-                                   QK_DIM=QK_DIM, V_DIM=V_DIM, QK_PAD=QK_PAD, V_PAD=V_PAD, PARTIAL=False, EVEN_N=EVEN_N)
+        k, v, s = _listed_key_tile(q, k_ptr, v_ptr, MASKS, mask_id, row_k0, r0, stride_kn, stride_vn, n,
+                                   BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, QK_DIM=QK_DIM, V_DIM=V_DIM,
+                                   QK_PAD=QK_PAD, V_PAD=V_PAD, PARTIAL=False, EVEN_N=EVEN_N)
         p = tl.math.exp2(s * qk_scale - lse[:, None])
         dq = dq_step(p, do, v, k, delta, dq)
+        row_k0, mask_id = _next_visit(KV_INDEX, KV_MASK, entry * KV_WIDTH, step, f1, row_k0, mask_id,
+                                      BLOCK=BLOCK, TILE=BLOCK_N, PARTIAL=False)
 
     dq *= sm_scale
     if slot < 0:
@@ -301,17 +334,15 @@ def block_dq_kernel(
 
 @triton.jit
 def _listed_query_tile(
-    k, v, dk, dv, q_ptr, do_ptr, LSE, DELTA, INDEX, MASK, MASKS, entry, step, c0, stat_base,
+    k, v, dk, dv, q_ptr, do_ptr, LSE, DELTA, MASKS, mask_id, row_q0, c0, stat_base,
     stride_qn, stride_don, n, qk_scale,
     BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     QK_DIM: tl.constexpr, V_DIM: tl.constexpr, QK_PAD: tl.constexpr, V_PAD: tl.constexpr,
     PARTIAL: tl.constexpr, EVEN_N: tl.constexpr,
 ):
-    """dK and dV of a key tile, updated by the step-th query sub-tile its transposed list
-    visits (PARTIAL: among the partial blocks)."""
-    i, mask_id, sub = _listed_block(INDEX, MASK, entry, step, SUB=BLOCK // BLOCK_M)
-    r0 = sub * BLOCK_M
-    row_q0 = i.to(tl.int64) * BLOCK + r0
+    """dK and dV of a key tile, updated by the query sub-tile from row row_q0 that its
+    transposed list visits (PARTIAL: the block is partial, with mask `mask_id`)."""
+    r0 = tl.multiple_of((row_q0 % BLOCK).to(tl.int32), BLOCK_M)
     row_q = row_q0 + tl.arange(0, BLOCK_M)
     valid_q = row_q < n
     q = load_run(q_ptr, row_q0, stride_qn, n, BLOCK_M, tl.arange(0, QK_PAD), QK_DIM, QK_PAD, ALL_VALID=EVEN_N)
@@ -357,16 +388,22 @@ def block_dkdv_kernel(
         stat_base = (b * H + h) * n
         entry = _table(b, h, LIST_SB, LIST_SH) * NB + j
         p0, p1, f0, f1 = _step_range(Q_COUNT, Q_PARTIAL, entry, first, end, live, SUB=BLOCK // BLOCK_M)
+        row_q0, mask_id = _first_visit(Q_INDEX, Q_MASK, entry * Q_WIDTH, p0, p1, BLOCK=BLOCK, TILE=BLOCK_M)
         for step in range(p0, p1):
-            dk, dv = _listed_query_tile(k, v, dk, dv, q_ptr, do_ptr, LSE, DELTA, Q_INDEX, Q_MASK, MASKS,
-                                        entry * Q_WIDTH, step, c0, stat_base, stride_qn, stride_don, n, qk_scale,
+            dk, dv = _listed_query_tile(k, v, dk, dv, q_ptr, do_ptr, LSE, DELTA, MASKS, mask_id, row_q0, c0,
+                                        stat_base, stride_qn, stride_don, n, qk_scale,
                                         BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, QK_DIM=QK_DIM, V_DIM=V_DIM,
                                         QK_PAD=QK_PAD, V_PAD=V_PAD, PARTIAL=True, EVEN_N=EVEN_N)
+            row_q0, mask_id = _next_visit(Q_INDEX, Q_MASK, entry * Q_WIDTH, step, p1, row_q0, mask_id,
+                                          BLOCK=BLOCK, TILE=BLOCK_M, PARTIAL=True)
+        row_q0, mask_id = _first_visit(Q_INDEX, Q_MASK, entry * Q_WIDTH, f0, f1, BLOCK=BLOCK, TILE=BLOCK_M)
         for step in range(f0, f1):
-            dk, dv = _listed_query_tile(k, v, dk, dv, q_ptr, do_ptr, LSE, DELTA, Q_INDEX, Q_MASK, MASKS,
-                                        entry * Q_WIDTH, step, c0, stat_base, stride_qn, stride_don, n, qk_scale,
+            dk, dv = _listed_query_tile(k, v, dk, dv, q_ptr, do_ptr, LSE, DELTA, MASKS, mask_id, row_q0, c0,
+                                        stat_base, stride_qn, stride_don, n, qk_scale,
                                         BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, QK_DIM=QK_DIM, V_DIM=V_DIM,
                                         QK_PAD=QK_PAD, V_PAD=V_PAD, PARTIAL=False, EVEN_N=EVEN_N)
+            row_q0, mask_id = _next_visit(Q_INDEX, Q_MASK, entry * Q_WIDTH, step, f1, row_q0, mask_id,
+                                          BLOCK=BLOCK, TILE=BLOCK_M, PARTIAL=False)
 
     dk *= sm_scale
     if slot < 0:
