@@ -1,8 +1,9 @@
 """The kernels compile for Hopper (sm_90) on a machine without a GPU.
 
 The interpreter runs kernels as Python and misses what only the compiler checks
-(constexpr globals, types across if/else branches, shared-memory limits); compiling
-ahead of time with the ptxas that ships in the triton wheel catches those in CI.
+(constexpr globals, types across if/else branches, shared-memory limits, how deep
+the loops are pipelined); compiling ahead of time with the ptxas that ships in the triton
+wheel catches those in CI.
 The test session runs kernels interpreted (tests/conftest.py), so the compilation
 happens in a child process with the interpreter off.
 """
@@ -17,7 +18,7 @@ import sys
 import pytest
 
 COMPILE_ALL = r'''
-import json, triton
+import json, re, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from sparse_kernels.backward import attention_dkdv_kernel, attention_dq_kernel
@@ -50,10 +51,17 @@ def signature(kernel, constexprs):
             sig[name] = POINTERS.get(name, "*fp32" if name in STATS else "*bf16")
     return sig
 
-def compile_sm90(kernel, constexprs, num_stages=3):
-    compiled = triton.compile(ASTSource(kernel, signature(kernel, constexprs), constexprs),
+def compile_sm90(kernel, constexprs, num_stages=3, aligned=False):
+    """aligned: the 16-divisibility of pointers, strides and n that the JIT sees on a GPU
+    (without it Triton cannot copy tiles asynchronously, so there is no pipeline to see)."""
+    sig = signature(kernel, constexprs)
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names)
+             if aligned and (sig[name].startswith("*") or name.startswith("stride_") or name == "n")}
+    compiled = triton.compile(ASTSource(kernel, sig, constexprs, attrs),
                               target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=num_stages))
-    return dict(cubin=len(compiled.asm["cubin"]), shared=compiled.metadata.shared)
+    # copies a wait leaves in flight: > 0 inside a loop whose next steps' tiles load during this one's products
+    waits = [int(x) for x in re.findall(r"ttg\.async_wait [^{]*\{num = (\d+)", compiled.asm["ttgir"])]
+    return dict(cubin=len(compiled.asm["cubin"]), shared=compiled.metadata.shared, waits=waits)
 
 report = {}
 for kname, kernel in [("forward", attention_forward_kernel), ("dkdv", attention_dkdv_kernel), ("dq", attention_dq_kernel)]:
@@ -81,6 +89,13 @@ for kname, kernel in [("forward", block_forward_kernel), ("dkdv", block_dkdv_ker
                                                                 c.num_stages, 256, 256, 2), c.num_stages))
         constexprs = dict(BLOCK=128, QK_DIM=dim, V_DIM=dim, QK_PAD=256, V_PAD=256, EVEN_N=True, **largest.kwargs)
         report[f"block {kname} d={dim} {largest}"] = compile_sm90(kernel, constexprs, largest.num_stages)
+# Pipeline depth of the block kernels' step loops (docs/benchmarks.md, "Carried addresses"):
+# a step's tile addresses are carried from the step before, so its loads do not wait on a
+# list read of their own and the loops keep tiles in flight; a list read inside the step
+# left every wait at 0.
+for kname, kernel in [("forward", block_forward_kernel), ("dkdv", block_dkdv_kernel), ("dq", block_dq_kernel)]:
+    report[f"block {kname} pipelined"] = compile_sm90(kernel, dict(
+        BLOCK=128, BLOCK_M=64, BLOCK_N=64, QK_DIM=64, V_DIM=64, QK_PAD=64, V_PAD=64, EVEN_N=True), aligned=True)
 # the launches that add up the pieces of split lists, at the largest head dims
 report["block combine"] = compile_sm90(block_combine_kernel, dict(BLOCK=128, BLOCK_M=64, V_DIM=192, V_PAD=256))
 report["block sum"] = compile_sm90(block_sum_kernel, dict(BLOCK=128, BLOCK_M=64, DIM=256, PAD=256))
@@ -98,7 +113,10 @@ def test_every_kernel_and_mode_compiles_for_sm90():
     result = subprocess.run([sys.executable, "-c", COMPILE_ALL], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(report) == 32
+    assert len(report) == 35
     for name, info in report.items():
         assert info["cubin"] > 0, f"{name}: no machine code"
         assert info["shared"] <= 227 * 1024, f"{name}: {info['shared']} bytes of shared memory exceed Hopper's limit"
+    for kind in ("forward", "dkdv", "dq"):  # both step loops (partial blocks, full blocks) keep tiles in flight
+        waits = report[f"block {kind} pipelined"]["waits"]
+        assert sum(w > 0 for w in waits) >= 2, f"block {kind}: the step loops wait for every copy ({waits})"
