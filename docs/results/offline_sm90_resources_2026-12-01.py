@@ -24,13 +24,15 @@ from triton.compiler import ASTSource
 sys.path.insert(0, sys.argv[1])
 kernel = getattr(importlib.import_module("sparse_kernels.block_sparse"), sys.argv[2])
 block_m, block_n, warps, stages, d = (int(x) for x in sys.argv[3:8])
-values = dict(BLOCK=128, BLOCK_M=block_m, BLOCK_N=block_n, QK_DIM=d, V_DIM=d, QK_PAD=d, V_PAD=d, EVEN_N=True)
+# GROUP = 1 as the JIT sees it on a GPU without GQA: Triton specializes an integer argument
+# equal to 1 into a constant (the GPU runs' compiled metadata list it among the constants).
+values = dict(BLOCK=128, BLOCK_M=block_m, BLOCK_N=block_n, QK_DIM=d, V_DIM=d, QK_PAD=d, V_PAD=d, EVEN_N=True, GROUP=1)
 names = kernel.arg_names
 fp32 = {"LSE", "DELTA", "O_PART", "LSE_PART", "DQ_PART", "DK_PART", "DV_PART"}
 scalars = {"H", "GROUP", "NB", "NW", "NSLOTS", "LIST_SB", "LIST_SH", "KV_WIDTH", "Q_WIDTH", "N_BUCKET", "n"}
 sig, constexprs = {}, {}
 for p in kernel.params:
-    if p.is_constexpr:
+    if p.is_constexpr or p.name == "GROUP":
         sig[p.name] = "constexpr"
         constexprs[(names.index(p.name),)] = values[p.name]
     elif p.name in ("qk_scale", "sm_scale"):
