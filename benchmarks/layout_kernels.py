@@ -6,7 +6,10 @@ Where `benchmarks/layouts.py` gives one time per row, this splits it by kernel
 (torch.profiler, mean of 10 steps after 3 warm-up steps), runs the local and fixed
 rows' closed forms beside their mask_mods, and adds three variants of BigBird without
 its global row, its global column or both: the cost of one long list in a pass is the
-difference. The wall column is host-timed (20 steps, synchronized).
+difference. The wall column is host-timed (20 steps, synchronized). The block kernels'
+tiles are autotuned on a process's first row and serve every later row of the same
+length and head dims (the autotune key holds no layout): the JSON records them
+(`tuned_tiles`), and a row timed on another row's tiles can run slower than alone.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import layouts as rows
+from sparse_kernels.ops import tuned_tiles
 from sparse_transformer import SparseLayout, sparse_attention
 
 
@@ -99,7 +103,7 @@ def main(argv=None) -> int:
             report(name, lambda q, k, v, layout=layout: sparse_attention(q, k, v, layout), q, k, v, grad)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump(dict(results, tuned_tiles=tuned_tiles()), f, indent=1)
     return 0
 
 

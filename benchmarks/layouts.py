@@ -21,7 +21,11 @@ timing: ours with `SparseLayout.from_mask_mod`, FlexAttention's with a compiled
 
 Per row: forward and forward+backward ms (bf16, median of triton.testing.do_bench),
 useful TFLOP/s over the allowed pairs (4 D FLOPs a pair forward, 2.5 times that
-backward), FlexAttention's time over ours, and the output's relative difference.
+backward), FlexAttention's time over ours, and the output's relative difference. Our
+block kernels' tiles are autotuned on the first row of each (length, head dims) and serve
+that key's later rows (the autotune key holds no layout; the JSON records the tiles): a
+later row can run slower than it would alone (prefix-LM at D = 128: 10-12% on
+Longformer's tiles, docs/benchmarks.md, "Carried addresses").
 
 `--build-n` times building the layout alone (`from_mask_mod`) against FlexAttention's
 compiled `create_block_mask` for the same mask_mod (both after a first, compiling call),
