@@ -21,11 +21,11 @@ timing: ours with `SparseLayout.from_mask_mod`, FlexAttention's with a compiled
 
 Per row: forward and forward+backward ms (bf16, median of triton.testing.do_bench),
 useful TFLOP/s over the allowed pairs (4 D FLOPs a pair forward, 2.5 times that
-backward), FlexAttention's time over ours, and the output's relative difference. Our
-block kernels' tiles are autotuned on the first row of each (length, head dims) and serve
-that key's later rows (the autotune key holds no layout; the JSON records the tiles): a
-later row can run slower than it would alone (prefix-LM at D = 128: 10-12% on
-Longformer's tiles, docs/benchmarks.md, "Carried addresses").
+backward), FlexAttention's time over ours, and the output's relative difference. Each of
+our rows is planned and autotuned afresh (`ops.forget_tuning`; the JSON records its
+tiles): the autotune key holds no layout, so a row would otherwise run on the tiles of
+the first row of its length and head dims (prefix-LM at D = 128: 10-12% slower on
+Longformer's, docs/benchmarks.md, "Carried addresses").
 
 `--build-n` times building the layout alone (`from_mask_mod`) against FlexAttention's
 compiled `create_block_mask` for the same mask_mod (both after a first, compiling call),
@@ -44,7 +44,7 @@ import triton
 
 from attention import BACKWARD_FLOP_FACTOR, time_ms
 from common import environment, write_json
-from sparse_kernels.ops import tuned_tiles
+from sparse_kernels.ops import forget_tuning, tuned_tiles
 from sparse_transformer import Pattern, SparseLayout, sparse_attention
 
 
@@ -195,6 +195,7 @@ def run_attention(args, record) -> list[dict]:
                     heads, kv_heads = case.get("heads", args.heads), case.get("kv_heads", case.get("heads", args.heads))
                     key = (n, head_dim, case["name"])
                     if phase == "ours":
+                        forget_tuning()  # this row's own tiles, not the first row's
                         layout = case["ours"]()
                         impls = {"ours": lambda q, k, v, layout=layout: sparse_attention(q, k, v, layout)}
                         if "closed" in case:
@@ -223,6 +224,8 @@ def run_attention(args, record) -> list[dict]:
                             del out
                             row.update(timed(fn, q, k, v, grad))
                             row["fwdbwd_tflops"] = flops * (1 + BACKWARD_FLOP_FACTOR) / row["fwdbwd_ms"] / 1e9
+                            if impl != "flex":
+                                row["tuned_tiles"] = {kind: tiles for kind, tiles in tuned_tiles().items() if tiles}
                             diff = f" diff {row['rel_difference_vs_ours']:.1e}" if "rel_difference_vs_ours" in row else ""
                             print(f"n={n:>7} d={head_dim:>3} {case['name']:<44} {impl:<18} fwd {row['fwd_ms']:8.3f} | "
                                   f"fwd+bwd {row['fwdbwd_ms']:8.3f} ms {row['fwdbwd_tflops']:6.1f} TF/s{diff} "
@@ -300,8 +303,7 @@ def main(argv=None) -> int:
 
     def record(results: list[dict]) -> None:
         if args.json:
-            # the tiles are tuned once per (n, head dims, block): the first layout of a shape picks them for the rest
-            meta = dict(environment(torch.device("cuda")), args=vars(args), tuned_tiles=tuned_tiles())
+            meta = dict(environment(torch.device("cuda")), args=vars(args))
             write_json(args.json, {"meta": meta, "results": results})
 
     results = run_attention(args, record)

@@ -95,6 +95,13 @@ class Launcher:
     def bind(self, grid: Grid, *args: Any, tiles: dict | None = None, **kwargs: Any) -> Launch:
         return Launch(self, grid, args, tiles, kwargs)
 
+    def forget(self) -> None:
+        """Drop the tile choices made in this process and tune the next launches by timing
+        them, not from Triton's disk cache (which would hand back the same choices)."""
+        if self.tuned:
+            self.tuned.cache.clear()
+            self.tuned.cache_results = False
+
     def chosen_tiles(self) -> dict[str, str]:
         """The autotuner's choice per key in this process (for benchmark records)."""
         return {str(key): str(config) for key, config in self.tuned.cache.items()} if self.tuned else {}

@@ -28,8 +28,10 @@ import torch
 from .launch import Launch, _hooked, _interpreted
 
 _SOURCE = Path(__file__).with_name("csrc") / "planned_call.cpp"
-_CALLS: dict[int, object] = {}  # id(forward ops.Program) -> its native Call (the programs live in ops._PLANS)
-_PACKED: dict[int, object] = {}  # id(ops.Program) -> the extension's Program, or None if a launch cannot be packed
+_CALLS: dict[int, object] = {}  # id(forward ops.Program) -> its native Call (the program is kept alive in _PACKED)
+# id(ops.Program) -> (the program, kept alive so that its id is not reused; the extension's
+# Program, or None if a launch cannot be packed)
+_PACKED: dict[int, tuple[object, object]] = {}
 _extension = None  # the built module; False once it failed
 _python_only = False  # inside `python_only()`
 # How each scalar parameter type of a Triton signature is laid out in the kernel's parameters.
@@ -91,6 +93,13 @@ def attention(forward, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra:
     return _extension.attention(q, k, v, list(extra), call)
 
 
+def forget() -> None:
+    """Drop every registered call: later calls run from Python until registered again
+    (ops.forget_tuning, with the plans)."""
+    _CALLS.clear()
+    _PACKED.clear()
+
+
 @contextlib.contextmanager
 def python_only():
     """Eager calls inside run from Python, as before a key's first call (for tests and
@@ -109,9 +118,9 @@ def _packed(module, program):
     if id(program) not in _PACKED:
         kernels = [_kernel(launch, slots) for launch, slots in program.launches]
         buffers = [(list(b.size), list(b.stride), str(b.dtype).removeprefix("torch."), b.zero) for b in program.buffers]
-        _PACKED[id(program)] = (None if any(kernel is None for kernel in kernels)
+        _PACKED[id(program)] = (program, None if any(kernel is None for kernel in kernels)
                                 else module.Program(buffers, kernels, list(program.outputs)))
-    return _PACKED[id(program)]
+    return _PACKED[id(program)][1]
 
 
 def _kernel(launch: Launch, slots: tuple[int, ...]):

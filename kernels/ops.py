@@ -157,6 +157,19 @@ def tuned_tiles() -> dict[str, dict[str, str]]:
     return {name: launcher.chosen_tiles() for name, launcher in _LAUNCHERS.items()}
 
 
+def forget_tuning() -> None:
+    """Forget this process's call plans and autotuned tiles: the next calls plan again and
+    tune their tiles by timing them. The autotune key holds no layout, and a call plan
+    keeps the kernels it first launched, so without this the first layout a process runs
+    picks the tiles of every later layout of the same length and head dims (benchmarks
+    that compare layouts call it between rows). The calls registered to run from C++ go
+    with the plans: they launch the kernels of the old tiles."""
+    _PLANS.clear()
+    native.forget()
+    for launcher in _LAUNCHERS.values():
+        launcher.forget()
+
+
 INTERPRETER_BLOCKS = Blocks(32, 32)
 
 

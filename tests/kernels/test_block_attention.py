@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sparse_kernels import blocks as block_lists
-from sparse_kernels import ops
+from sparse_kernels import native, ops
 from sparse_kernels.geometry import MODES
 from sparse_kernels.ops import Blocks, KernelSpec
 
@@ -137,6 +137,37 @@ def test_backward_is_deterministic():
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
         out, _ = ops.block_attention(*leaves, lists)
         runs.append(torch.autograd.grad(out, leaves, do))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_forget_tuning_plans_afresh_with_the_same_results():
+    """After `forget_tuning` no plan or tile choice is left, the autotuner times its
+    candidates again instead of reading Triton's disk cache, and the next call plans anew
+    and gives the same bits. (The interpreter fixes the tiles, so a choice and the disk
+    cache are set here by hand, as a GPU's first call would leave them.)"""
+    q, k, v, do = block_inputs(1, 2, 1, 40, 16, 16, seed=6)
+    lists = random_lists(1, 2, 40, 16, torch.Generator().manual_seed(6))
+    tuners = [launcher.tuned for launcher in (ops._BLOCK_FORWARD, ops._BLOCK_DQ, ops._BLOCK_DKDV)]
+    before = [(tuner.cache_results, dict(tuner.cache)) for tuner in tuners]
+    runs = []
+    try:
+        for _ in range(2):
+            leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+            out, _ = ops.block_attention(*leaves, lists)
+            runs.append((out, *torch.autograd.grad(out, leaves, do)))
+            assert ops._PLANS
+            for tuner in tuners:
+                tuner.cache[("a key",)] = tuner.configs[0]
+                tuner.cache_results = True
+            native._CALLS[0] = "a call registered to run from C++"
+            ops.forget_tuning()
+            assert not ops._PLANS and not native._CALLS
+            assert all(not tuner.cache and not tuner.cache_results for tuner in tuners)
+    finally:
+        for tuner, (cache_results, cache) in zip(tuners, before):
+            tuner.cache_results = cache_results
+            tuner.cache.update(cache)
     for a, b in zip(*runs):
         assert torch.equal(a, b)
 

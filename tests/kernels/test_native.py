@@ -104,3 +104,17 @@ def test_a_program_is_packed_once_and_a_refused_one_stays_refused():
     packed = native._packed(module, good)
     assert isinstance(packed, module.Program) and native._packed(module, good) is packed
     assert native._packed(module, refused) is None and id(refused) in native._PACKED
+
+
+def test_a_packed_program_is_kept_alive_so_its_id_is_not_reused():
+    """Calls are looked up by the id of their forward program; a program freed while its
+    entry stayed would let a new program with the same id run the old launches."""
+    module = native.extension()
+    q = torch.empty(1, 2, 8, 16)
+    program = ops.Program((ops._output(q),), ((_Resolved(SIGNATURE, (8, 0.5, 2**40, 1, 64)), (0, 1)),), (1,))
+    key = id(program)
+    native._packed(module, program)
+    del program
+    assert native._PACKED[key][0] is not None and id(native._PACKED[key][0]) == key
+    native.forget()
+    assert not native._PACKED and not native._CALLS
