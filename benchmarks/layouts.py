@@ -195,7 +195,6 @@ def run_attention(args, record) -> list[dict]:
                     heads, kv_heads = case.get("heads", args.heads), case.get("kv_heads", case.get("heads", args.heads))
                     key = (n, head_dim, case["name"])
                     if phase == "ours":
-                        forget_tuning()  # this row's own tiles, not the first row's
                         layout = case["ours"]()
                         impls = {"ours": lambda q, k, v, layout=layout: sparse_attention(q, k, v, layout)}
                         if "closed" in case:
@@ -210,6 +209,8 @@ def run_attention(args, record) -> list[dict]:
                         row = dict(device=torch.cuda.get_device_name(), layout=case["name"], impl=impl, n=n, batch=batch,
                                    heads=heads, kv_heads=kv_heads, head_dim=head_dim, block=args.block, pairs=pairs)
                         results.append(row)
+                        if impl != "flex":
+                            forget_tuning()  # this row's own tiles (and only its own in the record), not the first row's
                         try:
                             start = time.perf_counter()
                             fn = make() if impl == "flex" else make
