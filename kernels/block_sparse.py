@@ -121,12 +121,21 @@ def _next_visit(INDEX, MASK, entry, step, last, row0, mask_id,
 
 
 @triton.jit
-def _mask_tile(MASKS, mask_id, r0, c0, BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """(BLOCK_M, BLOCK_N) piece of masks[mask_id] from query row r0 and key column c0."""
+def _mask_tile(MASKS, mask_id, r0, c0,
+               BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) piece of masks[mask_id] from query row r0 and key column c0;
+    TRANSPOSED: its (BLOCK_N, BLOCK_M) transpose, loaded as such for the dK/dV pass's
+    transposed scores. Transposing a loaded tile instead (tl.trans) cost the dK/dV
+    partial loop a layout conversion, 25% more instructions and, at D = 128, 32 spilled
+    registers each way per step (Triton 3.6, docs/benchmarks.md, "The mask tile")."""
     rows = r0 + tl.arange(0, BLOCK_M)
     cols = c0 + tl.arange(0, BLOCK_N)
-    ptrs = MASKS + mask_id.to(tl.int64) * (BLOCK * BLOCK) + rows[:, None] * BLOCK + cols[None, :]
-    return tl.load(ptrs) != 0
+    base = MASKS + mask_id.to(tl.int64) * (BLOCK * BLOCK)
+    if TRANSPOSED:
+        tile = tl.load(base + cols[:, None] + rows[None, :] * BLOCK)
+    else:
+        tile = tl.load(base + rows[:, None] * BLOCK + cols[None, :])
+    return tile != 0
 
 
 @triton.jit
@@ -145,7 +154,7 @@ def _listed_key_tile(
     v = load_run(v_ptr, row_k0, stride_vn, n, BLOCK_N, tl.arange(0, V_PAD), V_DIM, V_PAD, ALL_VALID=EVEN_N)
     s = tl.dot(q, tl.trans(k))
     if PARTIAL:
-        ok = _mask_tile(MASKS, mask_id, r0, c0, BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
+        ok = _mask_tile(MASKS, mask_id, r0, c0, BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, TRANSPOSED=False)
         if not EVEN_N:
             ok = ok & (row_k0 + tl.arange(0, BLOCK_N) < n)[None, :]
         s = tl.where(ok, s, float("-inf"))
@@ -352,8 +361,8 @@ def _listed_query_tile(
     s_t = tl.dot(k, tl.trans(q)) * qk_scale  # (BLOCK_N, BLOCK_M): scores transposed
     p_t = tl.math.exp2(s_t - lse[None, :])
     if PARTIAL:  # columns >= n need no mask: their dK and dV are never stored
-        ok = _mask_tile(MASKS, mask_id, r0, c0, BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
-        p_t = tl.where(tl.trans(ok), p_t, 0.0)
+        ok_t = _mask_tile(MASKS, mask_id, r0, c0, BLOCK=BLOCK, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, TRANSPOSED=True)
+        p_t = tl.where(ok_t, p_t, 0.0)
     return dkdv_step(p_t, q, do, v, delta, dk, dv)
 
 
