@@ -90,7 +90,8 @@ def main(argv=None) -> int:
             results[name]["tuned_tiles"] = {kind: tiles for kind, tiles in tuned_tiles().items() if tiles}
 
     for case in rows.cases(settings, args.n, device):
-        q, k, v, grad = rows.inputs(batch, 8, 8, args.n, args.d, device)
+        heads = case.get("heads", settings.heads)  # the gqa rows have their own query and key/value heads
+        q, k, v, grad = rows.inputs(batch, heads, case.get("kv_heads", heads), args.n, args.d, device)
         layout = case["ours"]()
         report(case["name"], lambda q, k, v, layout=layout: sparse_attention(q, k, v, layout), q, k, v, grad)
         if "closed" in case:  # the built-in pattern's closed form, what its mask_mod is measured against
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
         if args.flex:
             report(case["name"] + " FLEX", rows.flex(case["mask_mod"], args.n, device), q, k, v, grad, ours=False)
     if "bigbird" in args.layouts:
-        q, k, v, grad = rows.inputs(batch, 8, 8, args.n, args.d, device)
+        q, k, v, grad = rows.inputs(batch, settings.heads, settings.heads, args.n, args.d, device)
         for name, blocks in bigbird_variants(args.n, settings.block).items():
             layout = SparseLayout.from_blocks(blocks.to(device), block=settings.block, causal=False)
             report(name, lambda q, k, v, layout=layout: sparse_attention(q, k, v, layout), q, k, v, grad)
