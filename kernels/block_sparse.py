@@ -126,8 +126,8 @@ def _mask_tile(MASKS, mask_id, r0, c0,
     """(BLOCK_M, BLOCK_N) piece of masks[mask_id] from query row r0 and key column c0;
     TRANSPOSED: its (BLOCK_N, BLOCK_M) transpose, loaded as such for the dK/dV pass's
     transposed scores. Transposing a loaded tile instead (tl.trans) cost the dK/dV
-    partial loop a layout conversion, 25% more instructions and, at D = 128, 32 spilled
-    registers each way per step (Triton 3.6, docs/benchmarks.md, "The mask tile")."""
+    partial loop a layout conversion, 20-35% more instructions a step and, at D = 128,
+    spilled registers (Triton 3.6; docs/benchmarks.md, "The dK/dV mask tile")."""
     rows = r0 + tl.arange(0, BLOCK_M)
     cols = c0 + tl.arange(0, BLOCK_N)
     base = MASKS + mask_id.to(tl.int64) * (BLOCK * BLOCK)
